@@ -1,0 +1,71 @@
+"""The attention branch: RoPE, grouped K/V heads, sliding windows and cross-layer K/V sharing.
+
+It has no parameters of its own: Q, K and V come from the hybrid mixer's fused input projection,
+and its output (heads × V head dim = the Mamba inner width) goes straight to the fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import HymbaConfig, LayerSpec
+from .layers import apply_rotary
+from .layout import SequenceLayout
+
+
+@dataclass
+class SharedKV:
+    """K/V computed by a producer layer, as its consumers attend over them."""
+
+    k: Tensor  # (b, Hkv, Lk, d_qk), after RoPE
+    v: Tensor  # (b, Hkv, Lk, d_v)
+    k_pos: Tensor  # (Lk,) or (b, Lk)
+    k_valid: Tensor | None  # (b, Lk) or None
+
+
+class AttentionBranch(nn.Module):
+    def __init__(self, config: HymbaConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.qk_dim = config.qk_head_dim
+        self.v_dim = config.value_head_dim
+        self.use_rope = config.rope
+
+    def _heads(self, x: Tensor, heads: int, dim: int) -> Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, heads, dim).transpose(1, 2)
+
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor | None,
+        v: Tensor | None,
+        layout: SequenceLayout,
+        shared: SharedKV | None = None,
+    ) -> tuple[Tensor, SharedKV]:
+        """``q``: (b, L, Hq·d_qk); ``k``/``v`` for a K/V-computing layer, else ``shared`` from the
+        producer. Returns the output (b, L, Hq·d_v) and the K/V for consumers."""
+        q = self._heads(q, self.num_heads, self.qk_dim)
+        if self.use_rope:
+            q = apply_rotary(q, layout.cos, layout.sin)
+        if self.spec.computes_kv:
+            k = self._heads(k, self.num_kv_heads, self.qk_dim)
+            v = self._heads(v, self.num_kv_heads, self.v_dim)
+            if self.use_rope:
+                k = apply_rotary(k, layout.cos, layout.sin)
+            if layout.cache is not None:
+                shared = layout.cache.update_kv(self.spec, k, v, layout)
+            else:
+                shared = SharedKV(k, v, layout.positions, layout.token_valid)
+        assert shared is not None, "a K/V consumer needs its producer's K/V"
+        out = ops.attention(
+            q, shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
+            layout.num_meta, shared.k_valid,
+        )
+        b, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(b, length, self.num_heads * self.v_dim), shared

@@ -1,0 +1,78 @@
+"""The decoder layer: norm → hybrid mixer → residual → norm → MLP → residual.
+
+The hybrid mixer runs the attention and SSM branches in parallel on one fused input projection,
+normalises each branch's output, averages them and projects back to the model width.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..config import HymbaConfig, LayerSpec
+from .attention import AttentionBranch, SharedKV
+from .layers import MLP, RMSNorm
+from .layout import SequenceLayout
+from .ssm import MambaBranch
+
+
+class HybridMixer(nn.Module):
+    """Fused in_proj → (attention ∥ SSM) → per-branch RMSNorm → mean → out_proj."""
+
+    def __init__(self, config: HymbaConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d_inner, eps = config.d_inner, config.rms_norm_eps
+        q_width = config.num_attention_heads * config.qk_head_dim
+        k_width = config.num_key_value_heads * config.qk_head_dim
+        v_width = config.num_key_value_heads * config.value_head_dim
+        # Column layout of the fused projection, in the released order: Q, K, V, x, z.
+        self.split = []
+        if spec.has_attention:
+            self.split.append(q_width)
+            if spec.computes_kv:
+                self.split += [k_width, v_width]
+        if spec.has_ssm:
+            self.split += [d_inner, d_inner]
+        bias = config.mamba_proj_bias
+        self.in_proj = nn.Linear(config.hidden_size, sum(self.split), bias=bias)
+        if spec.has_attention:
+            self.attn = AttentionBranch(config, spec)
+            self.attn_norm = RMSNorm(d_inner, eps)
+        if spec.has_ssm:
+            self.ssm = MambaBranch(config, spec.index)
+            self.ssm_norm = RMSNorm(d_inner, eps)
+        self.out_proj = nn.Linear(d_inner, config.hidden_size, bias=bias)
+
+    def forward(
+        self, h: Tensor, layout: SequenceLayout, shared: SharedKV | None
+    ) -> tuple[Tensor, SharedKV | None]:
+        parts = list(self.in_proj(h).split(self.split, dim=-1))
+        outputs = []
+        if self.spec.has_attention:
+            q = parts.pop(0)
+            k, v = (parts.pop(0), parts.pop(0)) if self.spec.computes_kv else (None, None)
+            attn_out, shared = self.attn(q, k, v, layout, shared)
+            outputs.append(self.attn_norm(attn_out))
+        if self.spec.has_ssm:
+            x, z = parts
+            outputs.append(self.ssm_norm(self.ssm(x, z, layout)))
+        mixed = outputs[0] if len(outputs) == 1 else (outputs[0] + outputs[1]) / 2
+        return self.out_proj(mixed), shared
+
+
+class HymbaBlock(nn.Module):
+    def __init__(self, config: HymbaConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = HybridMixer(config, spec)
+        self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, h: Tensor, layout: SequenceLayout, shared: SharedKV | None = None
+    ) -> tuple[Tensor, SharedKV | None]:
+        mixed, shared = self.mixer(self.input_layernorm(h), layout, shared)
+        h = h + mixed
+        h = h + self.mlp(self.pre_mlp_layernorm(h))
+        return h, shared

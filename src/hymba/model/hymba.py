@@ -1,0 +1,224 @@
+"""HymbaForCausalLM: embeddings, meta tokens, the decoder layers, final norm and the tied head."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import HymbaConfig
+from .block import HymbaBlock
+from .layers import RMSNorm, RotaryEmbedding
+from .layout import InputError, SequenceLayout, left_padding, padded_layout
+
+
+@dataclass
+class CausalLMOutput:
+    logits: Tensor  # (b, n, vocab) float32, aligned with input_ids
+    loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # per layer input, meta positions included
+
+
+class HymbaModel(nn.Module):
+    """The decoder stack; returns final-norm hidden states for the real tokens."""
+
+    def __init__(self, config: HymbaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.plan = config.layer_plan()
+        self.num_meta = config.num_memory_tokens
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        if self.num_meta:
+            self.memory_tokens = nn.Parameter(torch.randn(self.num_meta, config.hidden_size))
+        self.layers = nn.ModuleList(HymbaBlock(config, spec) for spec in self.plan)
+        self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config) if config.has_attention and config.rope else None
+        self.gradient_checkpointing = False
+
+    def _check_ids(self, input_ids: Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise InputError("input_ids is empty: give at least one token")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, SequenceLayout, Tensor | None]:
+        """Embeddings with the meta tokens placed in front of each row's real tokens.
+
+        Returns ``(h, layout, output_index)``; ``output_index`` maps input positions to internal
+        ones when rows are padded (else None: real tokens are the last n internal positions).
+        """
+        b, n = input_ids.shape
+        h = self.embed_tokens(input_ids)
+        m = self.num_meta
+        pads = left_padding(attention_mask, input_ids)
+        if m:
+            h = torch.cat([self.memory_tokens.to(h.dtype).expand(b, m, -1), h], dim=1)
+        if pads is None:
+            positions = torch.arange(m + n, device=h.device)
+            return h, SequenceLayout(positions, None, m), None
+        source, positions, valid, output = padded_layout(pads, m, n)
+        h = torch.gather(h, 1, source[..., None].expand(-1, -1, h.shape[-1]))
+        return h, SequenceLayout(positions, valid, m), output
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        self._check_ids(input_ids)
+        h, layout, output_index = self.embed(input_ids, attention_mask)
+        if self.rotary is not None:
+            layout.cos, layout.sin = self.rotary(layout.positions, h.dtype)
+        hidden = [h] if output_hidden_states else None
+        shared = {}
+        for layer, spec in zip(self.layers, self.plan):
+            kv_in = shared.get(spec.kv_source)
+            if self.gradient_checkpointing and self.training:
+                h, kv_out = torch.utils.checkpoint.checkpoint(layer, h, layout, kv_in, use_reentrant=False)
+            else:
+                h, kv_out = layer(h, layout, kv_in)
+            if spec.kv_consumers:
+                shared[spec.index] = kv_out
+            if hidden is not None:
+                hidden.append(h)
+        h = self.final_layernorm(h)
+        if hidden is not None:
+            hidden[-1] = h
+        n = input_ids.shape[1]
+        if output_index is None:
+            h = h[:, -n:]
+        else:
+            h = torch.gather(h, 1, output_index[..., None].expand(-1, -1, h.shape[-1]))
+        return h, (tuple(hidden) if hidden is not None else None)
+
+
+class HymbaForCausalLM(nn.Module):
+    """Hymba language model with the HF-style API: ``model(input_ids).logits``, ``generate``,
+    ``from_pretrained`` / ``save_pretrained``."""
+
+    def __init__(self, config: HymbaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = HymbaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the output head (``tie_word_embeddings``)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The reference initialisation (``hymba-architecture.md`` §6.3)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        for name, p in self.named_parameters():
+            if name.endswith("A_log"):
+                n = p.shape[-1]
+                p.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand_as(p))
+            elif name.endswith(".D"):
+                p.fill_(1.0)
+            elif name.endswith("memory_tokens"):
+                p.normal_(0.0, 1.0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        self.model.gradient_checkpointing = enabled
+
+    # ------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Logits for every input position (or the last ``logits_to_keep``), float32.
+
+        ``attention_mask`` (1 = real token, 0 = padding) may left-pad rows: each row then gives
+        the logits it would give alone. ``labels`` (−100 = ignore) yield the next-token loss.
+        """
+        h, hidden = self.model(input_ids, attention_mask, output_hidden_states)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h).float()
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise InputError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+    ) -> HymbaForCausalLM:
+        """Load a released-format folder: ``config.json`` + ``model.safetensors`` (or shards)."""
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
+        """Write ``config.json`` + safetensors weights in the released format."""
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, path, max_shard_size=max_shard_size)
+
+
+def count_parameters(config: HymbaConfig) -> int:
+    """Parameter count of a config without allocating weights."""
+    with torch.device("meta"):
+        model = HymbaForCausalLM.__new__(HymbaForCausalLM)
+        nn.Module.__init__(model)
+        model.config = config
+        model.model = HymbaModel(config)
+        total = sum(p.numel() for p in model.model.parameters())
+    if not config.tie_word_embeddings:
+        total += config.vocab_size * config.hidden_size
+    return total
+
+
+__all__ = ["HymbaForCausalLM", "HymbaModel", "CausalLMOutput", "count_parameters"]

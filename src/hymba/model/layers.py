@@ -1,0 +1,80 @@
+"""Small building blocks: RMSNorm, the MLP and rotary position embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import HymbaConfig
+
+
+class RMSNorm(nn.Module):
+    """Llama-style RMSNorm: statistics in float32, cast back, then scaled by the weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class MLP(nn.Module):
+    """SwiGLU (``mlp_hidden_act='silu'``) or squared-ReLU (``'relu2'``) feed-forward, no biases."""
+
+    def __init__(self, config: HymbaConfig) -> None:
+        super().__init__()
+        h, m = config.hidden_size, config.intermediate_size
+        self.gated = config.mlp_hidden_act == "silu"
+        if self.gated:
+            self.gate_proj = nn.Linear(h, m, bias=False)
+        self.up_proj = nn.Linear(h, m, bias=False)
+        self.down_proj = nn.Linear(m, h, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
+def rope_base(config: HymbaConfig) -> float:
+    """RoPE base; ``rope_type='ntk'`` applies the released static NTK scaling (factor 2)."""
+    base = float(config.rope_theta)
+    if config.rope_type == "ntk":
+        d = config.qk_head_dim
+        ratio = 2 * config.max_position_embeddings / config.orig_max_position_embeddings - 1
+        base *= ratio ** (d / (d - 2))
+    return base
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions (angles in float32, cast to the activation dtype).
+
+    The inverse frequencies are kept in float32 outside the module's buffers, so casting the
+    model to bf16 never rounds them.
+    """
+
+    def __init__(self, config: HymbaConfig) -> None:
+        super().__init__()
+        d = config.qk_head_dim
+        exponents = torch.arange(0, d, 2, dtype=torch.int64, device="cpu").float() / d
+        self._inv_freq = 1.0 / (rope_base(config) ** exponents)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``positions``: (L,) or (b, L) → cos, sin of shape (1 or b, 1, L, d)."""
+        if self._inv_freq.device != positions.device:
+            self._inv_freq = self._inv_freq.to(positions.device)
+        pos = positions.reshape(-1, positions.shape[-1]).float()
+        angles = pos[..., None] * self._inv_freq
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Half-split rotation: x·cos + [-x2, x1]·sin on (b, heads, L, d)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -1,0 +1,80 @@
+"""Where every position of a (possibly left-padded) batch sits inside the model.
+
+Inside the model each row is ``[padding][meta tokens][real tokens]``: padding goes in front of
+the meta tokens, so every row's meta tokens and real tokens see exactly what they would see alone.
+Positions restart at 0 on each row's first meta token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class InputError(ValueError):
+    """Bad model input (ids, attention mask). The message says what is wrong."""
+
+
+@dataclass
+class SequenceLayout:
+    """Per-forward facts shared by all layers.
+
+    ``positions``: (L,) when all rows are aligned, else (b, L); ``token_valid``: (b, L) or None
+    when no row is padded; ``cos``/``sin``: rotary tables for ``positions``; ``cache``: the
+    generation cache or None.
+    """
+
+    positions: Tensor
+    token_valid: Tensor | None
+    num_meta: int
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    cache: Any = None
+
+
+def left_padding(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
+    """Number of leading pad tokens per row, or None if no row is left-padded.
+
+    Accepts masks of the form ``0…0 1…1 0…0``: trailing zeros (right padding) need no handling in
+    a causal model. A mask with a hole inside the real tokens is rejected.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise InputError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+            f"input_ids shape {tuple(input_ids.shape)}"
+        )
+    mask = attention_mask.to(torch.bool)
+    if not bool(mask.any(-1).all()):
+        raise InputError("attention_mask has a row with no real token")
+    pads = (~mask).to(torch.int64).cumprod(-1).sum(-1)  # leading zeros
+    idx = torch.arange(mask.shape[-1], device=mask.device)
+    after_first = idx[None] >= pads[:, None]
+    # once real tokens start, they must be contiguous: 1…1 then optional 0…0
+    ends = mask & after_first
+    last = torch.where(ends, idx[None], -1).max(-1).values
+    expected = after_first & (idx[None] <= last[:, None])
+    if not bool((mask == expected).all()):
+        raise InputError("attention_mask must be left- or right-padded (no holes between tokens)")
+    return pads if bool(pads.any()) else None
+
+
+def padded_layout(pads: Tensor, num_meta: int, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index maps for a left-padded batch.
+
+    Returns ``(source, positions, valid, output)``: ``source[b, t]`` indexes ``cat(meta, embeds)``
+    to build internal position t; ``positions`` and ``valid`` are per internal position;
+    ``output[b, j]`` is the internal index holding input position j.
+    """
+    t = torch.arange(num_meta + n, device=pads.device)[None]
+    p = pads[:, None]
+    source = torch.where(t < p, num_meta + t, torch.where(t < p + num_meta, t - p, t))
+    positions = (t - p).clamp(min=0)
+    valid = t >= p
+    j = torch.arange(n, device=pads.device)[None]
+    output = torch.where(j >= p, j + num_meta, j)
+    return source, positions, valid, output

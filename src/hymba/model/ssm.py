@@ -1,0 +1,59 @@
+"""The SSM branch: Mamba-1 with a causal depthwise conv, inner RMSNorms on Δ/B/C and a selective
+scan with float32 state (``hymba-architecture.md`` §3.5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import HymbaConfig
+from .layers import RMSNorm
+from .layout import SequenceLayout
+
+
+class MambaBranch(nn.Module):
+    def __init__(self, config: HymbaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        d, n, r = config.d_inner, config.mamba_d_state, config.dt_rank
+        self.conv1d = nn.Conv1d(
+            d, d, config.mamba_d_conv, groups=d, bias=config.mamba_conv_bias,
+            padding=config.mamba_d_conv - 1,
+        )
+        self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, d, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
+        self.D = nn.Parameter(torch.ones(d))
+        self.inner_norms = config.mamba_inner_layernorms
+        if self.inner_norms:
+            eps = config.rms_norm_eps
+            self.dt_layernorm = RMSNorm(r, eps)
+            self.B_layernorm = RMSNorm(n, eps)
+            self.C_layernorm = RMSNorm(n, eps)
+        self.dt_rank, self.d_state = r, n
+
+    def forward(self, x: Tensor, z: Tensor, layout: SequenceLayout) -> Tensor:
+        """``x``, ``z``: (b, L, d_inner) pre-conv input and gate → (b, L, d_inner)."""
+        valid = None if layout.token_valid is None else layout.token_valid[..., None].to(x.dtype)
+        if valid is not None:
+            x = x * valid
+        cache = layout.cache
+        conv_state = cache.conv_state(self.layer_idx) if cache is not None else None
+        ssm_state = cache.ssm_state(self.layer_idx) if cache is not None else None
+        weight = self.conv1d.weight[:, 0, :]
+        xc, new_conv_state = ops.causal_conv1d(x, weight, self.conv1d.bias, conv_state)
+        if valid is not None:
+            xc = xc * valid
+        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
+        delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in float32 inside the scan
+        y, new_ssm_state = ops.selective_scan(
+            xc, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, initial_state=ssm_state,
+        )
+        if cache is not None:
+            cache.set_ssm_states(self.layer_idx, new_conv_state, new_ssm_state)
+        return y

@@ -1,0 +1,91 @@
+"""Attention with Hymba's masks: causal, sliding window with always-visible meta tokens, padding.
+
+A query at position q sees key k iff ``k <= q`` and, in a sliding-window layer,
+``q - k <= window`` or ``k < num_meta`` (itself, ``window`` earlier positions, every meta token).
+Positions count the meta tokens: meta tokens are 0..M-1 and the first real token is M. Keys marked
+invalid (padding) are never seen.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def attention_mask(
+    q_pos: Tensor,
+    k_pos: Tensor,
+    window: int | None,
+    num_meta: int,
+    key_valid: Tensor | None = None,
+) -> Tensor:
+    """Boolean mask (batch or 1, 1, Lq, Lk); True = may attend.
+
+    ``q_pos``: (b, Lq) or (Lq,), ``k_pos``: (b, Lk) or (Lk,) positions; ``key_valid``: (b, Lk).
+    A query that can see no key (a padding query) is allowed to see key 0 so that softmax stays
+    finite; its output is never used.
+    """
+    q = q_pos.reshape(-1, q_pos.shape[-1])[:, :, None]
+    k = k_pos.reshape(-1, k_pos.shape[-1])[:, None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed = allowed & ((q - k <= window) | (k < num_meta))
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
+        empty = ~allowed.any(-1, keepdim=True)
+        if bool(empty.any()):
+            first = torch.zeros_like(allowed)
+            first[..., 0] = True
+            allowed = allowed | (empty & first)
+    return allowed[:, None]
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """softmax(q kᵀ / sqrt(d_qk) + mask) v with grouped K/V heads.
+
+    ``q``: (b, Hq, Lq, d_qk); ``k``: (b, Hkv, Lk, d_qk); ``v``: (b, Hkv, Lk, d_v) (d_v may differ
+    from d_qk); query head h uses K/V head h // (Hq / Hkv).
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _flex_enabled(q: Tensor) -> bool:
+    if q.device.type != "cuda" or os.environ.get("HYMBA_ATTN_IMPL", "") == "sdpa":
+        return False
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    window: int | None,
+    num_meta: int,
+    key_valid: Tensor | None = None,
+) -> Tensor:
+    """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA."""
+    if (
+        key_valid is None
+        and q.shape[2] == k.shape[2]
+        and q.shape[2] >= 128
+        and q_pos.dim() == 1
+        and _flex_enabled(q)
+    ):
+        from .flex import flex_attention_swa
+
+        return flex_attention_swa(q, k, v, window, num_meta, offset=int(q_pos[0]))
+    mask = attention_mask(q_pos, k_pos, window, num_meta, key_valid)
+    return sdpa_attention(q, k, v, mask)
