@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, HymbaConfig, LayerSpec
 from .model import CausalLMOutput, HymbaForCausalLM, InputError, count_parameters
+from .tokenizer import HymbaTokenizer, TokenizerError, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -13,7 +14,10 @@ __all__ = [
     "ConfigError",
     "HymbaConfig",
     "HymbaForCausalLM",
+    "HymbaTokenizer",
     "InputError",
     "LayerSpec",
+    "TokenizerError",
     "count_parameters",
+    "load_tokenizer",
 ]

@@ -1,0 +1,59 @@
+"""The ``hymba`` command line.
+
+Every module in this package that defines ``register(subparsers)`` adds one subcommand; its
+handler imports what it needs lazily so that ``hymba --help`` stays fast. Errors that come from
+bad input (config, checkpoint, flags, prompts, data) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from .. import __version__
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hymba",
+        description="Run, train, evaluate and benchmark Hymba hybrid-head language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"hymba {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..model import InputError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ConfigError, CheckpointError, InputError, FileNotFoundError, PermissionError) as exc:
+        print(f"hymba {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

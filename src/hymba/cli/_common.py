@@ -1,0 +1,49 @@
+"""Helpers shared by the subcommands: choosing a model by preset or folder, devices, dtypes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import CLIError
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--model", metavar="DIR", help="checkpoint folder (config.json + safetensors)")
+    group.add_argument("--preset", metavar="NAME", help="a built-in shape: hymba-1.5b, hymba-350m, hymba-125m, tiny")
+
+
+def load_config(args: argparse.Namespace):
+    from ..config import HymbaConfig
+
+    if getattr(args, "model", None):
+        if not os.path.isdir(args.model):
+            raise CLIError(f"model folder {args.model} does not exist")
+        return HymbaConfig.load(args.model)
+    return HymbaConfig.from_preset(getattr(args, "preset", None) or "tiny")
+
+
+def load_model(args: argparse.Namespace):
+    """The model named by ``--model`` (weights) or ``--preset`` (random init)."""
+    import torch
+
+    from ..model import HymbaForCausalLM
+
+    device = resolve_device(getattr(args, "device", None))
+    dtype = getattr(args, "dtype", None)
+    if getattr(args, "model", None):
+        return HymbaForCausalLM.from_pretrained(args.model, dtype=dtype, device=device)
+    config = load_config(args)
+    torch.manual_seed(getattr(args, "seed", 0) or 0)
+    return HymbaForCausalLM(config).to(device).eval()
+
+
+def resolve_device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name} requested but CUDA is not available")
+    return name
