@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -29,13 +30,13 @@ def inputs(length: int, channels: int, state: int, batch: int = 1) -> dict:
     )
 
 
-def best_of(fn, repeats: int) -> float:
+def median_time(fn, x: dict, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        fn(**x)
         times.append(time.perf_counter() - start)
-    return min(times)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--presets", nargs="+", default=["tiny", "hymba-125m", "hymba-350m", "hymba-1.5b"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,8 +56,8 @@ def main() -> None:
             y_ref, _ = selective_scan_reference(**x)
             y, _ = selective_scan_chunked(**x)
             err = float((y - y_ref).abs().max())
-            t_ref = best_of(lambda: selective_scan_reference(**x), args.repeats)
-            t_chk = best_of(lambda: selective_scan_chunked(**x), args.repeats)
+            t_ref = median_time(selective_scan_reference, x, args.repeats)
+            t_chk = median_time(selective_scan_chunked, x, args.repeats)
             rows.append(dict(preset=name, channels=cfg.d_inner, state=cfg.mamba_d_state,
                              length=args.length, reference_s=t_ref, chunked_s=t_chk,
                              speedup=t_ref / t_chk, max_abs_diff=err))

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hymba.ops.scan import resolve_impl, selective_scan, selective_scan_chunked, selective_scan_reference
+from hymba.ops.scan import (
+    resolve_impl,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
 
 
 def random_inputs(b, L, d, n, dtype, seed=0, big_decay=False):

@@ -1,0 +1,101 @@
+"""HymbaConfig: released field names, round trips, validation, presets and the layer plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hymba import ConfigError, HymbaConfig, count_parameters
+
+
+def test_released_defaults_and_plan():
+    cfg = HymbaConfig.from_preset("hymba-1.5b")
+    plan = cfg.layer_plan()
+    assert [s.index for s in plan if s.is_global] == [0, 15, 31]
+    assert sum(s.computes_kv for s in plan) == 17
+    assert plan[16].kv_consumers == (17, 18) and plan[18].kv_source == 16
+    assert plan[2].kv_slot == plan[1].kv_slot
+    assert cfg.qk_head_dim == 64 and cfg.value_head_dim == 128 and cfg.dt_rank == 100
+
+
+def test_parameter_counts():
+    assert count_parameters(HymbaConfig.from_preset("hymba-1.5b")) == 1_522_797_824
+    assert 120e6 < count_parameters(HymbaConfig.from_preset("hymba-125m")) < 140e6
+    assert 340e6 < count_parameters(HymbaConfig.from_preset("hymba-350m")) < 370e6
+
+
+def test_round_trip_keeps_unknown_fields(tmp_path):
+    data = HymbaConfig.from_preset("tiny").to_dict()
+    data["auto_map"] = {"AutoConfig": "configuration_hymba.HymbaConfig"}
+    data["conv_dim"] = {"0": 256}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    cfg = HymbaConfig.load(tmp_path)
+    assert cfg.extra["auto_map"] == data["auto_map"]
+    cfg.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == data
+
+
+def test_fixture_config_loads(fixture_dir):
+    cfg = HymbaConfig.load(fixture_dir)
+    assert cfg.num_hidden_layers == 8 and cfg.layer_plan()[3].kv_source == 1
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(num_attention_heads=3), "num_attention_heads"),
+        (dict(num_key_value_heads=3), "num_key_value_heads"),
+        (dict(sliding_window=0), "sliding_window"),
+        (dict(kv_reuse_group=[[0, 1]]), "kv_reuse_group"),  # 0 is global
+        (dict(kv_reuse_group=[[1, 2], [2, 3]]), "kv_reuse_group"),
+        (dict(kv_reuse_group=[[4, 9]]), "kv_reuse_group"),  # out of range
+        (dict(kv_reuse_group=[[1]]), "kv_reuse_group"),
+        (dict(global_attn_idx=[0, 6]), "global_attn_idx"),
+        (dict(hidden_size=-4), "hidden_size"),
+        (dict(mixer_type="moe"), "mixer_type"),
+        (dict(rope_type="yarn"), "rope_type"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(mlp_hidden_act="gelu"), "mlp_hidden_act"),
+    ],
+)
+def test_invalid_values_name_the_field(change, field):
+    with pytest.raises(ConfigError, match=field):
+        HymbaConfig.from_preset("tiny", **change)
+
+
+def test_malformed_config_files(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        HymbaConfig.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ConfigError, match="model_type"):
+        HymbaConfig.load(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        HymbaConfig.load(tmp_path)
+    with pytest.raises(ConfigError, match="no config.json"):
+        HymbaConfig.load(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        HymbaConfig.from_preset("gpt-5")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(mixer_type="attention"),
+        dict(mixer_type="ssm", kv_reuse_group=[], global_attn_idx=[]),
+        dict(num_memory_tokens=0),
+        dict(global_attn_idx=[]),
+        dict(sliding_window=None, kv_reuse_group=[]),
+        dict(kv_reuse_group=[]),
+    ],
+)
+def test_ablation_switches_are_valid_configs(variant):
+    cfg = HymbaConfig.from_preset("tiny", **variant)
+    plan = cfg.layer_plan()
+    assert len(plan) == cfg.num_hidden_layers
+    if cfg.mixer_type == "ssm":
+        assert not any(s.has_attention for s in plan)
+    if cfg.sliding_window is None:
+        assert all(s.is_global for s in plan)
