@@ -43,17 +43,17 @@ def attention_mask(
     return allowed[:, None]
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q kᵀ / sqrt(d_qk) + mask) v with grouped K/V heads.
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q kᵀ / sqrt(d_qk) + mask) v with grouped K/V heads; ``mask=None`` means causal
+    with queries and keys aligned.
 
     ``q``: (b, Hq, Lq, d_qk); ``k``: (b, Hkv, Lk, d_qk); ``v``: (b, Hkv, Lk, d_v) (d_v may differ
     from d_qk); query head h uses K/V head h // (Hq / Hkv).
     """
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def _flex_enabled(q: Tensor) -> bool:
@@ -87,5 +87,8 @@ def attention(
         from .flex import flex_attention_swa
 
         return flex_attention_swa(q, k, v, window, num_meta, offset=int(q_pos[0]))
+    aligned = q_pos is k_pos and q_pos.dim() == 1 and key_valid is None
+    if aligned and (window is None or q.shape[2] - 1 <= window):
+        return sdpa_attention(q, k, v, None)  # plain causal: no mask to build
     mask = attention_mask(q_pos, k_pos, window, num_meta, key_valid)
     return sdpa_attention(q, k, v, mask)
