@@ -1,0 +1,117 @@
+"""``hymba bench recall``: recall accuracy at lengths below and beyond the sliding window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import CLIError
+from ._common import add_model_args
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("values must be positive")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("depths must lie in [0, 1]")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks of a model (recall)",
+                       description="Benchmarks of a model.")
+    benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    r = benches.add_parser(
+        "recall", help="MQAR, needle-in-a-haystack and pass-key recall against length",
+        description="Recall accuracy at several lengths. 'mqar' and 'niah' are synthetic token "
+                    "tasks for models trained on them (hymba ablate); 'passkey' is a text task for "
+                    "any checkpoint with a tokenizer.")
+    add_model_args(r)
+    r.add_argument("--task", choices=("mqar", "niah", "passkey"), nargs="+", default=["mqar", "niah"])
+    r.add_argument("--lengths", type=_ints, default=None,
+                   help="comma-separated lengths (default: window/2 … 8×window)")
+    r.add_argument("--samples", type=int, default=32, help="sequences per length (and depth)")
+    r.add_argument("--pairs", type=int, default=8, help="MQAR key-value pairs per sequence")
+    r.add_argument("--queries", type=int, default=None, help="MQAR queries per sequence (default: pairs)")
+    r.add_argument("--num-keys", type=int, default=64, help="synthetic key ids (as in training)")
+    r.add_argument("--num-values", type=int, default=64, help="synthetic value ids (as in training)")
+    r.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="needle depths in [0, 1]")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--dtype", default=None)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--seed", type=int, default=0, help="init seed for --preset models")
+    r.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    r.add_argument("--plot", metavar="PNG", help="plot accuracy against length (needs matplotlib)")
+    r.set_defaults(func=run_recall)
+
+
+def default_lengths(config, shortest: int) -> list[int]:
+    """window/2 … 8×window, at least ``shortest`` and at most the config's max positions."""
+    window = config.sliding_window or 1024
+    top = config.max_position_embeddings
+    return sorted({max(shortest, min(top, int(window * f))) for f in (0.5, 1, 2, 4, 8)})
+
+
+def run_recall(args: argparse.Namespace) -> int:
+    from ..eval import recall
+
+    if args.plot:
+        from ..eval.plots import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+    if args.samples < 1 or args.batch_size < 1:
+        raise CLIError("--samples and --batch-size must be >= 1")
+    from ._common import load_model
+
+    model = load_model(args)
+    config = model.config
+    queries = args.pairs if args.queries is None else args.queries
+    lengths = args.lengths or default_lengths(config, 1 + 2 * args.pairs + 2 * queries)
+    rows: list[dict] = []
+    synthetic = [t for t in args.task if t != "passkey"]
+    if synthetic:
+        vocab = recall.SyntheticVocab(config.vocab_size, args.num_keys, args.num_values)
+    if "mqar" in args.task:
+        rows += recall.mqar_accuracy(model, vocab, lengths, args.samples, args.pairs, args.queries,
+                                     batch_size=args.batch_size)
+    if "niah" in args.task:
+        rows += recall.needle_accuracy(model, vocab, lengths, args.depths, args.samples,
+                                       batch_size=args.batch_size)
+    if "passkey" in args.task:
+        if not args.model:
+            raise CLIError("--task passkey needs --model DIR with a tokenizer")
+        from ..tokenizer import load_tokenizer
+
+        rows += recall.passkey_accuracy(model, load_tokenizer(args.model), lengths, args.depths,
+                                        args.samples, batch_size=args.batch_size)
+    window = config.sliding_window
+    print(f"{'task':<8} {'length':>7} {'vs window':>9} {'accuracy':>9}  detail")
+    for row in rows:
+        where = "-" if not window else ("within" if row["length"] <= window else "beyond")
+        detail = row.get("per_query") or row.get("per_depth")
+        print(f"{row['task']:<8} {row['length']:>7} {where:>9} {row['accuracy']:>9.3f}  {detail}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"model": args.model or args.preset, "window": window, "rows": rows}, fh, indent=2)
+            fh.write("\n")
+    if args.plot:
+        from ..eval.plots import recall_curves
+
+        recall_curves(rows, args.plot, f"recall: {args.model or args.preset}", window)
+    return 0
