@@ -1,0 +1,96 @@
+"""``hymba ablate``: the small-scale design-roadmap ablation (paper Table 10)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+
+from . import CLIError
+from ._common import resolve_device
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..eval.ablation import BUDGETS, VARIANTS  # light: no torch work at import
+
+    p = sub.add_parser(
+        "ablate", help="train the design-roadmap variants on recall + text and compare them",
+        description="Train every ablation variant (SSM-only, attention-only, attention with "
+                    "Hymba's KV compression, hybrid all-global / all-SWA / SWA+3 global / +KV "
+                    "sharing / +meta tokens) with the same budget on MQAR and byte-level text, then "
+                    "report recall within and beyond the window, perplexity, cache MB and prefill "
+                    "tokens/s as a Markdown table, JSON and PNG plots. Budgets: tiny (a smoke test, "
+                    "seconds), small (CPU, minutes), large (one GPU).")
+    p.add_argument("--budget", choices=list(BUDGETS), default="small")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
+    p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: ablation-BUDGET)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..eval import ablation
+
+    if not args.no_plots:
+        from ..eval.plots import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise CLIError(f"{exc}; or pass --no-plots") from None
+    budget = ablation.BUDGETS[args.budget]
+    if args.steps is not None:
+        if args.steps < 1:
+            raise CLIError("--steps must be >= 1")
+        budget = dataclasses.replace(budget, steps=args.steps)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    device = resolve_device(args.device)
+    out = args.out or f"ablation-{args.budget}"
+    os.makedirs(out, exist_ok=True)
+    bars: dict[str, tqdm] = {}
+
+    def progress(key: str, step: int, loss: float) -> None:
+        if key not in bars:
+            bars[key] = tqdm(total=budget.steps, desc=key, unit="step", leave=False)
+        bars[key].update(1)
+        bars[key].set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def done(row: dict) -> None:
+        bars.pop(row["key"]).close()
+        tqdm.write(f"{row['key']:<16} recall≤w {row['recall_within']:.3f}  recall>w "
+                   f"{row['recall_beyond']:.3f}  ppl {row['ppl']:.3f}  cache {row['cache_mb']:.3f} MB  "
+                   f"{row['tok_per_s']:.0f} tok/s  ({row['train_s']:.0f} s)")
+
+    rows = ablation.run_ablation(budget, names, device, args.seed, on_result=done, progress=progress)
+    table = ablation.markdown_table(rows, budget)
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    meta = {
+        "budget": args.budget, "settings": dataclasses.asdict(budget), "device": device_name,
+        "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
+        "date": datetime.date.today().isoformat(),
+    }
+    with open(os.path.join(out, "ablation.json"), "w", encoding="utf-8") as fh:
+        json.dump({**meta, "rows": rows}, fh, indent=2)
+        fh.write("\n")
+    with open(os.path.join(out, "ablation.md"), "w", encoding="utf-8") as fh:
+        fh.write(table)
+    print(table, end="")
+    if not args.no_plots:
+        from ..eval import plots
+
+        title = f"Hymba ablation, budget {args.budget} ({device_name})"
+        plots.ablation_bars(rows, os.path.join(out, "ablation.png"), title)
+        curves = [{**c, "model": r["key"]} for r in rows for c in r["curve"]]
+        plots.recall_curves(curves, os.path.join(out, "recall_curves.png"), "MQAR accuracy", budget.window)
+    print(f"wrote {out}/ablation.json, ablation.md" + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
+    return 0

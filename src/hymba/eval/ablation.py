@@ -1,0 +1,324 @@
+"""The design-roadmap ablation (paper Table 10), small-scale: same budget, different switches.
+
+Every variant is the same small model with different config switches (``mixer_type``,
+``sliding_window``, ``global_attn_idx``, ``kv_reuse_group``, ``num_memory_tokens``), trained
+from the same seed on the same stream: multi-query associative recall (MQAR, with the key–value
+block at a random depth, so recall distances range from 1 to the training length) interleaved
+with byte-level text. Each trained variant is then measured on
+
+* MQAR accuracy at lengths within and beyond the sliding window (pairs first, queries last);
+* byte-level perplexity on held-out text (:mod:`hymba.eval.perplexity`);
+* cache size at ``cache_len`` tokens in fp16 (:func:`hymba.cache_math.cache_bytes`);
+* prefill throughput (tokens/s of a no-grad forward on this machine).
+
+The text is the docstrings of a fixed set of Python standard-library modules, which every
+machine has; results are comparable between runs on the same Python version.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import sysconfig
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..cache_math import cache_bytes
+from ..config import HymbaConfig
+from ..model import HymbaForCausalLM, InputError
+from .perplexity import token_perplexity
+from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Model shape, training budget and evaluation sizes of one ablation run."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    window: int
+    meta: int
+    steps: int
+    batch: int
+    train_len: int
+    lr: float
+    pairs: int
+    num_keys: int
+    text_every: int  # every n-th step trains on text (0: never)
+    eval_lengths: tuple[int, ...]
+    eval_samples: int
+    ppl_docs: int
+    throughput_len: int
+    cache_len: int = 8000
+
+
+BUDGETS: dict[str, Budget] = {
+    # A smoke run for CI: every variant, a handful of steps; checks the machinery, not the claims.
+    "tiny": Budget(hidden=32, layers=6, heads=2, kv_heads=1, mlp=64, window=8, meta=4, steps=4,
+                   batch=4, train_len=32, lr=2e-3, pairs=1, num_keys=8, text_every=2,
+                   eval_lengths=(8, 16, 32), eval_samples=8, ppl_docs=2, throughput_len=64),
+    # Minutes on a 2-core CPU per variant.
+    "small": Budget(hidden=64, layers=6, heads=4, kv_heads=2, mlp=128, window=16, meta=8, steps=600,
+                    batch=16, train_len=64, lr=2e-3, pairs=2, num_keys=16, text_every=4,
+                    eval_lengths=(12, 16, 32, 64, 128), eval_samples=64, ppl_docs=40,
+                    throughput_len=512),
+    # One GPU (an H200 runs all variants in well under an hour).
+    "large": Budget(hidden=256, layers=8, heads=8, kv_heads=4, mlp=768, window=64, meta=32,
+                    steps=6000, batch=64, train_len=512, lr=1e-3, pairs=8, num_keys=64,
+                    text_every=2, eval_lengths=(48, 64, 128, 256, 512, 1024, 2048),
+                    eval_samples=256, ppl_docs=400, throughput_len=4096),
+}
+
+
+def global_layers(layers: int) -> list[int]:
+    """First, middle and last layer, as the released model's [0, 15, 31]."""
+    return sorted({0, layers // 2 - 1, layers - 1})
+
+
+def kv_share_groups(layers: int, globals_: Sequence[int]) -> list[list[int]]:
+    """Adjacent pairs of consecutive sliding-window layers share K/V (a trailing odd layer joins
+    its run's last pair)."""
+    groups: list[list[int]] = []
+    run: list[int] = []
+    for i in [*range(layers), None]:
+        if i is not None and i not in globals_:
+            run.append(i)
+            continue
+        pairs = [run[j:j + 2] for j in range(0, len(run) - 1, 2)]
+        if len(run) % 2 and pairs:
+            pairs[-1].append(run[-1])
+        groups += pairs
+        run = []
+    return groups
+
+
+# (key, description, paper Table 10 row, switches as a function of the layer and meta-token counts)
+Variant = tuple[str, str, str, Callable[[int, int], dict]]
+
+
+def _swa3(layers: int) -> dict:
+    g = global_layers(layers)
+    return {"global_attn_idx": g, "kv_reuse_group": kv_share_groups(layers, g)}
+
+
+_ALL_GLOBAL = dict(sliding_window=None, global_attn_idx=[], kv_reuse_group=[])
+
+VARIANTS: list[Variant] = [
+    ("ssm", "SSM heads only", "1", lambda n, m: dict(mixer_type="ssm", num_memory_tokens=0)),
+    ("ssm-meta", "SSM heads only + meta tokens", "12",
+     lambda n, m: dict(mixer_type="ssm", num_memory_tokens=m)),
+    ("attn", "attention only (all global)", "6",
+     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_ALL_GLOBAL)),
+    ("attn-compressed", "attention only + SWA, 3 global, KV share", "10",
+     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_swa3(n))),
+    ("hybrid-global", "hybrid heads, all global", "5",
+     lambda n, m: dict(num_memory_tokens=0, **_ALL_GLOBAL)),
+    ("hybrid-swa", "hybrid heads, all SWA", "7",
+     lambda n, m: dict(global_attn_idx=[], kv_reuse_group=[], num_memory_tokens=0)),
+    ("hybrid-swa3", "hybrid heads, SWA + 3 global", "8",
+     lambda n, m: dict(global_attn_idx=global_layers(n), kv_reuse_group=[], num_memory_tokens=0)),
+    ("hybrid-kvshare", "hybrid, SWA + 3 global + KV share", "9",
+     lambda n, m: dict(num_memory_tokens=0, **_swa3(n))),
+    ("hymba", "hybrid, SWA + 3 global + KV share + meta tokens (Hymba)", "13",
+     lambda n, m: dict(num_memory_tokens=m, **_swa3(n))),
+]
+
+
+def variant_config(budget: Budget, switches: dict, vocab_size: int) -> HymbaConfig:
+    base = dict(
+        vocab_size=vocab_size, hidden_size=budget.hidden, intermediate_size=budget.mlp,
+        num_hidden_layers=budget.layers, num_attention_heads=budget.heads,
+        num_key_value_heads=budget.kv_heads, sliding_window=budget.window,
+        num_memory_tokens=budget.meta, mamba_dt_rank="auto", rope_type=None,
+        max_position_embeddings=max(budget.eval_lengths + (budget.throughput_len, budget.train_len)),
+        orig_max_position_embeddings=None, torch_dtype="float32", pad_token_id=0,
+        global_attn_idx=[], kv_reuse_group=[],
+    )
+    return HymbaConfig(**{**base, **switches})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: MQAR batches interleaved with byte-level text
+
+_CORPUS_MODULES = ("argparse", "collections/__init__", "dataclasses", "difflib", "fractions",
+                   "functools", "inspect", "json/__init__", "logging/__init__", "pathlib",
+                   "statistics", "string", "textwrap", "typing", "unittest/case", "zipfile")
+
+
+def corpus_documents() -> list[str]:
+    """Docstrings (≥ 200 characters) of a fixed set of standard-library modules, in file order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for name in _CORPUS_MODULES:
+        path = stdlib / f"{name}.py"
+        if not path.is_file():
+            path = stdlib / name / "__init__.py"
+        if not path.is_file():
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 200 and doc.isascii():
+                    docs.append(doc)
+    if len(docs) < 10:
+        raise InputError(f"found only {len(docs)} standard-library docstrings for the text corpus")
+    return docs
+
+
+class ByteText:
+    """Text as token ids in the synthetic vocabulary's filler range (one byte, one token)."""
+
+    def __init__(self, vocab: SyntheticVocab, docs: Sequence[str]) -> None:
+        self.offset = vocab.filler.start
+        if len(vocab.filler) < 256:
+            raise InputError("the vocabulary needs 256 filler ids for byte-level text")
+        self.docs = [[1] + [self.offset + b for b in d.encode("utf-8")] for d in docs]
+        self.stream = [t for d in self.docs for t in d]
+
+    def batch(self, rng: random.Random, batch: int, length: int) -> torch.Tensor:
+        starts = [rng.randrange(0, len(self.stream) - length) for _ in range(batch)]
+        return torch.tensor([self.stream[s:s + length] for s in starts])
+
+
+def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The shared training stream: ``(input_ids, labels)``; labels are -100 where unscored."""
+    rng = random.Random(seed)
+    for step in range(budget.steps):
+        if budget.text_every and step % budget.text_every == budget.text_every - 1:
+            ids = text.batch(rng, budget.batch, budget.train_len)
+            yield ids, ids.clone()
+        else:
+            b: RecallBatch = mqar_batch(budget.batch, budget.train_len, vocab, budget.pairs,
+                                        seed=rng.randrange(1 << 30), needle_depth=rng.random())
+            yield b.input_ids, b.labels()
+
+
+def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
+          progress: Callable[[int, float], None] | None = None) -> list[float]:
+    """AdamW (betas 0.9/0.98, no weight decay), 5% linear warm-up then cosine decay to 10%,
+    gradient clipping at 1. Returns the loss of every step."""
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warm = max(1, budget.steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, budget.steps - warm)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    losses = []
+    for step, (ids, labels) in enumerate(batches):
+        loss = model(ids.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress:
+            progress(step, losses[-1])
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def prefill_throughput(model: HymbaForCausalLM, length: int, batch: int = 4, repeats: int = 3) -> float:
+    """Tokens per second of a no-grad forward over ``batch × length`` tokens (best of repeats)."""
+    device = next(model.parameters()).device
+    ids = torch.randint(4, model.config.vocab_size, (batch, length), device=device)
+    model(ids[:, :8])  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(ids, logits_to_keep=1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return batch * length / best
+
+
+def run_variant(
+    key: str, name: str, row: str, switches: dict, budget: Budget, vocab: SyntheticVocab, text: ByteText,
+    held_out: Sequence[Sequence[int]], device: str, seed: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train one variant and measure it; returns its table row (plus its recall curve)."""
+    config = variant_config(budget, switches, vocab.vocab_size)
+    torch.manual_seed(seed)
+    model = HymbaForCausalLM(config).to(device)
+    start = time.perf_counter()
+    losses = train(model, training_batches(budget, vocab, text, seed), budget, progress)
+    train_s = time.perf_counter() - start
+    curve = mqar_accuracy(model, vocab, budget.eval_lengths, budget.eval_samples, budget.pairs,
+                          seed=seed + 1)
+    within = [r["accuracy"] for r in curve if r["length"] <= budget.window]
+    beyond = [r["accuracy"] for r in curve if r["length"] > budget.window]
+    ppl = token_perplexity(model, held_out, [len(d) - 1 for d in held_out], window=budget.train_len,
+                           stride=budget.train_len // 2, batch_size=8)
+    return {
+        "key": key, "variant": name, "paper_row": row, "switches": switches,
+        "parameters": model.num_parameters(),
+        "recall_within": sum(within) / max(1, len(within)),
+        "recall_beyond": sum(beyond) / max(1, len(beyond)),
+        "ppl": ppl.perplexity, "bits_per_byte": ppl.loss / math.log(2),
+        "cache_mb": cache_bytes(config, budget.cache_len)["total"] / 1e6,
+        "tok_per_s": prefill_throughput(model, budget.throughput_len),
+        "train_s": train_s, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "curve": curve,
+    }
+
+
+def run_ablation(
+    budget: Budget, names: Sequence[str] | None = None, device: str = "cpu", seed: int = 0,
+    on_result: Callable[[dict], None] | None = None,
+    progress: Callable[[str, int, float], None] | None = None,
+) -> list[dict]:
+    """Run the variants (all, or those whose keys are given) under one budget; returns rows."""
+    chosen = [v for v in VARIANTS if names is None or v[0] in names]
+    unknown = set(names or []) - {v[0] for v in VARIANTS}
+    if unknown:
+        raise InputError(f"unknown variants {sorted(unknown)}; known: {', '.join(v[0] for v in VARIANTS)}")
+    vocab = SyntheticVocab(4 + 2 * budget.num_keys + 256, budget.num_keys, budget.num_keys)
+    docs = corpus_documents()
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    held = max(1, min(budget.ppl_docs, len(docs) // 10))
+    text = ByteText(vocab, docs[held:])
+    held_out = ByteText(vocab, docs[:held]).docs
+    rows = []
+    for key, name, row, make in chosen:
+        switches = make(budget.layers, budget.meta)
+        report = (lambda s, loss, key=key: progress(key, s, loss)) if progress else None
+        result = run_variant(key, name, row, switches, budget, vocab, text, held_out, device, seed, report)
+        rows.append(result)
+        if on_result:
+            on_result(result)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict], budget: Budget) -> str:
+    """The Table-10-like summary."""
+    head = (f"| Table 10 row | variant | params | MQAR ≤ window ({budget.window}) | MQAR > window | "
+            f"ppl (byte) | cache MB @{budget.cache_len} fp16 | prefill tok/s | train s |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r['paper_row']} | {r['variant']} (`{r['key']}`) | {r['parameters'] / 1e3:.0f}k | {r['recall_within']:.3f} | "
+        f"{r['recall_beyond']:.3f} | {r['ppl']:.3f} | {r['cache_mb']:.3f} | {r['tok_per_s']:.0f} | "
+        f"{r['train_s']:.0f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""The ablation: variant switches, data stream, and an end-to-end smoke run of the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hymba.cli import main
+from hymba.eval import ablation
+from hymba.eval.recall import SyntheticVocab
+
+
+def test_variants_are_distinct_valid_configs():
+    budget = ablation.BUDGETS["small"]
+    vocab = SyntheticVocab(4 + 2 * budget.num_keys + 256, budget.num_keys, budget.num_keys)
+    plans = {}
+    for key, _, _, make in ablation.VARIANTS:
+        config = ablation.variant_config(budget, make(budget.layers, budget.meta), vocab.vocab_size)
+        plans[key] = (config.mixer_type, config.num_memory_tokens,
+                      tuple((s.window, s.kv_source) for s in config.layer_plan()))
+    assert len(set(plans.values())) == len(plans)
+    hymba = ablation.variant_config(budget, ablation.VARIANTS[-1][3](6, 8), vocab.vocab_size)
+    plan = hymba.layer_plan()
+    assert [s.index for s in plan if s.is_global] == [0, 2, 5]
+    assert [s.index for s in plan if not s.computes_kv] == [4]  # layers 3 and 4 share K/V
+
+
+@pytest.mark.parametrize("layers,expected", [(6, [[3, 4]]), (8, [[1, 2], [4, 5, 6]]), (4, [])])
+def test_kv_share_groups(layers, expected):
+    assert ablation.kv_share_groups(layers, ablation.global_layers(layers)) == expected
+
+
+def test_training_stream_mixes_recall_and_text():
+    budget = ablation.BUDGETS["tiny"]
+    vocab = SyntheticVocab(4 + 2 * budget.num_keys + 256, budget.num_keys, budget.num_keys)
+    text = ablation.ByteText(vocab, ablation.corpus_documents())
+    batches = list(ablation.training_batches(budget, vocab, text, seed=0))
+    assert len(batches) == budget.steps
+    for step, (ids, labels) in enumerate(batches):
+        assert ids.shape == (budget.batch, budget.train_len)
+        scored = (labels != -100).sum().item()
+        is_text = step % budget.text_every == budget.text_every - 1
+        assert scored == (ids.numel() if is_text else budget.batch * budget.pairs)
+    assert batches[0][0].equal(list(ablation.training_batches(budget, vocab, text, seed=0))[0][0])
+
+
+def test_cli_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert main(["ablate", "--budget", "tiny", "--variants", "ssm,attn-compressed,hymba",
+                 "--device", "cpu", "--out", str(out)] + ([] if _has_matplotlib() else ["--no-plots"])) == 0
+    data = json.loads((out / "ablation.json").read_text())
+    rows = {r["key"]: r for r in data["rows"]}
+    assert list(rows) == ["ssm", "attn-compressed", "hymba"]
+    for row in rows.values():
+        assert 0 <= row["recall_within"] <= 1 and 0 <= row["recall_beyond"] <= 1
+        assert row["ppl"] > 1 and row["tok_per_s"] > 0
+    # cache: SSM state only < attention with compressed KV < the same plus SSM state and meta K/V
+    assert rows["ssm"]["cache_mb"] < rows["attn-compressed"]["cache_mb"] < rows["hymba"]["cache_mb"]
+    assert "Table 10 row" in (out / "ablation.md").read_text()
+    if _has_matplotlib():
+        assert (out / "ablation.png").stat().st_size > 1000
+    assert main(["ablate", "--budget", "tiny", "--variants", "nope", "--no-plots",
+                 "--out", str(out)]) == 2
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
