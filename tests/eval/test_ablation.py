@@ -47,7 +47,7 @@ def test_training_stream_mixes_recall_and_text():
 
 def test_cli_tiny_budget(tmp_path, capsys):
     out = tmp_path / "abl"
-    assert main(["ablate", "--budget", "tiny", "--variants", "ssm,attn-compressed,hymba",
+    assert main(["ablate", "--budget", "tiny", "--steps", "2", "--variants", "ssm,attn-compressed,hymba",
                  "--device", "cpu", "--out", str(out)] + ([] if _has_matplotlib() else ["--no-plots"])) == 0
     data = json.loads((out / "ablation.json").read_text())
     rows = {r["key"]: r for r in data["rows"]}
@@ -70,3 +70,14 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_cli_resumes_and_merges(tmp_path, capsys):
+    out = tmp_path / "abl"
+    common = ["ablate", "--budget", "tiny", "--steps", "2", "--no-plots", "--device", "cpu", "--out", str(out)]
+    assert main(common + ["--variants", "attn"]) == 0
+    first = json.loads((out / "ablation.json").read_text())["rows"][0]
+    assert main(common + ["--variants", "attn,ssm"]) == 0
+    assert "keeping 1 variants" in capsys.readouterr().out
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == ["ssm", "attn"] and rows[1] == first

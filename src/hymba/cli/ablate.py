@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: ablation-BUDGET)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every variant (default: keep the results already in "
+                        "DIR/ablation.json from a run with the same settings and seed)")
     p.set_defaults(func=run)
 
 
@@ -71,17 +74,35 @@ def run(args: argparse.Namespace) -> int:
                    f"{row['recall_beyond']:.3f}  ppl {row['ppl']:.3f}  cache {row['cache_mb']:.3f} MB  "
                    f"{row['tok_per_s']:.0f} tok/s  ({row['train_s']:.0f} s)")
 
-    rows = ablation.run_ablation(budget, names, device, args.seed, on_result=done, progress=progress)
-    table = ablation.markdown_table(rows, budget)
     device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
     meta = {
-        "budget": args.budget, "settings": dataclasses.asdict(budget), "device": device_name,
+        "budget": args.budget, "settings": json.loads(json.dumps(dataclasses.asdict(budget))), "device": device_name,
         "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
         "date": datetime.date.today().isoformat(),
     }
-    with open(os.path.join(out, "ablation.json"), "w", encoding="utf-8") as fh:
-        json.dump({**meta, "rows": rows}, fh, indent=2)
-        fh.write("\n")
+    path = os.path.join(out, "ablation.json")
+    done_rows = {} if args.fresh else _previous_rows(path, meta)
+    order = [v[0] for v in ablation.VARIANTS]
+    todo = [k for k in (names or order) if k not in done_rows]
+    if done_rows:
+        print(f"keeping {len(done_rows)} variants from {path}; training {len(todo)}")
+
+    def save() -> list[dict]:
+        rows = [done_rows[k] for k in order if k in done_rows]  # this run's and earlier ones
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({**meta, "rows": rows}, fh, indent=2)
+            fh.write("\n")
+        return rows
+
+    def finished(row: dict) -> None:
+        done(row)
+        done_rows[row["key"]] = row
+        save()  # after every variant, so an interrupted run can resume
+
+    if todo:
+        ablation.run_ablation(budget, todo, device, args.seed, on_result=finished, progress=progress)
+    rows = save()
+    table = ablation.markdown_table(rows, budget)
     with open(os.path.join(out, "ablation.md"), "w", encoding="utf-8") as fh:
         fh.write(table)
     print(table, end="")
@@ -94,3 +115,17 @@ def run(args: argparse.Namespace) -> int:
         plots.recall_curves(curves, os.path.join(out, "recall_curves.png"), "MQAR accuracy", budget.window)
     print(f"wrote {out}/ablation.json, ablation.md" + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
     return 0
+
+
+def _previous_rows(path: str, meta: dict) -> dict[str, dict]:
+    """Rows of an earlier run in the same folder with the same budget settings and seed."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if old.get("settings") != meta["settings"] or old.get("seed") != meta["seed"]:
+        return {}
+    return {row["key"]: row for row in old.get("rows", [])}
