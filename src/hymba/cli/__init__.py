@@ -44,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..model import InputError
+    from ..tokenizer import TokenizerError
 
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ConfigError, CheckpointError, InputError, FileNotFoundError, PermissionError) as exc:
+    except (CLIError, ConfigError, CheckpointError, InputError, TokenizerError, FileNotFoundError,
+            PermissionError) as exc:
         print(f"hymba {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

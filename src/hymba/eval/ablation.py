@@ -10,7 +10,9 @@ with byte-level text. Each trained variant is then measured on
   "beyond" averages the lengths up to the training length, the recall curve goes further;
 * byte-level perplexity on held-out text (:mod:`hymba.eval.perplexity`);
 * cache size at ``cache_len`` tokens in fp16 (:func:`hymba.cache_math.cache_bytes`);
-* prefill throughput (tokens/s of a no-grad forward on this machine).
+* prefill throughput (tokens/s of a no-grad forward on this machine);
+* where attention goes (:mod:`hymba.eval.analysis`): mean share of attention mass on meta tokens
+  and on the first token over one held-out text.
 
 The text is the docstrings of a fixed set of Python standard-library modules, which every
 machine has; results are comparable between runs on the same Python version.
@@ -32,6 +34,7 @@ import torch
 from ..cache_math import cache_bytes
 from ..config import HymbaConfig
 from ..model import HymbaForCausalLM, InputError
+from .analysis import analyze
 from .perplexity import token_perplexity
 from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch
 
@@ -271,6 +274,7 @@ def run_variant(
     beyond = [r["accuracy"] for r in curve if budget.window < r["length"] <= budget.train_len]
     ppl = token_perplexity(model, held_out, [len(d) - 1 for d in held_out], window=budget.train_len,
                            stride=budget.train_len // 2, batch_size=8)
+    probe = analyze(model, torch.tensor([held_out[0][: budget.train_len]]))
     return {
         "key": key, "variant": name, "paper_row": row, "switches": switches,
         "parameters": model.num_parameters(),
@@ -280,6 +284,8 @@ def run_variant(
         "cache_mb": cache_bytes(config, budget.cache_len)["total"] / 1e6,
         "tok_per_s": prefill_throughput(model, budget.throughput_len),
         "train_s": train_s, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "attention_share": probe.get("mean_attention_share"),
+        "ssm_to_attention_magnitude": probe.get("ssm_to_attention_magnitude_ratio"),
         "curve": curve,
     }
 
@@ -315,12 +321,17 @@ def run_ablation(
 def markdown_table(rows: Sequence[dict], budget: Budget) -> str:
     """The Table-10-like summary."""
     head = (f"| Table 10 row | variant | params | MQAR ≤ window ({budget.window}) | MQAR > window | "
-            f"ppl (byte) | cache MB @{budget.cache_len} fp16 | prefill tok/s | train s |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+            f"ppl (byte) | cache MB @{budget.cache_len} fp16 | prefill tok/s | attn → meta / first | "
+            "train s |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {r['paper_row']} | {r['variant']} (`{r['key']}`) | {r['parameters'] / 1e3:.0f}k | {r['recall_within']:.3f} | "
         f"{r['recall_beyond']:.3f} | {r['ppl']:.3f} | {r['cache_mb']:.3f} | {r['tok_per_s']:.0f} | "
-        f"{r['train_s']:.0f} |"
+        f"{_sink(r)} | {r['train_s']:.0f} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def _sink(row: dict) -> str:
+    share = row.get("attention_share")
+    return "-" if not share else f"{share['meta']:.2f} / {share['first']:.2f}"
