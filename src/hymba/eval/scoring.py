@@ -96,10 +96,9 @@ def score_pairs(
         ids, mask = left_pad([rows[i] for i in batch], pad_id, device)
         keep = max(len(pairs[i][1]) for i in batch)
         logits = model(ids, attention_mask=mask, logits_to_keep=keep).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for row, i in enumerate(batch):
+        for row, i in enumerate(batch):  # row by row: one extra (n, vocab) tensor at a time
             target = torch.tensor(list(pairs[i][1]), dtype=torch.long, device=device)
-            lp = logprobs[row, keep - len(target):]
+            lp = torch.log_softmax(logits[row, keep - len(target):].float(), dim=-1)
             token_lp = lp.gather(-1, target[:, None]).squeeze(-1)
             correct = lp.argmax(-1) == target
             results[i] = PairScore(float(token_lp.sum()), bool(correct.all()), int(correct.sum()), len(target))
