@@ -24,6 +24,10 @@ class SharedKV:
     v: Tensor  # (b, Hkv, Lk, d_v)
     k_pos: Tensor  # (Lk,) or (b, Lk)
     k_valid: Tensor | None  # (b, Lk) or None
+    # Decode from a cache: always-visible K/V kept once per model (the meta tokens) and a
+    # precomputed (b, 1, Lq, Lk) mask over k/v; k_pos/k_valid are then not used.
+    prefix: tuple[Tensor, Tensor] | None = None
+    mask: Tensor | None = None
 
 
 class AttentionBranch(nn.Module):
@@ -63,9 +67,12 @@ class AttentionBranch(nn.Module):
             else:
                 shared = SharedKV(k, v, layout.positions, layout.token_valid)
         assert shared is not None, "a K/V consumer needs its producer's K/V"
-        out = ops.attention(
-            q, shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
-            layout.num_meta, shared.k_valid,
-        )
+        if shared.mask is not None:
+            out = ops.attention_with_prefix(q, *shared.prefix, shared.k, shared.v, shared.mask)
+        else:
+            out = ops.attention(
+                q, shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
+                layout.num_meta, shared.k_valid,
+            )
         b, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(b, length, self.num_heads * self.v_dim), shared

@@ -79,9 +79,19 @@ class HymbaModel(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         self._check_ids(input_ids)
         h, layout, output_index = self.embed(input_ids, attention_mask)
+        hidden = [h] if output_hidden_states else None
+        h = self.run_layers(h, layout, hidden)
+        n = input_ids.shape[1]
+        if output_index is None:
+            h = h[:, -n:]
+        else:
+            h = torch.gather(h, 1, output_index[..., None].expand(-1, -1, h.shape[-1]))
+        return h, (tuple(hidden) if hidden is not None else None)
+
+    def run_layers(self, h: Tensor, layout: SequenceLayout, hidden: list[Tensor] | None = None) -> Tensor:
+        """The decoder layers and the final norm over internal positions ``h`` (b, L, H)."""
         if self.rotary is not None:
             layout.cos, layout.sin = self.rotary(layout.positions, h.dtype)
-        hidden = [h] if output_hidden_states else None
         shared = {}
         for layer, spec in zip(self.layers, self.plan):
             kv_in = shared.get(spec.kv_source)
@@ -96,12 +106,7 @@ class HymbaModel(nn.Module):
         h = self.final_layernorm(h)
         if hidden is not None:
             hidden[-1] = h
-        n = input_ids.shape[1]
-        if output_index is None:
-            h = h[:, -n:]
-        else:
-            h = torch.gather(h, 1, output_index[..., None].expand(-1, -1, h.shape[-1]))
-        return h, (tuple(hidden) if hidden is not None else None)
+        return h
 
 
 class HymbaForCausalLM(nn.Module):
@@ -187,6 +192,12 @@ class HymbaForCausalLM(nn.Module):
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
             )
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs):
+        """Generate continuations with the hybrid cache; see :func:`hymba.generation.generate`."""
+        from ..generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------
     @classmethod

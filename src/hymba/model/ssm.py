@@ -35,25 +35,47 @@ class MambaBranch(nn.Module):
         self.dt_rank, self.d_state = r, n
 
     def forward(self, x: Tensor, z: Tensor, layout: SequenceLayout) -> Tensor:
-        """``x``, ``z``: (b, L, d_inner) pre-conv input and gate → (b, L, d_inner)."""
-        valid = None if layout.token_valid is None else layout.token_valid[..., None].to(x.dtype)
+        """``x``, ``z``: (b, L, d_inner) pre-conv input and gate → (b, L, d_inner).
+
+        Padding positions (``layout.token_valid`` False) leave the conv input and the SSM state
+        untouched (zero input, Δ = 0). With a cache, the conv/SSM state continues from the cache's
+        and is written back; a single-token call updates the cached state in place.
+        """
+        valid = None if layout.token_valid is None else layout.token_valid[..., None]
         if valid is not None:
-            x = x * valid
+            x = x * valid.to(x.dtype)
         cache = layout.cache
         conv_state = cache.conv_state(self.layer_idx) if cache is not None else None
         ssm_state = cache.ssm_state(self.layer_idx) if cache is not None else None
         weight = self.conv1d.weight[:, 0, :]
-        xc, new_conv_state = ops.causal_conv1d(x, weight, self.conv1d.bias, conv_state)
+        if conv_state is not None and x.shape[1] == 1:
+            return self._step(x[:, 0], z[:, 0], weight, conv_state, ssm_state)[:, None]
+        xc, _ = ops.causal_conv1d(x, weight, self.conv1d.bias, conv_state)
         if valid is not None:
-            xc = xc * valid
-        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        if self.inner_norms:
-            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
+            xc = xc * valid.to(xc.dtype)
+        dt, B, C = self._project(xc)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in float32 inside the scan
+        if valid is not None:
+            delta = delta.masked_fill(~valid, -1e4)  # softplus → exactly 0: the state is kept
         y, new_ssm_state = ops.selective_scan(
             xc, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True, initial_state=ssm_state,
         )
         if cache is not None:
-            cache.set_ssm_states(self.layer_idx, new_conv_state, new_ssm_state)
+            cache.store_ssm(self.layer_idx, x, new_ssm_state)
         return y
+
+    def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
+        return dt, B, C
+
+    def _step(self, x: Tensor, z: Tensor, weight: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """One token (b, d_inner) through the conv and the SSM, updating both states in place."""
+        xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
+        dt, B, C = self._project(xc)
+        return ops.selective_state_update(
+            ssm_state, xc, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), B, C,
+            self.D.float(), z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        )

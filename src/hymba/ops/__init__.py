@@ -2,15 +2,19 @@
 
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
+from .prefix_attention import attention_with_prefix
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
+from .ssm_step import selective_state_update
 
 __all__ = [
     "attention",
     "attention_mask",
+    "attention_with_prefix",
     "sdpa_attention",
     "causal_conv1d",
     "causal_conv1d_update",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_reference",
+    "selective_state_update",
 ]

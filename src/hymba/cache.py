@@ -1,0 +1,320 @@
+"""HybridCache: preallocated per-layer generation state, laid out by the layer plan.
+
+What each layer keeps (``config.layer_plan()`` decides, nothing else):
+
+- a global K/V producer: K/V for every position after the meta tokens, preallocated to a maximum
+  length (slot ``p - M`` holds position ``p``);
+- a sliding-window K/V producer: a ring of ``window + 1`` slots (the current token and the
+  ``window`` before it, all that a query can see) plus each slot's position; memory does not
+  grow with the sequence;
+- a K/V consumer: nothing (it reads its producer's entries);
+- every layer with an SSM branch: its conv inputs (d_inner × d_conv) and SSM state (d_inner ×
+  d_state).
+
+The meta tokens' K/V and the conv/SSM state after them do not depend on the input: they are
+computed once per model (:func:`meta_prefix`), every cache starts from them, and the meta K/V are
+read in place (batch 1), never copied into a request. All tensors are allocated once and updated
+in place; a decode step needs no host synchronisation, so it can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .config import HymbaConfig, LayerSpec
+from .model.attention import SharedKV
+from .model.layout import InputError, SequenceLayout
+
+SWADecode = Literal["trained", "reference"]
+
+
+@dataclass
+class MetaPrefix:
+    """What the meta tokens leave behind: K/V per K/V slot (1, Hkv, M, d) and, per SSM layer,
+    the conv inputs (1, d_inner, d_conv) and SSM state (1, d_inner, d_state) after them."""
+
+    k: dict[int, Tensor]
+    v: dict[int, Tensor]
+    conv: dict[int, Tensor]
+    ssm: dict[int, Tensor]
+
+
+class _MetaRecorder:
+    """The cache interface while the meta tokens run once from an empty state."""
+
+    def __init__(self, d_conv: int) -> None:
+        self.d_conv = d_conv
+        self.prefix = MetaPrefix({}, {}, {}, {})
+
+    def update_kv(self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
+        self.prefix.k[spec.kv_slot], self.prefix.v[spec.kv_slot] = k, v
+        return SharedKV(k, v, layout.positions, None)
+
+    def conv_state(self, layer: int) -> None:
+        return None
+
+    def ssm_state(self, layer: int) -> None:
+        return None
+
+    def store_ssm(self, layer: int, x: Tensor, ssm_state: Tensor) -> None:
+        seq = torch.cat([x.new_zeros(x.shape[0], x.shape[2], self.d_conv), x.transpose(1, 2)], -1)
+        self.prefix.conv[layer] = seq[..., -self.d_conv :].contiguous()
+        self.prefix.ssm[layer] = ssm_state
+
+
+def _params_key(model: torch.nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced, moved, cast or modified in place."""
+    return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+@torch.no_grad()
+def meta_prefix(model: torch.nn.Module) -> MetaPrefix:
+    """The meta tokens' K/V and conv/SSM state, computed once per model (and recomputed only
+    after its parameters change)."""
+    key = _params_key(model)
+    cached = getattr(model, "_hymba_meta_prefix", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    config: HymbaConfig = model.config
+    recorder = _MetaRecorder(config.mamba_d_conv)
+    body = model.model
+    m = config.num_memory_tokens
+    if m:
+        h = body.memory_tokens[None].to(model.dtype)
+        layout = SequenceLayout(torch.arange(m, device=h.device), None, m, cache=recorder)
+        body.run_layers(h, layout)
+    prefix = recorder.prefix
+    d, kv_heads = config.d_inner, config.num_key_value_heads
+    for spec in config.layer_plan():
+        if spec.computes_kv and spec.kv_slot not in prefix.k:
+            empty = dict(dtype=model.dtype, device=model.device)
+            prefix.k[spec.kv_slot] = torch.zeros(1, kv_heads, 0, config.qk_head_dim, **empty)
+            prefix.v[spec.kv_slot] = torch.zeros(1, kv_heads, 0, config.value_head_dim, **empty)
+        if spec.has_ssm and spec.index not in prefix.conv:
+            prefix.conv[spec.index] = torch.zeros(1, d, config.mamba_d_conv, dtype=model.dtype, device=model.device)
+            prefix.ssm[spec.index] = torch.zeros(1, d, config.mamba_d_state, device=model.device)
+    model._hymba_meta_prefix = (key, prefix)
+    return prefix
+
+
+class HybridCache:
+    """Generation state of a batch of ``batch_size`` sequences (see the module docstring).
+
+    ``max_tokens``: capacity of the global layers in real tokens (prompt + new tokens).
+    ``swa_decode``: ``"trained"`` (default) decodes sliding-window layers with the window the
+    model was trained with, so incremental decoding equals the full forward; ``"reference"``
+    keeps one key fewer at decode steps, as NVIDIA's released cache does (bit-for-bit with its
+    ``generate``, drifting from its own full forward once a sequence exceeds the window).
+    ``ssm_dtype``: dtype of the SSM state (default float32; the reference rounds it to the model
+    dtype between steps). Allocate on ``device="meta"`` to size a cache without memory.
+    """
+
+    def __init__(
+        self,
+        config: HymbaConfig,
+        batch_size: int,
+        max_tokens: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        swa_decode: SWADecode = "trained",
+        ssm_dtype: torch.dtype | None = torch.float32,
+    ) -> None:
+        if swa_decode not in ("trained", "reference"):
+            raise ValueError(f"swa_decode must be 'trained' or 'reference', got {swa_decode!r}")
+        if batch_size < 1 or max_tokens < 1:
+            raise ValueError("a cache needs batch_size >= 1 and max_tokens >= 1")
+        self.config, self.plan = config, config.layer_plan()
+        self.num_meta, self.max_tokens, self.swa_decode = config.num_memory_tokens, max_tokens, swa_decode
+        b, hkv, m = batch_size, config.num_key_value_heads, config.num_memory_tokens
+        dqk, dv, d = config.qk_head_dim, config.value_head_dim, config.d_inner
+        alloc = dict(dtype=dtype, device=device)
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+        self.ring_pos: dict[int, Tensor] = {}  # sliding-window slots: the position each holds (-1: empty)
+        self.window: dict[int, int | None] = {}
+        self.meta_k: dict[int, Tensor] = {}
+        self.meta_v: dict[int, Tensor] = {}
+        self.conv: dict[int, Tensor] = {}
+        self.ssm: dict[int, Tensor] = {}
+        for spec in self.plan:
+            if spec.computes_kv:
+                slots = max_tokens if spec.window is None else spec.window + 1
+                self.k[spec.kv_slot] = torch.zeros(b, hkv, slots, dqk, **alloc)
+                self.v[spec.kv_slot] = torch.zeros(b, hkv, slots, dv, **alloc)
+                self.meta_k[spec.kv_slot] = torch.zeros(1, hkv, m, dqk, **alloc)
+                self.meta_v[spec.kv_slot] = torch.zeros(1, hkv, m, dv, **alloc)
+                self.window[spec.kv_slot] = spec.window
+                if spec.window is not None:
+                    self.ring_pos[spec.kv_slot] = torch.full((b, slots), -1, dtype=torch.int64, device=device)
+            if spec.has_ssm:
+                self.conv[spec.index] = torch.zeros(b, d, config.mamba_d_conv, **alloc)
+                self.ssm[spec.index] = torch.zeros(b, d, config.mamba_d_state, dtype=ssm_dtype or dtype, device=device)
+        self.lengths = torch.full((b,), m, dtype=torch.int64, device=device)  # next position per row
+        self.extent = 0  # host-side bound on the real tokens any row holds
+        self._num_new: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def reset(self, prefix: MetaPrefix) -> HybridCache:
+        """Start every row right after the meta tokens (their K/V are used in place, not copied)."""
+        self.meta_k, self.meta_v = dict(prefix.k), dict(prefix.v)
+        for i, state in self.conv.items():
+            state.copy_(prefix.conv[i].expand_as(state))
+            self.ssm[i].copy_(prefix.ssm[i].expand_as(self.ssm[i]))
+        for pos in self.ring_pos.values():
+            pos.fill_(-1)
+        self.lengths.fill_(self.num_meta)
+        self.extent = 0
+        return self
+
+    def layout(self, num_tokens: int, num_new: Tensor | None = None) -> SequenceLayout:
+        """Layout for ``num_tokens`` new tokens per row; ``num_new`` (b,) says how many of them
+        are real when rows are right-padded (None: all)."""
+        if self.extent + num_tokens > self.max_tokens:
+            raise InputError(
+                f"the cache holds at most {self.max_tokens} tokens per row; "
+                f"{self.extent} are used and {num_tokens} more were given"
+            )
+        steps = torch.arange(num_tokens, device=self.lengths.device)
+        valid = None if num_new is None else steps[None] < num_new[:, None]
+        self._num_new = num_new
+        return SequenceLayout(self.lengths[:, None] + steps, valid, self.num_meta, cache=self)
+
+    def advance(self, num_tokens: int) -> None:
+        """Mark the tokens given to the last :meth:`layout` call as stored."""
+        self.lengths += num_tokens if self._num_new is None else self._num_new
+        self.extent += num_tokens
+        self._num_new = None
+
+    # ------------------------------------------------------------------------------------
+    # Hooks called by the model
+    def update_kv(self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
+        """Store a producer's new K/V (b, Hkv, L, d) and return what its queries attend over."""
+        if k.shape[2] == 1:
+            return self._decode_kv(spec.kv_slot, k, v, layout.positions)
+        return self._prefill_kv(spec.kv_slot, k, v, layout)
+
+    def conv_state(self, layer: int) -> Tensor:
+        return self.conv[layer]
+
+    def ssm_state(self, layer: int) -> Tensor:
+        return self.ssm[layer]
+
+    def store_ssm(self, layer: int, x: Tensor, ssm_state: Tensor) -> None:
+        """After a multi-token call: keep each row's last d_conv real conv inputs (``x``: b, L,
+        d_inner) and its SSM state (padding left it unchanged)."""
+        conv = self.conv[layer]
+        seq = torch.cat([conv, x.transpose(1, 2).to(conv.dtype)], dim=-1)  # (b, d, K + L)
+        kernel = conv.shape[-1]
+        if self._num_new is None:
+            conv.copy_(seq[..., -kernel:])
+        else:
+            idx = self._num_new[:, None] + torch.arange(kernel, device=seq.device)[None]
+            conv.copy_(torch.gather(seq, 2, idx[:, None].expand(-1, seq.shape[1], -1)))
+        self.ssm[layer].copy_(ssm_state)
+
+    # ------------------------------------------------------------------------------------
+    def _decode_kv(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> SharedKV:
+        """One token per row at positions ``pos`` (b, 1): write in place, mask by position."""
+        m, window = self.num_meta, self.window[slot]
+        if window is None:
+            index = pos - m
+            used = self.extent + 1
+            keys = torch.arange(m, m + used, device=pos.device)[None]
+            mask = keys <= pos
+        else:
+            ring = self.ring_pos[slot]
+            index = (pos - m) % ring.shape[1]
+            ring.scatter_(1, index, pos)
+            used = ring.shape[1]
+            limit = window - 1 if self.swa_decode == "reference" else window
+            mask = (ring >= 0) & (ring <= pos) & (pos - ring <= limit)
+        self._write(self.k[slot], index, k)
+        self._write(self.v[slot], index, v)
+        kv = (self.k[slot][:, :, :used], self.v[slot][:, :, :used])
+        prefix = (self.meta_k[slot], self.meta_v[slot])
+        return SharedKV(*kv, None, None, prefix=prefix, mask=mask[:, None, None])
+
+    def _prefill_kv(self, slot: int, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
+        """Several tokens per row: attend over meta + stored + new keys, then store the new ones."""
+        b, m, window = k.shape[0], self.num_meta, self.window[slot]
+        pos, valid = layout.positions, layout.token_valid
+        if valid is None:
+            valid = torch.ones_like(pos, dtype=torch.bool)
+        keys = [self.meta_k[slot].expand(b, -1, -1, -1)]
+        values = [self.meta_v[slot].expand(b, -1, -1, -1)]
+        meta_pos = torch.arange(m, device=pos.device).expand(b, m)
+        key_pos, key_valid = [meta_pos], [torch.ones_like(meta_pos, dtype=torch.bool)]
+        if self.extent:
+            if window is None:
+                stored = torch.arange(m, m + self.extent, device=pos.device).expand(b, -1)
+                stored_valid = stored < self.lengths[:, None]
+                keys.append(self.k[slot][:, :, : self.extent])
+                values.append(self.v[slot][:, :, : self.extent])
+            else:
+                stored = self.ring_pos[slot]
+                stored_valid = stored >= 0
+                keys.append(self.k[slot])
+                values.append(self.v[slot])
+            key_pos.append(stored)
+            key_valid.append(stored_valid)
+        shared = SharedKV(
+            torch.cat(keys + [k], 2), torch.cat(values + [v], 2),
+            torch.cat(key_pos + [pos], 1), torch.cat(key_valid + [valid], 1),
+        )
+        if window is None:
+            self._write(self.k[slot], pos - m, k)
+            self._write(self.v[slot], pos - m, v)
+        else:
+            self._fill_ring(slot, k, v, pos)
+        return shared
+
+    def _fill_ring(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> None:
+        """Put each row's newest real tokens into their ring slots (older ones are overwritten)."""
+        ring = self.ring_pos[slot]
+        size, m = ring.shape[1], self.num_meta
+        n = pos.shape[1] if self._num_new is None else self._num_new
+        n = torch.as_tensor(n, device=pos.device).expand(pos.shape[0])[:, None]
+        start = pos[:, :1]
+        s = torch.arange(size, device=pos.device)[None]
+        # the newest new token j < n whose position lands in slot s, or a negative j if none does
+        j = n - 1 - torch.remainder(start + n - 1 - m - s, size)
+        take = j >= 0
+        j = j.clamp(min=0)
+        ring.copy_(torch.where(take, start + j, ring))
+        for store, new in ((self.k[slot], k), (self.v[slot], v)):
+            picked = torch.gather(new, 2, j[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3]))
+            store.copy_(torch.where(take[:, None, :, None], picked, store))
+
+    @staticmethod
+    def _write(store: Tensor, index: Tensor, new: Tensor) -> None:
+        """store[b, :, index[b, t]] = new[b, :, t], in place."""
+        idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
+        store.scatter_(2, idx, new.to(store.dtype))
+
+    # ------------------------------------------------------------------------------------
+    def nbytes(self) -> dict[str, int]:
+        """Bytes by part. ``meta_kv`` is one copy per model, shared by every request; the other
+        parts are this cache's own (``total`` sums them, meta excluded)."""
+        def size(tensors) -> int:
+            return sum(t.numel() * t.element_size() for t in tensors)
+
+        glob = [s for s, w in self.window.items() if w is None]
+        swa = [s for s, w in self.window.items() if w is not None]
+        parts = {
+            "global_kv": size([self.k[s] for s in glob] + [self.v[s] for s in glob]),
+            "swa_kv": size([self.k[s] for s in swa] + [self.v[s] for s in swa]),
+            "swa_positions": size(self.ring_pos.values()),
+            "ssm_state": size(self.ssm.values()),
+            "conv_state": size(self.conv.values()),
+        }
+        parts["total"] = sum(parts.values())
+        parts["meta_kv"] = size(list(self.meta_k.values()) + list(self.meta_v.values()))
+        return parts
