@@ -109,8 +109,8 @@ class HybridCache:
     model was trained with, so incremental decoding equals the full forward; ``"reference"``
     keeps one key fewer at decode steps, as NVIDIA's released cache does (bit-for-bit with its
     ``generate``, drifting from its own full forward once a sequence exceeds the window).
-    ``ssm_dtype``: dtype of the SSM state (default float32; the reference rounds it to the model
-    dtype between steps). Allocate on ``device="meta"`` to size a cache without memory.
+    ``ssm_dtype``: dtype of the SSM state (default float32, or float64 for a float64 cache; the
+    reference rounds it to the model dtype between steps). Allocate on ``device="meta"`` to size a cache without memory.
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class HybridCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         swa_decode: SWADecode = "trained",
-        ssm_dtype: torch.dtype | None = torch.float32,
+        ssm_dtype: torch.dtype | None = None,
     ) -> None:
         if swa_decode not in ("trained", "reference"):
             raise ValueError(f"swa_decode must be 'trained' or 'reference', got {swa_decode!r}")
@@ -132,6 +132,7 @@ class HybridCache:
         b, hkv, m = batch_size, config.num_key_value_heads, config.num_memory_tokens
         dqk, dv, d = config.qk_head_dim, config.value_head_dim, config.d_inner
         alloc = dict(dtype=dtype, device=device)
+        ssm_dtype = ssm_dtype or torch.promote_types(dtype, torch.float32)
         self.k: dict[int, Tensor] = {}
         self.v: dict[int, Tensor] = {}
         self.ring_pos: dict[int, Tensor] = {}  # sliding-window slots: the position each holds (-1: empty)
@@ -152,7 +153,7 @@ class HybridCache:
                     self.ring_pos[spec.kv_slot] = torch.full((b, slots), -1, dtype=torch.int64, device=device)
             if spec.has_ssm:
                 self.conv[spec.index] = torch.zeros(b, d, config.mamba_d_conv, **alloc)
-                self.ssm[spec.index] = torch.zeros(b, d, config.mamba_d_state, dtype=ssm_dtype or dtype, device=device)
+                self.ssm[spec.index] = torch.zeros(b, d, config.mamba_d_state, dtype=ssm_dtype, device=device)
         self.lengths = torch.full((b,), m, dtype=torch.int64, device=device)  # next position per row
         self.extent = 0  # host-side bound on the real tokens any row holds
         self._num_new: Tensor | None = None

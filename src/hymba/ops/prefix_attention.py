@@ -20,20 +20,21 @@ def attention_with_prefix(
 
     ``q``: (b, Hq, Lq, d_qk); ``prefix_k``: (1 or b, Hkv, P, d_qk); ``prefix_v``: (1 or b, Hkv,
     P, d_v); ``k``: (b, Hkv, S, d_qk); ``v``: (b, Hkv, S, d_v); ``mask``: (b, 1, Lq, S) bool.
-    Query head h uses K/V head h // (Hq / Hkv). Returns (b, Hq, Lq, d_v) in q's dtype.
+    Query head h uses K/V head h // (Hq / Hkv). Computes in float32 (float64 for float64 inputs); returns (b, Hq, Lq, d_v) in q's dtype.
     """
     b, hq, lq, d = q.shape
     hkv = k.shape[1]
-    qg = q.reshape(b, hkv, hq // hkv, lq, d).float() * (1.0 / math.sqrt(d))
-    scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2))  # (b, Hkv, g, Lq, S)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    qg = q.reshape(b, hkv, hq // hkv, lq, d).to(dtype) * (1.0 / math.sqrt(d))
+    scores = torch.matmul(qg, k.to(dtype)[:, :, None].transpose(-1, -2))  # (b, Hkv, g, Lq, S)
     scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     parts = [(scores, v)]
     if prefix_k.shape[2]:
-        parts.insert(0, (torch.matmul(qg, prefix_k.float()[:, :, None].transpose(-1, -2)), prefix_v))
+        parts.insert(0, (torch.matmul(qg, prefix_k.to(dtype)[:, :, None].transpose(-1, -2)), prefix_v))
     top = torch.stack([s.amax(-1) for s, _ in parts]).amax(0)[..., None]
     num, den = 0.0, 0.0
     for s, values in parts:
         p = torch.exp(s - top)
-        num = num + torch.matmul(p, values.float()[:, :, None])
+        num = num + torch.matmul(p, values.to(dtype)[:, :, None])
         den = den + p.sum(-1, keepdim=True)
     return (num / den).reshape(b, hq, lq, -1).to(q.dtype)
