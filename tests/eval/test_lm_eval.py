@@ -125,3 +125,23 @@ def test_cli_runs(tiny_checkpoint, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "hymba_local_choice" in out.stdout
+
+
+def test_generation_matches_full_forward_greedy(tiny_checkpoint):
+    import torch
+
+    from hymba.eval.lm_eval import HymbaLM
+
+    lm = HymbaLM(pretrained=str(tiny_checkpoint), dtype="float32", device="cpu", batch_size=2)
+    prompts = [lm.tok_encode("The quick brown fox"), lm.tok_encode("Meta")]
+    texts = lm._generate(prompts, {"max_gen_toks": 5, "until": [], "do_sample": False})
+    for prompt, text in zip(prompts, texts):
+        ids = torch.tensor([prompt])
+        new = []
+        for _ in range(5):
+            token = int(lm.model(ids).logits[0, -1].argmax())
+            if token == lm.eot_token_id:
+                break
+            new.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+        assert text == lm.tok_decode(new)

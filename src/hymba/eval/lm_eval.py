@@ -7,7 +7,8 @@ After ``pip install 'hymba[eval]'``::
 lm-eval finds the name through the import hook installed with this package (``_hymba_lm_eval``,
 loaded by ``hymba-lm-eval.pth``), or through :func:`register` when called from Python. All three
 request types are batched with left padding: ``loglikelihood`` and ``loglikelihood_rolling`` go
-through :func:`~hymba.eval.scoring.score_pairs`, ``generate_until`` decodes greedily.
+through :func:`~hymba.eval.scoring.score_pairs`, ``generate_until`` through
+:meth:`HymbaForCausalLM.generate <hymba.HymbaForCausalLM.generate>` (prefill, then cached decoding).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from tqdm.auto import tqdm
 
 from ..model import HymbaForCausalLM, InputError
 from ..tokenizer import load_tokenizer
-from .decoding import greedy_generate
-from .scoring import score_pairs
+from .scoring import left_pad, score_pairs
 
 MODEL_NAME = "hymba"
 
@@ -155,37 +155,53 @@ class HymbaLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations, batched by identical generation settings, longest prompts
-        first, each cut at its first stop string."""
+        """Continuations (greedy unless ``do_sample``), batched by identical generation
+        settings, longest prompts first, each cut at its first stop string."""
         eos_text = self.tok_decode([self._eos]) or None
         groups: dict[str, list[int]] = {}
         settings = []
         for i, request in enumerate(requests):
-            kwargs = normalize_gen_kwargs(dict(request.args[1]), self.max_gen_toks)
-            if kwargs.get("do_sample"):
-                raise InputError("the hymba lm-eval model decodes greedily; do_sample=True is not supported")
-            until = handle_stop_sequences(kwargs.get("until"), eos_text)
-            settings.append((until, kwargs["max_gen_toks"]))
-            groups.setdefault(repr(settings[-1]), []).append(i)
+            kwargs = dict(normalize_gen_kwargs(dict(request.args[1]), self.max_gen_toks))
+            kwargs["until"] = handle_stop_sequences(kwargs.get("until"), eos_text)
+            settings.append(kwargs)
+            groups.setdefault(repr(sorted(kwargs.items())), []).append(i)
         results: list[str] = [""] * len(requests)
         bar = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm)
         for indices in groups.values():
-            until, max_new = settings[indices[0]]
-            budget = max(1, self.max_length - max_new)
+            kwargs = settings[indices[0]]
+            budget = max(1, self.max_length - kwargs["max_gen_toks"])
             prompts = {i: self.tok_encode(requests[i].args[0])[-budget:] for i in indices}
             order = sorted(indices, key=lambda i: -len(prompts[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                texts = greedy_generate(
-                    self.model, self.hymba_tokenizer, [prompts[i] for i in batch], max_new, until,
-                    eos_id=self._eos, pad_id=self._pad,
-                )
-                for i, text in zip(batch, texts):
+                for i, text in zip(batch, self._generate([prompts[i] for i in batch], kwargs)):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 bar.update(len(batch))
         bar.close()
         return results
+
+    def _generate(self, prompts: list[list[int]], kwargs: dict) -> list[str]:
+        ids, mask = left_pad(prompts, self._pad, self.device)
+        sample = {k: kwargs[k] for k in ("temperature", "top_k", "top_p") if kwargs.get(k) is not None}
+        out = self.model.generate(
+            ids, attention_mask=mask, max_new_tokens=kwargs["max_gen_toks"],
+            do_sample=bool(kwargs.get("do_sample")), **(sample if kwargs.get("do_sample") else {}),
+            eos_token_id=self._eos, pad_token_id=self._pad, stop_strings=kwargs["until"],
+            tokenizer=self.hymba_tokenizer,
+        )
+        texts = []
+        for row in out[:, ids.shape[1]:].tolist():
+            if self._eos in row:  # later positions hold padding
+                row = row[: row.index(self._eos)]
+            texts.append(cut_at_stop(self.tok_decode(row), kwargs["until"]))
+        return texts
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to its earliest stop string."""
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
 
 
 def register() -> None:
