@@ -64,13 +64,12 @@ def test_token_by_token_equals_full_forward(variant):
 
 
 def test_tiny_preset_decode_past_window():
-    model = make_model("tiny", scale=0.1)  # window 64, 16 meta tokens, every layer kind
+    model = make_model("tiny", scale=0.05)  # window 64, 16 meta tokens, every layer kind
     n = 100
     ids = torch.randint(3, 2048, (1, n), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids).logits
-    # logits reach |5|: float32 rounding alone is ~1e-4 here (in float64 both paths agree exactly)
-    torch.testing.assert_close(incremental_logits(model, ids, [20] + [1] * (n - 20)), full, rtol=0, atol=1e-3)
+    torch.testing.assert_close(incremental_logits(model, ids, [20] + [1] * (n - 20)), full, rtol=0, atol=1e-4)
 
 
 def test_reference_decode_sees_one_key_fewer():
