@@ -1,0 +1,83 @@
+"""``hymba generate``: continue a prompt, streaming the text to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import CLIError
+
+
+def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """Model, device and sampling flags shared by ``generate`` and ``chat``."""
+    p.add_argument("--model", metavar="DIR", required=True,
+                   help="checkpoint folder (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--stop", metavar="TEXT", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--swa-decode", choices=("trained", "reference"), default="trained",
+                   help="sliding-window decode semantics: 'trained' (= the full forward, default) or "
+                        "'reference' (NVIDIA's cache: one key fewer, token-for-token with its generate)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: checkpoint's)")
+    p.add_argument("--device", default="auto")
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        seed=args.seed, swa_decode=args.swa_decode,
+    )
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    from ..tokenizer import TokenizerError, load_tokenizer
+    from ._common import load_model
+
+    try:
+        tokenizer = load_tokenizer(args.model)
+    except TokenizerError as exc:
+        raise CLIError(str(exc)) from None
+    return load_model(args).eval(), tokenizer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt (streamed)",
+                       description="Continue a prompt with a checkpoint and stream the new text to "
+                                   "stdout. Greedy unless --do-sample.")
+    p.add_argument("--prompt", required=True, help="the prompt text ('-' reads stdin)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as one user turn with the checkpoint's chat template")
+    add_generation_args(p, max_new_tokens=128)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..generation import stream
+    from ..tokenizer import TokenizerError
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise CLIError("the prompt is empty")
+    model, tokenizer = load_model_and_tokenizer(args)
+    stops = list(args.stop)
+    if args.chat:
+        try:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True)
+        except TokenizerError as exc:
+            raise CLIError(str(exc)) from None
+        stops += CHAT_STOPS
+    for piece in stream(model, tokenizer, prompt, stop_strings=stops, **generation_kwargs(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# The released chat format marks the next turn with "<extra_id_1>"; NVIDIA's example stops on "</s>".
+CHAT_STOPS = ["</s>", "<extra_id_1>"]

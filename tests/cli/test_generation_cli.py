@@ -1,0 +1,110 @@
+"""``hymba cache-size``, ``hymba generate`` and the ``hymba chat`` REPL."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from hymba import HymbaConfig, HymbaForCausalLM, load_tokenizer
+from hymba.cache_math import cache_bytes
+from hymba.cli import main
+from hymba.cli.cache_size import cache_parts
+from hymba.cli.chat import repl
+
+CHAT_TEMPLATE = (
+    "{{'<extra_id_0>System'}}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'\n' + message['content'].strip()}}{% endif %}{% endfor %}{{'\n\n'}}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<extra_id_1>User\n' + message['content'].strip() + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<extra_id_1>Assistant\n' + message['content'].strip() + '\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<extra_id_1>Assistant\n' }}{% endif %}"
+)
+
+
+def test_cache_size_reproduces_the_paper(tmp_path, capsys):
+    out_json = tmp_path / "cache.json"
+    assert main(["cache-size", "--preset", "hymba-1.5b", "--seq", "8000", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    total = float(re.search(r"total per request\s+([\d.]+) MB", out).group(1))
+    assert abs(total - 78.6) <= 1.0
+    assert "917.50 MB" in out and "262.14 MB" in out  # the paper's 918 and 262 MB baselines
+    result = json.loads(out_json.read_text())
+    assert abs(result["baselines"]["Llama-3.2-3B"]["ratio"] - 11.67) < 0.2
+
+
+def test_cache_object_agrees_with_the_analytic_count():
+    config = HymbaConfig.from_preset("hymba-1.5b")
+    real = cache_parts(config, 8000, 1, "float16")
+    analytic = cache_bytes(config, 8000)
+    for part in ("global_kv", "ssm_state", "conv_state"):
+        assert real[part] == analytic[part]
+    assert real["meta_kv"] == analytic["meta_kv"]
+    # the ring keeps window + 1 slots (the current token and the window before it)
+    producers = sum(1 for s in config.layer_plan() if s.computes_kv and s.window is not None)
+    kv_token = 2 * config.num_key_value_heads * (config.qk_head_dim + config.value_head_dim)
+    assert real["swa_kv"] - analytic["swa_kv"] == producers * kv_token
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    config = dict(bos_token="<s>", eos_token="</s>", pad_token="[PAD]", add_bos_token=True,
+                  chat_template=CHAT_TEMPLATE)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size()))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_generate_streams_the_continuation(checkpoint, capsys):
+    args = ["generate", "--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "12"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    model = HymbaForCausalLM.from_pretrained(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    ids = torch.tensor([tok.encode("the quick")])
+    new = model.generate(ids, max_new_tokens=12, eos_token_id=tok.eos_token_id)[0, ids.shape[1] :].tolist()
+    if tok.eos_token_id in new:
+        new = new[: new.index(tok.eos_token_id)]
+    assert text == tok.decode(new) + "\n"
+    assert main(args + ["--do-sample", "--seed", "3", "--top-k", "5", "--chat"]) == 0
+    assert main(args + ["--top-p", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_chat_repl_keeps_history_resets_and_exits_on_eof(checkpoint, monkeypatch):
+    import hymba.generation as generation
+
+    model = HymbaForCausalLM.from_pretrained(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    prompts = []
+    original = generation.stream
+    monkeypatch.setattr(generation, "stream", lambda m, t, ids, **kw: prompts.append(t.decode(ids)) or original(m, t, ids, **kw))
+    stdin = io.StringIO("hello\nthe fox\n\n/reset\nlazy dog\n")  # then EOF (Ctrl-D)
+    stdout = io.StringIO()
+    history = repl(model, tok, stdin, stdout, max_new_tokens=5)
+    assert len(prompts) == 3
+    assert "User\nhello" in prompts[1] and "User\nthe fox" in prompts[1] and "Assistant\n" in prompts[1]
+    assert "hello" not in prompts[2] and "User\nlazy dog" in prompts[2]  # /reset cleared the history
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "lazy dog"
+    shown = stdout.getvalue()
+    assert shown.count("hymba> ") == 3 and "(conversation cleared)" in shown
+    # /exit ends the loop too, and an over-long turn is reported without ending the chat
+    stdout = io.StringIO()
+    history = repl(model, tok, io.StringIO("x " * 3000 + "\n/exit\nnot read\n"), stdout, max_new_tokens=5)
+    assert history == [] and "error:" in stdout.getvalue() and "maximum" in stdout.getvalue()
