@@ -1,0 +1,85 @@
+"""GPU selective scan: the Triton kernels (several tiles) against the chunked PyTorch scan.
+
+    python benchmarks/scan_gpu.py [--json out.json]
+
+Shapes are Hymba-1.5B's SSM branch (channels 3200, state 16), bf16 activations as in the model.
+The floor: the forward reads u, Δ, z and writes y (4 bytes·b·L·d in bf16, B/C are small) and
+evaluates exp(Δ A) once per (t, channel, state); the backward does that twice and reads/writes
+about three times the bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from hymba.ops.scan import selective_scan_chunked
+from hymba.ops.scan.triton import selective_scan_triton
+
+TILES = [(16, 16, 4), (32, 16, 4), (16, 32, 4), (32, 8, 4), (64, 8, 8), (16, 16, 8), (32, 32, 8)]
+
+
+def inputs(b: int, L: int, d: int = 3200, n: int = 16, grad: bool = False) -> dict:
+    r = lambda *s: torch.randn(*s, device="cuda")  # noqa: E731
+    args = dict(
+        u=r(b, L, d).bfloat16(), delta=(r(b, L, d) - 2).bfloat16(),
+        A=-torch.exp(torch.log(torch.arange(1, n + 1.0, device="cuda")).repeat(d, 1)),
+        B=r(b, L, n).bfloat16(), C=r(b, L, n).bfloat16(), D=torch.ones(d, device="cuda"),
+        z=r(b, L, d).bfloat16(), delta_bias=torch.full((d,), -1.0, device="cuda"),
+    )
+    if grad:
+        for v in args.values():
+            v.requires_grad_(True)
+    return args
+
+
+def bench(fn, args: dict, backward: bool) -> float:
+    dy = torch.randn_like(args["u"])
+
+    def run():
+        y, _ = fn(**args)
+        if backward:
+            y.backward(dy)
+
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[5]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = []
+    for b, L, backward in [(1, 8192, False), (8, 8192, False), (1, 4096, True), (4, 4096, True)]:
+        x = inputs(b, L, grad=backward)
+        label = f"b={b} L={L} {'fwd+bwd' if backward else 'fwd'}"
+        rows.append((label, "chunked (PyTorch)", bench(selective_scan_chunked, x, backward)))
+        for chunk, block_d, warps in TILES:
+            def fn(chunk=chunk, block_d=block_d, warps=warps, **kw):
+                return selective_scan_triton(**kw, chunk=chunk, block_d=block_d, num_warps=warps)
+
+            try:
+                ms = bench(fn, x, backward)
+            except Exception as exc:  # noqa: BLE001 - a tile that fails to compile is reported
+                ms = float("nan")
+                print(label, chunk, block_d, warps, type(exc).__name__, str(exc)[:200])
+            rows.append((label, f"triton T={chunk} BD={block_d} warps={warps}", ms))
+        print("\n".join(f"| {a} | {b_} | {c:.3f} ms |" for a, b_, c in rows[-len(TILES) - 1 :]), flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([dict(shape=a, impl=b_, ms=c) for a, b_, c in rows], fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""GPU throughput of Hymba-1.5B against HF Llama-3.2-1B/3B, with the machine's own ceilings.
+
+    python benchmarks/throughput.py [--json out.json] [--profile-dir DIR] [--skip-llama]
+
+All models have random weights in bfloat16 (the shapes are what matters for speed). Reported:
+
+- ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the bf16
+  matrix-product rate (8192³, random data);
+- prefill: one forward over an 8K prompt (batch 1), tokens/s and MFU (matmul + attention FLOPs
+  over the measured matmul rate);
+- decode: ms per step and tokens/s at batch 1/32/128 after an 8K prompt, bytes one step must move
+  (weights + cache), and the achieved fraction of that roofline. Hymba's cache is filled with
+  random K/V and state as an 8K prompt would leave it (same shapes, same bytes); Llama's is
+  filled by a real chunked prefill (HF DynamicCache);
+- training: one fwd+bwd step of Hymba-1.5B on a 4K sequence (fp32 weights, bf16 autocast,
+  activation checkpointing), tokens/s and MFU (6·N·T + attention, recomputation not counted).
+
+With ``--profile-dir`` the top CUDA kernels of a Hymba prefill, decode step and training step
+are written there (torch.profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hymba import HymbaConfig, HymbaForCausalLM
+from hymba.cache import HybridCache, meta_prefix
+from hymba.generation import forward_step
+
+PROMPT = 8192
+TRAIN_LEN = 4096
+BATCHES = (1, 32, 128)
+
+
+# ----------------------------------------------------------------------------------------------
+# timing and ceilings
+def cuda_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs, timed with CUDA events after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 4 GiB device-to-device copy, counting bytes read and written."""
+    src = torch.randn(1 << 30, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * 4 * (1 << 30) / cuda_time(lambda: dst.copy_(src), warmup=3, repeats=10)
+
+
+def matmul_rate(n: int = 8192) -> float:
+    """FLOP/s of an n³ bf16 matrix product on random data."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = cuda_time(lambda: a @ b, warmup=3, repeats=10)
+    return 2 * n**3 / t
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOP counts
+def linear_params(model: nn.Module, exclude: tuple[nn.Module, ...]) -> int:
+    skip = {id(m.weight) for m in exclude}
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) not in skip)
+
+
+def visible_keys(length: int, window: int | None, num_meta: int) -> int:
+    """Σ over queries of the keys each sees (causal, sliding window + always-visible meta)."""
+    q = torch.arange(length, dtype=torch.float64)
+    if window is None:
+        return int((q + 1).sum())
+    inside = torch.clamp(q, max=window) + 1
+    meta = torch.clamp(torch.clamp(q - window, min=0), max=num_meta)
+    return int((inside + meta).sum())
+
+
+def hymba_forward_flops(model: HymbaForCausalLM, length: int, logits: int) -> float:
+    """Matmul + attention FLOPs of one forward over ``length`` internal positions (batch 1)."""
+    c = model.config
+    dense = 2 * linear_params(model.model, ()) * length + 2 * c.vocab_size * c.hidden_size * logits
+    per_key = 2 * c.num_attention_heads * (c.qk_head_dim + c.value_head_dim)
+    attn = sum(per_key * visible_keys(length, spec.window, c.num_memory_tokens) for spec in c.layer_plan())
+    return dense + attn
+
+
+def llama_forward_flops(model: nn.Module, length: int, logits: int) -> float:
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    dense = 2 * linear_params(model.model, ()) * length + 2 * c.vocab_size * c.hidden_size * logits
+    attn = c.num_hidden_layers * 2 * c.num_attention_heads * 2 * head_dim * visible_keys(length, None, 0)
+    return dense + attn
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+def hymba_model() -> HymbaForCausalLM:
+    with torch.device("cuda"):
+        model = HymbaForCausalLM(HymbaConfig.from_preset("hymba-1.5b"))
+    return model.to(torch.bfloat16).eval()
+
+
+LLAMA_SHAPES = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64),
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                         num_attention_heads=24, num_key_value_heads=8, head_dim=128),
+}
+
+
+def llama_model(name: str) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+        tie_word_embeddings=True, **LLAMA_SHAPES[name],
+    )
+    config._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config)
+    return model.to(torch.bfloat16).eval()
+
+
+def param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# measurements
+@torch.no_grad()
+def prefill(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
+    ids = torch.randint(0, vocab, (1, PROMPT), device="cuda")
+    t = cuda_time(lambda: model(ids, logits_to_keep=1), warmup=2, repeats=5)
+    return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate)
+
+
+def fill_hymba_cache(model: HymbaForCausalLM, batch: int, steps: int) -> HybridCache:
+    """A cache in the state an 8K prompt leaves it: random K/V and SSM/conv state."""
+    cache = HybridCache(model.config, batch, PROMPT + steps, dtype=model.dtype, device="cuda")
+    cache.reset(meta_prefix(model))
+    m = model.config.num_memory_tokens
+    for slot, k in cache.k.items():
+        k.normal_()
+        cache.v[slot].normal_()
+        if slot in cache.ring_pos:
+            size = cache.ring_pos[slot].shape[1]
+            pos = torch.arange(m + PROMPT - size, m + PROMPT, device="cuda")
+            cache.ring_pos[slot].scatter_(1, ((pos - m) % size).expand(batch, -1), pos.expand(batch, -1))
+    for state in list(cache.ssm.values()) + list(cache.conv.values()):
+        state.normal_()
+    cache.lengths.fill_(m + PROMPT)
+    cache.extent = PROMPT
+    return cache
+
+
+def hymba_decode_bytes(model: HymbaForCausalLM, cache: HybridCache) -> int:
+    """Weights + cache read once, conv/SSM state written back, new K/V written."""
+    parts = cache.nbytes()
+    state = parts["ssm_state"] + parts["conv_state"]
+    return param_bytes(model) + parts["total"] + parts["meta_kv"] + state
+
+
+@torch.no_grad()
+def hymba_decode(model: HymbaForCausalLM, batch: int, bandwidth: float, steps: int = 12) -> dict:
+    warm = 3
+    cache = fill_hymba_cache(model, batch, steps + warm)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
+
+    def step():
+        h = forward_step(model, tokens, cache)[:, -1]
+        tokens.copy_(model.lm_head(h).float().argmax(-1, keepdim=True))
+
+    t = cuda_time(step, warmup=warm, repeats=steps)
+    moved = hymba_decode_bytes(model, cache)
+    return dict(ms_step=t * 1e3, tok_s=batch / t, bytes_step=moved, roofline_frac=moved / bandwidth / t)
+
+
+@torch.no_grad()
+def llama_decode(model: nn.Module, batch: int, bandwidth: float, steps: int = 12) -> dict:
+    c = model.config
+    head_dim = c.head_dim
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 2 * batch * (PROMPT + steps + 8)
+    free, _ = torch.cuda.mem_get_info()
+    if kv_bytes > 0.5 * free:
+        return dict(skipped=f"KV cache {kv_bytes / 1e9:.0f} GB does not fit beside the prefill")
+    ids = torch.randint(0, c.vocab_size, (batch, PROMPT), device="cuda")
+    out = None
+    for part in ids.split(2048, dim=1):  # chunked prefill keeps the activations small
+        out = model(part, past_key_values=None if out is None else out.past_key_values,
+                    use_cache=True, logits_to_keep=1)
+    state = dict(cache=out.past_key_values, tokens=out.logits[:, -1:].argmax(-1))
+
+    def step():
+        o = model(state["tokens"], past_key_values=state["cache"], use_cache=True)
+        state["tokens"] = o.logits[:, -1:].argmax(-1)
+
+    t = cuda_time(step, warmup=3, repeats=steps)
+    context = PROMPT + 3 + steps // 2
+    moved = param_bytes(model) + 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 2 * batch * context
+    return dict(ms_step=t * 1e3, tok_s=batch / t, bytes_step=moved, roofline_frac=moved / bandwidth / t)
+
+
+def hymba_training(rate: float, batch: int = 1) -> tuple[dict, HymbaForCausalLM, Callable[[], None]]:
+    with torch.device("cuda"):
+        model = HymbaForCausalLM(HymbaConfig.from_preset("hymba-1.5b"))
+    model.train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(0, model.config.vocab_size, (batch, TRAIN_LEN), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    t = cuda_time(step, warmup=2, repeats=5)
+    length = TRAIN_LEN + model.config.num_memory_tokens
+    flops = 3 * batch * hymba_forward_flops(model, length, TRAIN_LEN)
+    result = dict(train_s=t, train_tok_s=batch * TRAIN_LEN / t, train_mfu=flops / t / rate,
+                  peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+    return result, model, step
+
+
+def profile(fn: Callable[[], object], path: Path, rows: int = 25) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
+    path.write_text(table)
+
+
+# ----------------------------------------------------------------------------------------------
+def environment() -> dict:
+    import triton
+
+    info = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+        triton=triton.__version__, python=platform.python_version(),
+    )
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    return info
+
+
+def guarded(results: dict, key: str, fn: Callable[[], dict]) -> None:
+    """Run one measurement; record its error instead of losing the rest of the run."""
+    try:
+        results[key] = fn()
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports every failure and goes on
+        results[key] = dict(error=f"{type(exc).__name__}: {exc}"[:300])
+    torch.cuda.empty_cache()
+    print(f"{key}: {results[key]}", flush=True)
+
+
+def table(results: dict) -> str:
+    lines = ["| model | prefill 8K tok/s | prefill MFU | " + " | ".join(
+        f"decode b={b} tok/s (ms/step, roofline)" for b in BATCHES) + " |"]
+    lines.append("|" + " --- |" * (3 + len(BATCHES)))
+    for name in ("hymba-1.5b", *LLAMA_SHAPES):
+        row = results.get(name)
+        if row is None:
+            continue
+        pre = row.get("prefill", {})
+        cells = [name, f"{pre.get('prefill_tok_s', float('nan')):,.0f}", f"{pre.get('prefill_mfu', float('nan')):.1%}"]
+        for b in BATCHES:
+            d = row.get(f"decode_b{b}", {})
+            if "tok_s" in d:
+                cells.append(f"{d['tok_s']:,.0f} ({d['ms_step']:.2f} ms, {d['roofline_frac']:.0%})")
+            else:
+                cells.append(d.get("skipped", d.get("error", "-"))[:60])
+        lines.append("| " + " | ".join(cells) + " |")
+    train = results.get("hymba-1.5b", {}).get("train", {})
+    if "train_tok_s" in train:
+        lines.append(f"\ntraining (4K, fwd+bwd, bf16 autocast, checkpointing): {train['train_tok_s']:,.0f} tok/s, "
+                     f"MFU {train['train_mfu']:.1%}, {train['train_s'] * 1e3:.0f} ms/step, peak {train['peak_gb']:.1f} GB")
+    c = results["ceilings"]
+    lines.append(f"ceilings: copy {c['copy_bytes_s'] / 1e12:.2f} TB/s, bf16 matmul {c['matmul_flop_s'] / 1e12:.0f} TFLOP/s")
+    return "\n".join(lines)
+
+
+def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None) -> None:
+    model = hymba_model()
+    flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
+    guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
+    for b in BATCHES:
+        guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth))
+    if profile_dir:
+        ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
+        with torch.no_grad():
+            profile(lambda: model(ids, logits_to_keep=1), profile_dir / "hymba_prefill.txt")
+            cache = fill_hymba_cache(model, 128, 4)
+            tokens = torch.zeros(128, 1, dtype=torch.long, device="cuda")
+            profile(lambda: forward_step(model, tokens, cache), profile_dir / "hymba_decode_b128.txt")
+
+
+def run_training(hy: dict, rate: float, profile_dir: Path | None) -> None:
+    def train() -> dict:
+        result, _, step = hymba_training(rate)
+        if profile_dir:
+            profile(step, profile_dir / "hymba_train.txt")
+        return result
+
+    torch.cuda.reset_peak_memory_stats()
+    guarded(hy, "train", train)
+
+
+def run_llama(row: dict, name: str, bandwidth: float, rate: float) -> None:
+    try:
+        llama = llama_model(name)
+    except Exception as exc:  # noqa: BLE001 - transformers missing or incompatible
+        row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        print(name, row, flush=True)
+        return
+    flops = llama_forward_flops(llama, PROMPT, 1)
+    guarded(row, "prefill", lambda: prefill(llama, llama.config.vocab_size, flops, rate))
+    for b in BATCHES:
+        guarded(row, f"decode_b{b}", lambda b=b: llama_decode(llama, b, bandwidth))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write all numbers here")
+    parser.add_argument("--profile-dir", type=Path, help="write torch.profiler kernel tables here")
+    parser.add_argument("--skip-llama", action="store_true", help="only Hymba")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("throughput.py needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    results: dict = dict(environment=environment())
+    print(results["environment"], flush=True)
+    bandwidth, rate = copy_bandwidth(), matmul_rate()
+    torch.cuda.empty_cache()
+    results["ceilings"] = dict(copy_bytes_s=bandwidth, matmul_flop_s=rate)
+    print(results["ceilings"], flush=True)
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+    hy: dict = results.setdefault("hymba-1.5b", {})
+    run_hymba(hy, bandwidth, rate, args.profile_dir)
+    torch.cuda.empty_cache()
+    run_training(hy, rate, args.profile_dir)
+    torch.cuda.empty_cache()
+    if not args.skip_llama:
+        for name in LLAMA_SHAPES:
+            run_llama(results.setdefault(name, {}), name, bandwidth, rate)
+            torch.cuda.empty_cache()
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - start:.0f} s")

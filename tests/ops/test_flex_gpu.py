@@ -1,0 +1,62 @@
+"""FlexAttention (CUDA) computes what the SDPA path computes for Hymba's masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hymba.ops.attention import attention, attention_mask, sdpa_attention
+from hymba.ops.flex import flex_attention_swa
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def qkv(b, hq, hkv, L, dqk, dv, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)  # noqa: E731
+    return r(b, hq, L, dqk), r(b, hkv, L, dqk), r(b, hkv, L, dv)
+
+
+def sdpa_reference(q, k, v, window, num_meta, offset):
+    pos = torch.arange(q.shape[2], device=q.device) + offset
+    mask = attention_mask(pos, pos, window, num_meta)
+    return sdpa_attention(q.float(), k.float(), v.float(), mask)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "L, window, num_meta, offset",
+    [(128, None, 0, 0), (300, 64, 8, 0), (512, 128, 128, 0), (200, 16, 8, 40)],
+)
+@pytest.mark.parametrize("hq, hkv", [(4, 4), (8, 2)])
+def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    q, k, v = qkv(2, hq, hkv, L, 32, 64, dtype, seed=L + hq)  # value head dim = 2 × qk head dim
+    out = flex_attention_swa(q, k, v, window, num_meta, offset)
+    ref = sdpa_reference(q, k, v, window, num_meta, offset)
+    assert out.shape == ref.shape and out.dtype == dtype
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    assert err < tol, f"relative error {err:.2e}"
+
+
+def test_flex_gradients_match_sdpa():
+    q, k, v = qkv(1, 8, 2, 256, 32, 64, torch.float32, seed=1)
+    grads = []
+    for fn in (lambda *x: flex_attention_swa(*x, 64, 8), lambda *x: sdpa_reference(*x, 64, 8, 0)):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        fn(*leaves).square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads):
+        assert ((a - b).norm() / b.norm()).item() < 1e-4
+
+
+def test_attention_dispatches_to_flex(monkeypatch):
+    q, k, v = qkv(1, 4, 2, 200, 32, 64, torch.float32, seed=2)
+    pos = torch.arange(200, device="cuda")
+    out = attention(q, k, v, pos, pos, 32, 8)
+    monkeypatch.setenv("HYMBA_ATTN_IMPL", "sdpa")
+    ref = attention(q, k, v, pos, pos, 32, 8)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,63 @@
+"""The whole model on CUDA (fast paths: Triton scan, FlexAttention) against the reference fixture
+and against its own portable paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hymba import HymbaForCausalLM
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def model(fixture_dir):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return HymbaForCausalLM.from_pretrained(fixture_dir, dtype=torch.float32, device="cuda").eval()
+
+
+def test_logits_match_reference_fixture(model, fixture_dir):
+    inputs = load_file(fixture_dir / "inputs.safetensors")
+    expected = load_file(fixture_dir / "expected.safetensors")
+    with torch.no_grad():
+        for name, ids in inputs.items():
+            logits = model(ids.cuda()).logits.cpu()
+            err = (logits - expected[name]).abs().max().item()
+            assert err <= 1e-4, f"{name}: max abs error {err:.2e}"
+
+
+def test_greedy_generation_matches_reference_fixture(model, fixture_dir):
+    prompts = json.loads((fixture_dir / "generation.json").read_text())["prompts"]
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt["prompt_ids"]], device="cuda")
+        out = model.generate(ids, max_new_tokens=40, eos_token_id=[])
+        assert out[0, ids.shape[1] :].tolist() == prompt["nocache_greedy_ids"], f"prompt {i}"
+
+
+def test_long_input_fast_paths_match_portable_paths(model, monkeypatch):
+    """Length > 128 runs FlexAttention and the Triton scan; compare with SDPA + chunked scan,
+    logits and parameter gradients."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 300), device="cuda")
+    results = []
+    for env in ({}, {"HYMBA_ATTN_IMPL": "sdpa", "HYMBA_SCAN_IMPL": "reference"}):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        model.zero_grad()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.logits.detach(), grads))
+    (fast, g_fast), (slow, g_slow) = results
+    assert (fast - slow).abs().max().item() <= 1e-4
+    assert g_fast.keys() == g_slow.keys()
+    for name in g_slow:
+        err = ((g_fast[name] - g_slow[name]).norm() / g_slow[name].norm().clamp_min(1e-12)).item()
+        assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
