@@ -48,8 +48,9 @@ def test_batched_fixture_prompts_match_reference(reference):
         n = len(p["prompt_ids"])
         ids[row, width - n :] = torch.tensor(p["prompt_ids"])
         mask[row, width - n :] = 1
-    out = model.generate(ids, mask, max_new_tokens=40, eos_token_id=[], output_logits=True)
+    steps = 20  # prompt 0 (length 5) passes the window of 16 at step 12
+    out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=[], output_logits=True)
     for row, p in enumerate(prompts):
-        assert out.sequences[row, width:].tolist() == p["nocache_greedy_ids"]
-        err = (out.logits[row] - logits[f"prompt{row}.nocache_step_logits"]).abs().max().item()
+        assert out.sequences[row, width:].tolist() == p["nocache_greedy_ids"][:steps]
+        err = (out.logits[row] - logits[f"prompt{row}.nocache_step_logits"][:steps]).abs().max().item()
         assert err <= 1e-4

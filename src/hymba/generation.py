@@ -90,11 +90,10 @@ def forward_step(model, input_ids: Tensor, cache: HybridCache, num_new: Tensor |
     return h
 
 
-def pack_prompts(model, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+def pack_prompts(model, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Validate prompts and move each row's real tokens to the front.
 
-    Returns ``(packed ids (b, L), real tokens per row (b,) or None if no row is padded,
-    index of each row's first real token (b,))``.
+    Returns ``(packed ids (b, L), real tokens per row (b,) or None if no row is padded)``.
     """
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         raise InputError("input_ids must be a (batch, length) tensor of token ids")
@@ -116,10 +115,10 @@ def pack_prompts(model, input_ids: Tensor, attention_mask: Tensor | None) -> tup
     packed = torch.gather(input_ids, 1, index)
     packed = torch.where(torch.arange(length, device=packed.device) < counts[:, None], packed, 0)
     padded = bool((counts != length).any())
-    return packed.long(), (counts if padded else None), starts
+    return packed.long(), (counts if padded else None)
 
 
-class Generator:
+class DecodeLoop:
     """Prefill once, then yield one step at a time: ``(tokens (b,), raw logits (b, V))``.
 
     Rows that finished (EOS, or marked in :attr:`done` by the caller, e.g. for a stop string)
@@ -148,7 +147,7 @@ class Generator:
             raise InputError(f"seed must be an integer, got {seed!r}")
         config = model.config
         self.model, self.sampling, self.max_new_tokens = model, sampling, max_new_tokens
-        self.packed, self.counts, _ = pack_prompts(model, input_ids, attention_mask)
+        self.packed, self.counts = pack_prompts(model, input_ids, attention_mask)
         longest = self.packed.shape[1]
         limit = config.max_position_embeddings
         if longest + max_new_tokens > limit:
@@ -245,7 +244,7 @@ def generate(
         do_sample=bool(do_sample), temperature=temperature, top_k=0 if top_k is None else top_k,
         top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
     )
-    run = Generator(
+    run = DecodeLoop(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
         seed=seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id, swa_decode=swa_decode,
     )
@@ -298,7 +297,7 @@ def stream(
         repetition_penalty=repetition_penalty,
     )
     eos = tokenizer.eos_token_id
-    run = Generator(
+    run = DecodeLoop(
         model, torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens,
         sampling=sampling, seed=seed, eos_token_id=[] if eos is None else eos, swa_decode=swa_decode,
     )

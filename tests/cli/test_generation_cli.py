@@ -72,13 +72,13 @@ def checkpoint(tmp_path_factory):
 
 
 def test_generate_streams_the_continuation(checkpoint, capsys):
-    args = ["generate", "--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "12"]
+    args = ["generate", "--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "6"]
     assert main(args) == 0
     text = capsys.readouterr().out
     model = HymbaForCausalLM.from_pretrained(checkpoint).eval()
     tok = load_tokenizer(checkpoint)
     ids = torch.tensor([tok.encode("the quick")])
-    new = model.generate(ids, max_new_tokens=12, eos_token_id=tok.eos_token_id)[0, ids.shape[1] :].tolist()
+    new = model.generate(ids, max_new_tokens=6, eos_token_id=tok.eos_token_id)[0, ids.shape[1] :].tolist()
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
     assert text == tok.decode(new) + "\n"
