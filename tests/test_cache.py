@@ -40,9 +40,9 @@ def make_model(preset: str | None = None, scale: float = 0.3, **changes) -> Hymb
     return model
 
 
-def incremental_logits(model, ids: torch.Tensor, chunks: list[int], swa_decode="trained") -> torch.Tensor:
+def incremental_logits(model, ids: torch.Tensor, chunks: list[int], **options) -> torch.Tensor:
     """Logits for every position, feeding ``ids`` in chunks of the given sizes through a cache."""
-    cache = HybridCache(model.config, ids.shape[0], ids.shape[1], model.dtype, swa_decode=swa_decode)
+    cache = HybridCache(model.config, ids.shape[0], ids.shape[1], model.dtype, **options)
     cache.reset(meta_prefix(model))
     out, start = [], 0
     with torch.no_grad():
@@ -64,6 +64,8 @@ def test_token_by_token_equals_full_forward(variant):
         chunkings += [[1] * n, [13, 1, 1, 9]]
     for chunks in chunkings:
         torch.testing.assert_close(incremental_logits(model, ids, chunks), full, rtol=1e-4, atol=1e-4)
+    static = incremental_logits(model, ids, chunkings[0], static_shapes=True)  # CUDA-graph friendly
+    torch.testing.assert_close(static, full, rtol=1e-4, atol=1e-4)
 
 
 def test_tiny_preset_decode_past_window():

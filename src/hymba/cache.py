@@ -110,7 +110,10 @@ class HybridCache:
     keeps one key fewer at decode steps, as NVIDIA's released cache does (bit-for-bit with its
     ``generate``, drifting from its own full forward once a sequence exceeds the window).
     ``ssm_dtype``: dtype of the SSM state (default float32, or float64 for a float64 cache; the
-    reference rounds it to the model dtype between steps). Allocate on ``device="meta"`` to size a cache without memory.
+    reference rounds it to the model dtype between steps). ``static_shapes``: decode steps attend
+    over the whole preallocated global K/V (masked) rather than the part in use, so every step has
+    the same tensor shapes (for CUDA-graph capture). Allocate on ``device="meta"`` to size a cache
+    without memory.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class HybridCache:
         device: torch.device | str = "cpu",
         swa_decode: SWADecode = "trained",
         ssm_dtype: torch.dtype | None = None,
+        static_shapes: bool = False,
     ) -> None:
         if swa_decode not in ("trained", "reference"):
             raise ValueError(f"swa_decode must be 'trained' or 'reference', got {swa_decode!r}")
@@ -129,6 +133,7 @@ class HybridCache:
             raise ValueError("a cache needs batch_size >= 1 and max_tokens >= 1")
         self.config, self.plan = config, config.layer_plan()
         self.num_meta, self.max_tokens, self.swa_decode = config.num_memory_tokens, max_tokens, swa_decode
+        self.static_shapes = static_shapes
         b, hkv, m = batch_size, config.num_key_value_heads, config.num_memory_tokens
         dqk, dv, d = config.qk_head_dim, config.value_head_dim, config.d_inner
         alloc = dict(dtype=dtype, device=device)
@@ -227,7 +232,7 @@ class HybridCache:
         m, window = self.num_meta, self.window[slot]
         if window is None:
             index = pos - m
-            used = self.extent + 1
+            used = self.max_tokens if self.static_shapes else self.extent + 1
             keys = torch.arange(m, m + used, device=pos.device)[None]
             mask = keys <= pos
         else:
