@@ -8,6 +8,8 @@ the logits each new token was chosen from (step 0 = last prompt position).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +17,17 @@ from safetensors.torch import load_file
 
 from hymba import HymbaForCausalLM
 
+# Every reference fixture folder (as hymba-ref-tiny, see conftest.py) with generation outputs.
+ROOT = Path(os.environ.get("HYMBA_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+FOLDERS = sorted(p.name for p in ROOT.glob("hymba-ref-*") if (p / "generation.json").is_file())
 
-@pytest.fixture(scope="module")
-def reference(fixture_dir):
-    model = HymbaForCausalLM.from_pretrained(fixture_dir, dtype=torch.float32).eval()
-    prompts = json.loads((fixture_dir / "generation.json").read_text())["prompts"]
-    return model, prompts, load_file(fixture_dir / "generation_logits.safetensors")
+
+@pytest.fixture(scope="module", params=FOLDERS or ["hymba-ref-tiny"])
+def reference(request, fixture_dir):
+    folder = fixture_dir.parent / request.param
+    model = HymbaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = json.loads((folder / "generation.json").read_text())["prompts"]
+    return model, prompts, load_file(folder / "generation_logits.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -48,7 +55,7 @@ def test_batched_fixture_prompts_match_reference(reference):
         n = len(p["prompt_ids"])
         ids[row, width - n :] = torch.tensor(p["prompt_ids"])
         mask[row, width - n :] = 1
-    steps = 20  # prompt 0 (length 5) passes the window of 16 at step 12
+    steps = 20  # tiny: prompt 0 (length 5) passes the window of 16 at step 12
     out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=[], output_logits=True)
     for row, p in enumerate(prompts):
         assert out.sequences[row, width:].tolist() == p["nocache_greedy_ids"][:steps]
