@@ -25,8 +25,10 @@ from torch import Tensor
 
 from .chunked import selective_scan_chunked
 
-CHUNK = 16
-BLOCK_D = 16
+# (chunk, block_d) measured fastest on an H200 (benchmarks/scan_gpu.py, NOTES-gpu.md): the wider
+# tile for inference, the smaller one when the backward (which holds more tiles live) follows.
+TILE_INFERENCE = (32, 8)
+TILE_TRAINING = (16, 16)
 NUM_WARPS = 4
 
 
@@ -208,6 +210,8 @@ class _TritonScan(torch.autograd.Function):
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else torch.zeros(d, **f32)
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         save = any(ctx.needs_input_grad)
+        default = TILE_TRAINING if save else TILE_INFERENCE
+        chunk, block_d = chunk or default[0], block_d or default[1]
         num_chunks = triton.cdiv(L, chunk)
         y = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
         final = torch.empty(b, d, n, **f32)
@@ -273,12 +277,13 @@ def selective_scan_triton(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
     initial_state: Tensor | None = None,
-    chunk: int = CHUNK,
-    block_d: int = BLOCK_D,
+    chunk: int | None = None,
+    block_d: int | None = None,
     num_warps: int = NUM_WARPS,
 ) -> tuple[Tensor, Tensor]:
     """Same signature and results as :func:`selective_scan_reference`. ``chunk`` and ``block_d``
-    (powers of two) set the kernels' tile, time steps × channels; ``num_warps`` its warps."""
+    (powers of two) set the kernels' tile, time steps × channels (default: tuned, see
+    ``TILE_*``); ``num_warps`` its warps."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk, block_d, num_warps)
