@@ -45,8 +45,12 @@ def test_greedy_generation_matches_reference(reference, mode, ids_key, logits_ke
         assert err <= 1e-4, f"prompt {i}: step logits differ by {err:.2e}"
 
 
-def test_batched_fixture_prompts_match_reference(reference):
-    """The three prompts (lengths 5, 17, 45; window 16) left-padded into one batch."""
+@pytest.mark.parametrize(
+    "mode, ids_key, logits_key",
+    [("trained", "nocache_greedy_ids", "nocache_step_logits"), ("reference", "generated_ids", "step_logits")],
+)
+def test_batched_fixture_prompts_match_reference(reference, mode, ids_key, logits_key):
+    """The prompts (tiny: lengths 5, 17, 45; window 16) left-padded into one batch."""
     model, prompts, logits = reference
     width = max(len(p["prompt_ids"]) for p in prompts)
     ids = torch.full((len(prompts), width), 7)
@@ -56,8 +60,8 @@ def test_batched_fixture_prompts_match_reference(reference):
         ids[row, width - n :] = torch.tensor(p["prompt_ids"])
         mask[row, width - n :] = 1
     steps = 20  # tiny: prompt 0 (length 5) passes the window of 16 at step 12
-    out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=[], output_logits=True)
+    out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=[], swa_decode=mode, output_logits=True)
     for row, p in enumerate(prompts):
-        assert out.sequences[row, width:].tolist() == p["nocache_greedy_ids"][:steps]
-        err = (out.logits[row] - logits[f"prompt{row}.nocache_step_logits"][:steps]).abs().max().item()
+        assert out.sequences[row, width:].tolist() == p[ids_key][:steps]
+        err = (out.logits[row] - logits[f"prompt{row}.{logits_key}"][:steps]).abs().max().item()
         assert err <= 1e-4

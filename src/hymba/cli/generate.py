@@ -39,11 +39,11 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     from ..tokenizer import TokenizerError, load_tokenizer
     from ._common import load_model
 
+    model = load_model(args).eval()
     try:
-        tokenizer = load_tokenizer(args.model)
+        return model, load_tokenizer(args.model)
     except TokenizerError as exc:
         raise CLIError(str(exc)) from None
-    return load_model(args).eval(), tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
