@@ -58,6 +58,17 @@ def test_matches_reference(dtype, tol, shape):
         assert rel_err(g[name], g_ref[name]) < tol, name
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("shape", [(1, 70, 40, 16), (3, 333, 24, 16)])
+def test_inference_tile_matches_reference(dtype, tol, shape):
+    """Without gradients the forward runs with another tile (TILE_INFERENCE)."""
+    args = random_inputs(*shape, dtype, seed=7)
+    with torch.no_grad():
+        y, s = selective_scan(**args, impl="triton")
+        y_ref, s_ref = selective_scan_reference(**{k: v.double() for k, v in args.items()})
+    assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < (2e-5 if dtype == torch.float32 else 5e-3)
+
+
 def test_optional_arguments_and_strided_inputs():
     """No D / z / bias / initial state / softplus; inputs as the model passes them (views)."""
     b, L, d, n = 2, 70, 32, 16
