@@ -11,6 +11,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = Path(os.environ.get("HYMBA_FIXTURES", REPO.parent / "shared" / "fixtures")) / "hymba-ref-tiny"
 
+# The suite runs many small models: one thread avoids OpenMP spin-waits that dominate at these sizes.
+torch.set_num_threads(1)
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
