@@ -1,0 +1,148 @@
+"""``hymba train``: train from scratch, fine-tune (``--init-from``) or resume (``--resume``).
+
+With no arguments it trains the ``tiny`` preset on the bundled Shakespeare + Milton corpus on the
+CPU for a few minutes and writes ``./hymba-run``. Settings come from, lowest priority first:
+the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
+or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from . import CLIError
+
+# flag dest -> TrainArgs field, for flags whose names differ
+_RENAMED = {"keep": "keep_checkpoints"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train or fine-tune a model (no arguments: a small demo run on bundled text)",
+        description="Train a Hymba model. With no arguments: the 'tiny' preset on the bundled "
+                    "Shakespeare + Milton corpus, on the CPU, a few minutes; output in ./hymba-run.",
+    )
+    S = argparse.SUPPRESS  # unset flags stay absent so that lower layers show through
+    p.add_argument("--config", metavar="FILE", help="training settings (.yaml, .json or .toml)")
+    p.add_argument("--preset", default=S, help="model shape for a from-scratch run (default: tiny)")
+    p.add_argument("--data", nargs="+", metavar="PATH", default=S,
+                   help=".txt / .jsonl (field 'text') files or folders, optionally .gz (default: bundled corpus)")
+    p.add_argument("--tokenizer", metavar="DIR", default=S,
+                   help="folder with tokenizer.json (default: --init-from's, else the bundled BPE)")
+    p.add_argument("--out", metavar="DIR", default=S, help="run folder (default: ./hymba-run)")
+    p.add_argument("--overwrite", action="store_true", default=S, help="replace an existing run folder")
+    p.add_argument("--resume", metavar="DIR", default=S, help="continue a run (run folder or checkpoint)")
+    p.add_argument("--init-from", metavar="DIR", default=S, help="fine-tune a released-format checkpoint")
+    p.add_argument("--max-steps", type=int, default=S)
+    p.add_argument("--seq-len", type=int, default=S)
+    p.add_argument("--batch-size", type=int, default=S, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=S, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=S, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, default=S)
+    p.add_argument("--schedule", choices=("wsd", "cosine"), default=S)
+    p.add_argument("--warmup", type=float, default=S, help="warmup: fraction of steps if < 1, else steps")
+    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--grad-clip", type=float, default=S, help="max gradient norm (0: off)")
+    p.add_argument("--val-fraction", type=float, default=S)
+    p.add_argument("--eval-every", type=int, default=S)
+    p.add_argument("--save-every", type=int, default=S)
+    p.add_argument("--keep", type=int, default=S, help="numbered checkpoints to keep (0: all)")
+    p.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=S,
+                   help="compute dtype (bfloat16 autocast on CUDA; default: bfloat16 on CUDA)")
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--gradient-checkpointing", action="store_true", default=S)
+    p.add_argument("--sample-prompt", default=S, help="prompt of the sample printed at the end")
+    p.add_argument("--sample-tokens", type=int, default=S, help="length of that sample (0: none)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+    p.set_defaults(func=run)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Settings from a YAML, JSON or TOML file (a mapping)."""
+    if not os.path.isfile(path):
+        raise CLIError(f"config file {path} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise CLIError("reading a YAML config needs PyYAML (pip install pyyaml)") from None
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        elif ext == ".toml":
+            import tomllib
+
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        elif ext == ".json":
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        else:
+            raise CLIError(f"config file {path}: use .yaml, .json or .toml")
+    except CLIError:
+        raise
+    except Exception as exc:  # the parsers' own error types differ
+        raise CLIError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {path} must hold a mapping of settings")
+    return {_RENAMED.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
+
+
+def _saved_args(resume: str) -> dict[str, Any]:
+    from ..train.checkpointing import STATE_NAME, resolve_resume
+
+    with open(os.path.join(resolve_resume(resume), STATE_NAME), encoding="utf-8") as fh:
+        saved = json.load(fh).get("args", {})
+    return {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "init_from")}
+
+
+def _run_folder(resume: str) -> str:
+    from ..train.checkpointing import STATE_NAME
+
+    return os.path.dirname(os.path.abspath(resume)) if os.path.isfile(os.path.join(resume, STATE_NAME)) else resume
+
+
+def build_train_args(args: argparse.Namespace):
+    """Merge defaults, a resumed run's arguments, the config file and the flags."""
+    from ..train import TrainArgs
+
+    flags = {_RENAMED.get(k, k): v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    settings: dict[str, Any] = {}
+    if flags.get("resume"):
+        settings.update(_saved_args(flags["resume"]))
+        settings["out"] = _run_folder(flags["resume"])
+    if args.config:
+        settings.update(read_config_file(args.config))
+    settings.update(flags)
+    known = {f.name for f in dataclasses.fields(TrainArgs)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise CLIError(f"unknown training setting(s): {', '.join(unknown)}")
+    if isinstance(settings.get("data"), str):
+        settings["data"] = [settings["data"]]
+    return TrainArgs(**settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import DataError, TrainError, train
+
+    train_args = build_train_args(args)
+    try:
+        summary = train(train_args)
+    except (TrainError, DataError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"trained {summary['parameters']:,} parameters for {summary['steps']} steps "
+          f"in {summary['wall_s']:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)")
+    print(f"final train loss {summary['train_loss']:.4f} (mean of the last 10 steps), "
+          f"validation loss {summary['val_loss']:.4f}, "
+          f"unigram baseline {summary['unigram_entropy']:.4f} (nats/token)")
+    print(f"model: {summary['final']}   metrics: {os.path.join(summary['out'], 'metrics.jsonl')}")
+    if summary["sample"]:
+        print("sample:\n" + summary["sample"])
+    return 0

@@ -1,0 +1,329 @@
+"""The training loop: from scratch, fine-tuning (``init_from``) or resuming, with exact resume.
+
+``train(TrainArgs(...))`` returns a summary dict. The run folder ``args.out`` receives numbered
+checkpoints (:mod:`.checkpointing`), ``metrics.jsonl`` (one JSON object per logged step) and the
+final model in ``final/`` (released format + tokenizer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..checkpoint import CheckpointError
+from ..config import HymbaConfig
+from ..model import HymbaForCausalLM
+from ..tokenizer import HymbaTokenizer, load_tokenizer
+from . import checkpointing as ckpt
+from .bpe import bundled_data_dir
+from .data import (
+    BatchStream,
+    DataError,
+    PackedData,
+    iter_documents,
+    tokenize_documents,
+    unigram_entropy,
+)
+from .optim import Schedule, build_optimizer, set_lr
+
+BUNDLED_CORPUS = "corpus.jsonl.gz"
+
+
+class TrainError(ValueError):
+    """A training run cannot start or had to stop; the message says why."""
+
+
+@dataclass
+class TrainArgs:
+    """Everything a run depends on. ``data`` empty: the bundled corpus; ``tokenizer`` None: the
+    ``init_from`` checkpoint's tokenizer, else the bundled one. ``model`` overrides config fields
+    of ``preset`` (from-scratch runs). ``warmup`` below 1 is a fraction of ``max_steps``."""
+
+    out: str = "hymba-run"
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    resume: str | None = None
+    overwrite: bool = False
+    data: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+    max_steps: int = 600
+    seq_len: int = 128
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr: float = 1e-5
+    schedule: str = "wsd"
+    warmup: float = 0.01
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    val_fraction: float = 0.02
+    eval_every: int = 100
+    eval_batches: int = 8
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    device: str = "auto"
+    dtype: str | None = None
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    sample_prompt: str = "To be, or not to be"
+    sample_tokens: int = 60
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                     "save_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise TrainError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise TrainError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("wsd", "cosine"):
+            raise TrainError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
+        if self.dtype not in (None, "float32", "bfloat16"):
+            raise TrainError(f"dtype must be float32 or bfloat16 (autocast), got {self.dtype!r}")
+        if self.init_from and self.resume:
+            raise TrainError("use either init_from (start a fine-tune) or resume (continue a run)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup
+
+
+def _check_out_dir(args: TrainArgs) -> None:
+    """Refuse to clobber an existing run and fail early on a folder we cannot write."""
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainError(f"output path {out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not (args.resume or args.overwrite):
+        raise TrainError(f"output folder {out} already exists and is not empty; "
+                         "pass --resume to continue it or --overwrite to replace it")
+    parent = out
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TrainError(f"output folder {out} is not writable")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _load_tokenizer(args: TrainArgs, resume_dir: str | None) -> HymbaTokenizer:
+    folder = resume_dir or args.tokenizer or args.init_from or bundled_data_dir()
+    return load_tokenizer(folder)
+
+
+def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, resume_dir: str | None) -> HymbaConfig:
+    if resume_dir or args.init_from:
+        config = HymbaConfig.load(resume_dir or args.init_from)
+    else:
+        ids = {k: v for k, v in (("bos_token_id", tokenizer.bos_token_id),
+                                 ("eos_token_id", tokenizer.eos_token_id),
+                                 ("pad_token_id", tokenizer.pad_token_id)) if v is not None}
+        overrides = {"vocab_size": len(tokenizer), **ids, "torch_dtype": "float32", **args.model}
+        config = HymbaConfig.from_preset(args.preset, **overrides)
+    if len(tokenizer) > config.vocab_size:
+        raise TrainError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}")
+    if args.seq_len > config.max_position_embeddings:
+        raise TrainError(f"seq_len {args.seq_len} is above the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
+    return config
+
+
+def _load_data(args: TrainArgs, tokenizer: HymbaTokenizer) -> PackedData:
+    paths = args.data or [os.path.join(bundled_data_dir(), BUNDLED_CORPUS)]
+    docs = list(iter_documents(paths))
+    if not docs:
+        raise DataError(f"the corpus is empty (no text in {', '.join(paths)})")
+    tokens = tokenize_documents(docs, tokenizer)
+    return PackedData.build(tokens, args.seq_len, args.val_fraction)
+
+
+def _prepare_out_dir(args: TrainArgs) -> str:
+    out = os.path.abspath(args.out)
+    if args.overwrite and not args.resume and os.path.isdir(out):
+        for _, path in ckpt.list_checkpoints(out):
+            shutil.rmtree(path)
+        shutil.rmtree(os.path.join(out, "final"), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, "metrics.jsonl"))
+    os.makedirs(out, exist_ok=True)
+    ckpt.remove_stale_temporaries(out)
+    return out
+
+
+def _trim_metrics(path: str, last_step: int) -> None:
+    """Drop log lines of steps after the checkpoint we resume from (they will be redone)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.no_grad()
+def evaluate(model: HymbaForCausalLM, rows: torch.Tensor, batch_size: int, max_batches: int,
+             device: torch.device, autocast: contextlib.AbstractContextManager) -> float:
+    """Mean next-token loss over the first ``max_batches`` batches of ``rows``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, min(len(rows), batch_size * max_batches), batch_size):
+        x = rows[start : start + batch_size].to(device)
+        with autocast:
+            loss = model(x, labels=x).loss
+        n = x.shape[0] * (x.shape[1] - 1)
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _sample(model: HymbaForCausalLM, tokenizer: HymbaTokenizer, prompt: str, tokens: int, seed: int) -> str:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        return ""
+    model.eval()
+    out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=tokens,
+                         do_sample=True, temperature=0.8, top_k=40, seed=seed)
+    return tokenizer.decode(out[0].tolist())
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    """Run training as ``args`` says; return a summary (losses, baseline, speed, paths, sample)."""
+    args.validate()
+    _check_out_dir(args)
+    try:
+        resume_dir = ckpt.resolve_resume(args.resume) if args.resume else None
+    except CheckpointError as exc:
+        raise TrainError(str(exc)) from None
+    device = _resolve_device(args.device)
+    tokenizer = _load_tokenizer(args, resume_dir)
+    config = _model_config(args, tokenizer, resume_dir)
+    data = _load_data(args, tokenizer)
+    out = _prepare_out_dir(args)
+
+    torch.manual_seed(args.seed)
+    source = resume_dir or args.init_from
+    if source:
+        model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
+    else:
+        model = HymbaForCausalLM(config).to(device)
+    model.train()
+    model.gradient_checkpointing_enable(args.gradient_checkpointing)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
+                        args.decay_fraction)
+    use_bf16 = device.type == "cuda" and (args.dtype or "bfloat16") == "bfloat16"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
+                else contextlib.nullcontext())
+
+    step = 0
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if resume_dir:
+        step = int(ckpt.load_training_state(resume_dir, optimizer)["step"])
+        _trim_metrics(metrics_path, step)
+    if step >= args.max_steps:
+        raise TrainError(f"the checkpoint is at step {step}; raise max_steps above it to train more")
+    stream = BatchStream(data.train, args.batch_size, args.seed)
+    run_state = {"args": dataclasses.asdict(args), "data_position": 0}
+    baseline = unigram_entropy(data.val, config.vocab_size)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.max_steps, initial=step, disable=not args.progress, unit="step",
+               dynamic_ncols=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses: list[float] = []
+    val_loss = None
+    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
+    start_time = time.perf_counter()
+    start_step = step
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        while step < args.max_steps:
+            t0 = time.perf_counter()
+            lr = schedule(step)
+            set_lr(optimizer, lr)
+            loss_sum = 0.0
+            for micro in range(args.grad_accum):
+                x = stream.batch(step * args.grad_accum + micro).to(device)
+                with autocast:
+                    loss = model(x, labels=x).loss
+                (loss / args.grad_accum).backward()
+                loss_sum += float(loss.detach())
+            loss_value = loss_sum / args.grad_accum
+            if not math.isfinite(loss_value):
+                bar.close()
+                last = ckpt.list_checkpoints(out)
+                kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+                raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
+                                 f"({kept}). Lower --lr or check the data.")
+            clip = args.grad_clip if args.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss_value)
+            tok_s = tokens_per_step / (time.perf_counter() - t0)
+            record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                                      "tokens_per_s": tok_s, "tokens": step * tokens_per_step}
+            if device.type == "cuda":
+                record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            if step % args.eval_every == 0 or step == args.max_steps:
+                val_loss = evaluate(model, data.val, args.batch_size, args.eval_batches, device, autocast)
+                record["val_loss"] = val_loss
+                bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
+                          f"(unigram baseline {baseline:.4f})")
+            if step % args.log_every == 0 or "val_loss" in record:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+            bar.update(1)
+            if step % args.save_every == 0 or step == args.max_steps:
+                run_state["data_position"] = step * args.grad_accum
+                ckpt.save_checkpoint(out, step, model, tokenizer, optimizer, run_state,
+                                     args.keep_checkpoints)
+    bar.close()
+    wall = time.perf_counter() - start_time
+
+    final = os.path.join(out, "final")
+    tmp = os.path.join(out, ".tmp-final")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt.save_model_folder(tmp, model, tokenizer)
+    ckpt.publish(tmp, final)
+    sample = (_sample(model, tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
+              if args.sample_tokens > 0 else "")
+    tail = losses[-10:]
+    return {
+        "out": out, "final": final, "steps": step, "trained_steps": step - start_step,
+        "train_loss": sum(tail) / len(tail), "losses": losses, "val_loss": val_loss,
+        "unigram_entropy": baseline, "parameters": model.num_parameters(),
+        "train_tokens": len(data.train) * args.seq_len, "val_tokens": len(data.val) * args.seq_len,
+        "tokens_per_s": (step - start_step) * tokens_per_step / wall, "wall_s": wall,
+        "sample": sample,
+    }
+
+
+__all__ = ["TrainArgs", "TrainError", "train", "evaluate"]
