@@ -110,8 +110,10 @@ def _check_out_dir(args: TrainArgs) -> None:
         raise TrainError(f"output folder {out} already exists and is not empty; "
                          "pass --resume to continue it or --overwrite to replace it")
     parent = out
-    while not os.path.isdir(parent):
+    while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise TrainError(f"output folder {out} cannot be created: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TrainError(f"output folder {out} is not writable")
 
