@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute dtype (bfloat16 autocast on CUDA; default: bfloat16 on CUDA)")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--gradient-checkpointing", action="store_true", default=S)
+    p.add_argument("--threads", type=int, default=S,
+                   help="CPU threads (default: 1 for hidden size <= 256, else PyTorch's default)")
     p.add_argument("--sample-prompt", default=S, help="prompt of the sample printed at the end")
     p.add_argument("--sample-tokens", type=int, default=S, help="length of that sample (0: none)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)

@@ -56,7 +56,7 @@ class TrainArgs:
     overwrite: bool = False
     data: list[str] = field(default_factory=list)
     tokenizer: str | None = None
-    max_steps: int = 600
+    max_steps: int = 160
     seq_len: int = 128
     batch_size: int = 16
     grad_accum: int = 1
@@ -68,15 +68,16 @@ class TrainArgs:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     val_fraction: float = 0.02
-    eval_every: int = 100
+    eval_every: int = 40
     eval_batches: int = 8
-    save_every: int = 200
+    save_every: int = 80
     keep_checkpoints: int = 2
     log_every: int = 1
     device: str = "auto"
     dtype: str | None = None
     seed: int = 0
     gradient_checkpointing: bool = False
+    threads: int | None = None
     sample_prompt: str = "To be, or not to be"
     sample_tokens: int = 60
     progress: bool = True
@@ -227,6 +228,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
     data = _load_data(args, tokenizer)
     out = _prepare_out_dir(args)
 
+    if device.type == "cpu":
+        threads = args.threads or (1 if config.hidden_size <= 256 else None)
+        if threads:
+            torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     source = resume_dir or args.init_from
     if source:
