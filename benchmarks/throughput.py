@@ -294,10 +294,6 @@ def table(results: dict) -> str:
             else:
                 cells.append(d.get("skipped", d.get("error", "-"))[:60])
         lines.append("| " + " | ".join(cells) + " |")
-    compiled = results.get("hymba-1.5b", {}).get("prefill_compiled", {})
-    if "prefill_tok_s" in compiled:
-        lines.append(f"\nhymba-1.5b prefill under torch.compile: {compiled['prefill_tok_s']:,.0f} tok/s, "
-                     f"MFU {compiled['prefill_mfu']:.1%}")
     train = results.get("hymba-1.5b", {}).get("train", {})
     if "train_tok_s" in train:
         lines.append(f"\ntraining (4K, fwd+bwd, bf16 autocast, checkpointing): {train['train_tok_s']:,.0f} tok/s, "
@@ -307,13 +303,10 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None, compiled: bool) -> None:
+def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None) -> None:
     model = hymba_model()
     flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
     guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
-    if compiled:
-        fast = torch.compile(model)
-        guarded(hy, "prefill_compiled", lambda: prefill(fast, model.config.vocab_size, flops, rate))
     for b in BATCHES:
         guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth))
     if profile_dir:
@@ -354,8 +347,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile-dir", type=Path, help="write torch.profiler kernel tables here")
     parser.add_argument("--skip-llama", action="store_true", help="only Hymba")
-    parser.add_argument("--compiled", action="store_true",
-                        help="also time the prefill of torch.compile(model) (fuses the elementwise ops)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("throughput.py needs a CUDA device")
@@ -369,7 +360,7 @@ def main() -> None:
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     hy: dict = results.setdefault("hymba-1.5b", {})
-    run_hymba(hy, bandwidth, rate, args.profile_dir, args.compiled)
+    run_hymba(hy, bandwidth, rate, args.profile_dir)
     torch.cuda.empty_cache()
     run_training(hy, rate, args.profile_dir)
     torch.cuda.empty_cache()
