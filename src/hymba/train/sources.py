@@ -128,10 +128,10 @@ def _text_pieces(path: str) -> Iterator[Piece]:
             if not chunk:
                 break
             pending += chunk
-            cut = pending.rfind("\n", 0, BLOCK_CHARS) + 1
-            if len(pending) >= BLOCK_CHARS and cut:
-                block, pending = pending[:cut], pending[cut:]
-                yield Piece(block, end=False)
+            while len(pending) >= BLOCK_CHARS:
+                cut = pending.rfind("\n", 0, BLOCK_CHARS) + 1 or BLOCK_CHARS  # no newline: cut anyway
+                yield Piece(pending[:cut], end=False)
+                pending = pending[cut:]
         yield Piece(pending, end=True)
 
 
