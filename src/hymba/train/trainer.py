@@ -24,6 +24,7 @@ from ..config import HymbaConfig
 from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
+from . import distributed
 from .bpe import bundled_data_dir
 from .data import (
     BatchStream,
@@ -215,7 +216,10 @@ def _sample(model: HymbaForCausalLM, tokenizer: HymbaTokenizer, prompt: str, tok
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
-    """Run training as ``args`` says; return a summary (losses, baseline, speed, paths, sample)."""
+    """Run training as ``args`` says; return a summary (losses, baseline, speed, paths, sample).
+
+    Under ``torchrun`` every rank calls this; ``batch_size`` is then the global micro-batch, split
+    evenly over the ranks, and only rank 0 writes files (its summary has the sample)."""
     args.validate()
     _check_out_dir(args)
     try:
@@ -226,8 +230,23 @@ def train(args: TrainArgs) -> dict[str, Any]:
     tokenizer = _load_tokenizer(args, resume_dir)
     config = _model_config(args, tokenizer, resume_dir)
     data = _load_data(args, tokenizer)
-    out = _prepare_out_dir(args)
+    world = distributed.setup(device.type)
+    try:
+        if world.enabled and args.batch_size % world.world_size:
+            raise TrainError(f"batch_size {args.batch_size} is not divisible by {world.world_size} processes")
+        if world.enabled and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
+        world.barrier()  # every rank has checked the output folder before rank 0 creates it
+        out = _prepare_out_dir(args) if world.is_main else os.path.abspath(args.out)
+        world.barrier()
+        return _run(args, world, device, tokenizer, config, data, out, resume_dir)
+    finally:
+        world.close()
 
+
+def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tokenizer: HymbaTokenizer,
+         config: HymbaConfig, data: PackedData, out: str, resume_dir: str | None) -> dict[str, Any]:
     if device.type == "cpu":
         threads = args.threads or (1 if config.hidden_size <= 256 else None)
         if threads:
@@ -240,6 +259,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
         model = HymbaForCausalLM(config).to(device)
     model.train()
     model.gradient_checkpointing_enable(args.gradient_checkpointing)
+    wrapped: torch.nn.Module = model
+    if world.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
                         args.decay_fraction)
@@ -251,24 +275,26 @@ def train(args: TrainArgs) -> dict[str, Any]:
     metrics_path = os.path.join(out, "metrics.jsonl")
     if resume_dir:
         step = int(ckpt.load_training_state(resume_dir, optimizer)["step"])
-        _trim_metrics(metrics_path, step)
+        if world.is_main:
+            _trim_metrics(metrics_path, step)
     if step >= args.max_steps:
         raise TrainError(f"the checkpoint is at step {step}; raise max_steps above it to train more")
-    stream = BatchStream(data.train, args.batch_size, args.seed)
+    stream = BatchStream(data.train, args.batch_size, args.seed, world.rank, world.world_size)
     run_state = {"args": dataclasses.asdict(args), "data_position": 0}
     baseline = unigram_entropy(data.val, config.vocab_size)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.max_steps, initial=step, disable=not args.progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=args.max_steps, initial=step, disable=not (args.progress and world.is_main),
+               unit="step", dynamic_ncols=True)
     params = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
     val_loss = None
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     start_time = time.perf_counter()
     start_step = step
-    with open(metrics_path, "a", encoding="utf-8") as log:
+    log = open(metrics_path, "a", encoding="utf-8") if world.is_main else None
+    try:
         while step < args.max_steps:
             t0 = time.perf_counter()
             lr = schedule(step)
@@ -276,13 +302,13 @@ def train(args: TrainArgs) -> dict[str, Any]:
             loss_sum = 0.0
             for micro in range(args.grad_accum):
                 x = stream.batch(step * args.grad_accum + micro).to(device)
-                with autocast:
-                    loss = model(x, labels=x).loss
-                (loss / args.grad_accum).backward()
+                sync = not world.enabled or micro == args.grad_accum - 1
+                with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
+                    loss = wrapped(x, labels=x).loss
+                    (loss / args.grad_accum).backward()
                 loss_sum += float(loss.detach())
-            loss_value = loss_sum / args.grad_accum
+            loss_value = world.mean(loss_sum / args.grad_accum, device)
             if not math.isfinite(loss_value):
-                bar.close()
                 last = ckpt.list_checkpoints(out)
                 kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
                 raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
@@ -301,27 +327,36 @@ def train(args: TrainArgs) -> dict[str, Any]:
             if step % args.eval_every == 0 or step == args.max_steps:
                 val_loss = evaluate(model, data.val, args.batch_size, args.eval_batches, device, autocast)
                 record["val_loss"] = val_loss
-                bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
-                          f"(unigram baseline {baseline:.4f})")
-            if step % args.log_every == 0 or "val_loss" in record:
+                if world.is_main:
+                    bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
+                              f"(unigram baseline {baseline:.4f})")
+            if log and (step % args.log_every == 0 or "val_loss" in record):
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             bar.update(1)
             if step % args.save_every == 0 or step == args.max_steps:
-                run_state["data_position"] = step * args.grad_accum
-                ckpt.save_checkpoint(out, step, model, tokenizer, optimizer, run_state,
-                                     args.keep_checkpoints)
-    bar.close()
+                if world.is_main:
+                    run_state["data_position"] = step * args.grad_accum
+                    ckpt.save_checkpoint(out, step, model, tokenizer, optimizer, run_state,
+                                         args.keep_checkpoints)
+                world.barrier()
+    finally:
+        bar.close()
+        if log:
+            log.close()
     wall = time.perf_counter() - start_time
 
     final = os.path.join(out, "final")
-    tmp = os.path.join(out, ".tmp-final")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ckpt.save_model_folder(tmp, model, tokenizer)
-    ckpt.publish(tmp, final)
-    sample = (_sample(model, tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
-              if args.sample_tokens > 0 else "")
+    sample = ""
+    if world.is_main:
+        tmp = os.path.join(out, ".tmp-final")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ckpt.save_model_folder(tmp, model, tokenizer)
+        ckpt.publish(tmp, final)
+        if args.sample_tokens > 0:
+            sample = _sample(model, tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
+    world.barrier()
     tail = losses[-10:]
     return {
         "out": out, "final": final, "steps": step, "trained_steps": step - start_step,
@@ -329,7 +364,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "unigram_entropy": baseline, "parameters": model.num_parameters(),
         "train_tokens": len(data.train) * args.seq_len, "val_tokens": len(data.val) * args.seq_len,
         "tokens_per_s": (step - start_step) * tokens_per_step / wall, "wall_s": wall,
-        "sample": sample,
+        "sample": sample, "world_size": world.world_size,
     }
 
 
