@@ -133,3 +133,16 @@ def test_tokenize_cli(tmp_path, capsys):
     assert "1 documents" in capsys.readouterr().out
     assert main(["tokenize", "--data", str(tmp_path / "a.txt"), "--out", str(tmp_path / "tok")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_tokenizer_train_cli(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("the cat sat on the mat\n" * 100)
+    (tmp_path / "c.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n")
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--data", str(tmp_path), "--vocab-size", "300", "--out", str(out)]) == 0
+    tok = load_tokenizer(out)
+    assert len(tok) <= 300 and tok.eos_token_id == 2 and tok.chat_template == CHAT_TEMPLATE
+    assert tok.decode(tok.encode("the cat sat")) == "the cat sat"
+    assert len(tok.encode("the cat sat on the mat")) < 10  # merges were learned
+    assert main(["tokenizer", "train", "--data", str(tmp_path), "--out", str(out)]) == 2
+    assert "already holds" in capsys.readouterr().err
