@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         summary = train(train_args)
     except (TrainError, DataError) as exc:
         raise CLIError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     print(f"trained {summary['parameters']:,} parameters for {summary['steps']} steps "
           f"in {summary['wall_s']:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)")
     print(f"final train loss {summary['train_loss']:.4f} (mean of the last 10 steps), "
