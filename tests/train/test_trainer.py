@@ -175,3 +175,8 @@ def test_non_writable_output(corpus, tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(TrainError, match="not writable"):
         train(small_args(corpus, locked / "run"))
+
+
+def test_gradient_checkpointing_gives_the_same_losses(reference_run, corpus, tmp_path):
+    summary = train(small_args(corpus, tmp_path / "gc", gradient_checkpointing=True))
+    assert summary["losses"] == pytest.approx(reference_run["losses"], rel=1e-6)
