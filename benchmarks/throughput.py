@@ -9,7 +9,8 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
 - prefill: one forward over an 8K prompt (batch 1), tokens/s and MFU (matmul + attention FLOPs
   over the measured matmul rate);
 - decode: ms per step and tokens/s at batch 1/32/128 after an 8K prompt, bytes one step must move
-  (weights + cache), and the achieved fraction of that roofline. Hymba's cache is filled with
+  (weights + cache), and the achieved fraction of that roofline; Hymba's step replayed as a CUDA
+  graph (:class:`hymba.generation.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
   random K/V and state as an 8K prompt would leave it (same shapes, same bytes); Llama's is
   filled by a real chunked prefill (HF DynamicCache);
 - training: one fwd+bwd step of Hymba-1.5B on a 4K sequence (fp32 weights, bf16 autocast,
@@ -34,7 +35,7 @@ from torch import nn
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.cache import HybridCache, meta_prefix
-from hymba.generation import forward_step
+from hymba.generation import DecodeGraph, forward_step
 
 PROMPT = 8192
 TRAIN_LEN = 4096
@@ -149,9 +150,10 @@ def prefill(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
     return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate)
 
 
-def fill_hymba_cache(model: HymbaForCausalLM, batch: int, steps: int) -> HybridCache:
+def fill_hymba_cache(model: HymbaForCausalLM, batch: int, steps: int, static_shapes: bool = False) -> HybridCache:
     """A cache in the state an 8K prompt leaves it: random K/V and SSM/conv state."""
-    cache = HybridCache(model.config, batch, PROMPT + steps, dtype=model.dtype, device="cuda")
+    cache = HybridCache(model.config, batch, PROMPT + steps, dtype=model.dtype, device="cuda",
+                        static_shapes=static_shapes)
     cache.reset(meta_prefix(model))
     m = model.config.num_memory_tokens
     for slot, k in cache.k.items():
@@ -176,14 +178,19 @@ def hymba_decode_bytes(model: HymbaForCausalLM, cache: HybridCache) -> int:
 
 
 @torch.no_grad()
-def hymba_decode(model: HymbaForCausalLM, batch: int, bandwidth: float, steps: int = 12) -> dict:
+def hymba_decode(model: HymbaForCausalLM, batch: int, bandwidth: float, cuda_graph: bool, steps: int = 12) -> dict:
+    """Greedy decode steps; with ``cuda_graph`` each is a replay of :class:`DecodeGraph`."""
     warm = 3
-    cache = fill_hymba_cache(model, batch, steps + warm)
-    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
+    cache = fill_hymba_cache(model, batch, steps + warm, static_shapes=cuda_graph)
+    tokens = torch.randint(0, model.config.vocab_size, (batch,), device="cuda")
+    graph = DecodeGraph(model, cache) if cuda_graph else None
 
     def step():
-        h = forward_step(model, tokens, cache)[:, -1]
-        tokens.copy_(model.lm_head(h).float().argmax(-1, keepdim=True))
+        if graph is not None:
+            logits = graph(tokens)
+        else:
+            logits = model.lm_head(forward_step(model, tokens[:, None], cache)[:, -1]).float()
+        tokens.copy_(logits.argmax(-1))
 
     t = cuda_time(step, warmup=warm, repeats=steps)
     moved = hymba_decode_bytes(model, cache)
@@ -281,12 +288,16 @@ def table(results: dict) -> str:
     lines = ["| model | prefill 8K tok/s | prefill MFU | " + " | ".join(
         f"decode b={b} tok/s (ms/step, roofline)" for b in BATCHES) + " |"]
     lines.append("|" + " --- |" * (3 + len(BATCHES)))
-    for name in ("hymba-1.5b", *LLAMA_SHAPES):
-        row = results.get(name)
+    rows = dict(results)
+    if "hymba-1.5b" in results:
+        rows["hymba-1.5b (eager decode)"] = {
+            k.replace("eager_", ""): v for k, v in results["hymba-1.5b"].items() if k.startswith("decode_eager")}
+    for name in ("hymba-1.5b", "hymba-1.5b (eager decode)", *LLAMA_SHAPES):
+        row = rows.get(name)
         if row is None:
             continue
         pre = row.get("prefill", {})
-        cells = [name, f"{pre.get('prefill_tok_s', float('nan')):,.0f}", f"{pre.get('prefill_mfu', float('nan')):.1%}"]
+        cells = [name, f"{pre['prefill_tok_s']:,.0f}", f"{pre['prefill_mfu']:.1%}"] if "prefill_tok_s" in pre else [name, "-", "-"]
         for b in BATCHES:
             d = row.get(f"decode_b{b}", {})
             if "tok_s" in d:
@@ -308,7 +319,8 @@ def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None)
     flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
     guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
     for b in BATCHES:
-        guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth))
+        guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=True))
+        guarded(hy, f"decode_eager_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=False))
     if profile_dir:
         ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
         with torch.no_grad():

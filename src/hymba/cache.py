@@ -180,14 +180,18 @@ class HybridCache:
         self.extent = 0
         return self
 
-    def layout(self, num_tokens: int, num_new: Tensor | None = None) -> SequenceLayout:
-        """Layout for ``num_tokens`` new tokens per row; ``num_new`` (b,) says how many of them
-        are real when rows are right-padded (None: all)."""
+    def check_room(self, num_tokens: int) -> None:
+        """Raise :class:`InputError` unless ``num_tokens`` more tokens per row fit."""
         if self.extent + num_tokens > self.max_tokens:
             raise InputError(
                 f"the cache holds at most {self.max_tokens} tokens per row; "
                 f"{self.extent} are used and {num_tokens} more were given"
             )
+
+    def layout(self, num_tokens: int, num_new: Tensor | None = None) -> SequenceLayout:
+        """Layout for ``num_tokens`` new tokens per row; ``num_new`` (b,) says how many of them
+        are real when rows are right-padded (None: all)."""
+        self.check_room(num_tokens)
         steps = torch.arange(num_tokens, device=self.lengths.device)
         valid = None if num_new is None else steps[None] < num_new[:, None]
         self._num_new = num_new

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cache import HybridCache, SWADecode, meta_prefix
+from .cache import HybridCache, SWADecode, _params_key, meta_prefix
 from .model.layout import InputError, left_padding
 
 
@@ -90,6 +90,48 @@ def forward_step(model, input_ids: Tensor, cache: HybridCache, num_new: Tensor |
     return h
 
 
+class DecodeGraph:
+    """The single-token decode step (one token per row → raw float32 logits) as a CUDA graph.
+
+    ``cache`` must have ``static_shapes`` (no tensor shape of a step depends on how much of it
+    is used). The first call runs the step eagerly (warm-up: Triton compilation and lazy
+    initialisation stay outside the graph) and captures it; later calls replay it. The returned
+    logits are a buffer that the next call overwrites.
+    """
+
+    def __init__(self, model, cache: HybridCache) -> None:
+        if not cache.static_shapes:
+            raise ValueError("a captured decode step needs a HybridCache(static_shapes=True)")
+        self.model, self.cache = model, cache
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.lengths.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: Tensor | None = None
+
+    def _step(self) -> Tensor:
+        h = forward_step(self.model, self.tokens, self.cache)[:, 0]
+        return self.model.lm_head(h).float()
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """Store ``tokens`` (b,) after what the cache holds; the next token's logits (b, V)."""
+        self.tokens.copy_(tokens[:, None])
+        if self.graph is not None:
+            self.cache.check_room(1)
+            self.graph.replay()
+            self.cache.extent += 1  # the graph advanced the device-side lengths
+            return self.logits
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            logits = self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._step()
+        self.graph = graph
+        self.cache.extent -= 1  # capturing ran no kernel: nothing more was stored
+        return logits
+
+
 def pack_prompts(model, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Validate prompts and move each row's real tokens to the front.
 
@@ -138,6 +180,7 @@ class DecodeLoop:
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
         swa_decode: SWADecode = "trained",
+        cuda_graph: bool | None = None,
     ) -> None:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -161,10 +204,27 @@ class DecodeLoop:
         self.eos = torch.tensor(eos_list, dtype=torch.long, device=device)
         pad = pad_token_id if pad_token_id is not None else config.pad_token_id
         self.pad = 0 if pad is None else int(pad)
-        self.cache = HybridCache(
-            config, self.packed.shape[0], longest + max_new_tokens, dtype=model.dtype,
-            device=device, swa_decode=swa_decode,
-        )
+        use_graph = device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+        if use_graph and device.type != "cuda":
+            raise InputError("cuda_graph=True needs a model on a CUDA device")
+        # one captured step is kept per model (with its cache) and reused by the next loop of the
+        # same shape; a loop takes it out while it runs, so concurrent loops never share it
+        self._graph_key = None
+        if use_graph:
+            self._graph_key = (self.packed.shape[0], longest + max_new_tokens, swa_decode, _params_key(model))
+        kept = getattr(model, "_hymba_decode_graph", None) if use_graph else None
+        self.graph: DecodeGraph | None = None
+        if kept is not None and kept[0] == self._graph_key:
+            model._hymba_decode_graph = None
+            self.graph = kept[1]
+            self.cache = self.graph.cache
+        else:
+            self.cache = HybridCache(
+                config, self.packed.shape[0], longest + max_new_tokens, dtype=model.dtype,
+                device=device, swa_decode=swa_decode, static_shapes=use_graph,
+            )
+            if use_graph:
+                self.graph = DecodeGraph(model, self.cache)
         self.generator = None
         if sampling.do_sample:
             self.generator = torch.Generator(device=device)
@@ -185,8 +245,16 @@ class DecodeLoop:
                 torch.arange(packed.shape[1], device=packed.device) < counts[:, None])
             seen = torch.zeros(packed.shape[0], model.config.vocab_size, dtype=torch.bool, device=packed.device)
             seen.scatter_(1, torch.where(valid, packed, packed[:, :1]), True)
+        logits = model.lm_head(h).float()
+        try:
+            yield from self._decode(logits, seen)
+        finally:
+            if self.graph is not None and self.graph.graph is not None:
+                model._hymba_decode_graph = (self._graph_key, self.graph)
+
+    def _decode(self, logits: Tensor, seen: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+        model = self.model
         for step in range(self.max_new_tokens):
-            logits = model.lm_head(h).float()
             tokens = self.sampling.pick(self.sampling.scores(logits, seen), self.generator)
             tokens = torch.where(self.done, self.pad, tokens)
             yield tokens, logits
@@ -195,7 +263,10 @@ class DecodeLoop:
                 return
             if seen is not None:
                 seen.scatter_(1, tokens[:, None], True)
-            h = forward_step(model, tokens[:, None], self.cache)[:, 0]
+            if self.graph is not None:
+                logits = self.graph(tokens).clone()
+            else:
+                logits = model.lm_head(forward_step(model, tokens[:, None], self.cache)[:, 0]).float()
 
 
 class _StopStrings:
@@ -230,6 +301,7 @@ def generate(
     tokenizer=None,
     swa_decode: SWADecode = "trained",
     output_logits: bool = False,
+    cuda_graph: bool | None = None,
 ) -> Tensor | GenerationOutput:
     """Continue each prompt; returns the input followed by the new tokens, a LongTensor (b, n+T).
 
@@ -239,6 +311,9 @@ def generate(
     ``pad_token_id`` (default: the config's). ``swa_decode="reference"`` reproduces NVIDIA's
     cached decoding (one key fewer in sliding-window layers; see :class:`HybridCache`).
     With ``output_logits`` a :class:`GenerationOutput` also carries the step logits.
+    ``cuda_graph`` (default: on for a CUDA model) replays each decode step as a captured CUDA
+    graph (:class:`DecodeGraph`); the captured step and its cache stay on the model for the next
+    call with the same batch size and length.
     """
     sampling = SamplingConfig(
         do_sample=bool(do_sample), temperature=temperature, top_k=0 if top_k is None else top_k,
@@ -247,6 +322,7 @@ def generate(
     run = DecodeLoop(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
         seed=seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id, swa_decode=swa_decode,
+        cuda_graph=cuda_graph,
     )
     stops = _StopStrings(tokenizer, stop_strings) if stop_strings else None
     new: list[Tensor] = []
