@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -180,3 +181,35 @@ def test_non_writable_output(corpus, tmp_path):
 def test_gradient_checkpointing_gives_the_same_losses(reference_run, corpus, tmp_path):
     summary = train(small_args(corpus, tmp_path / "gc", gradient_checkpointing=True))
     assert summary["losses"] == pytest.approx(reference_run["losses"], rel=1e-6)
+
+
+def test_training_from_token_shards_equals_training_from_files(reference_run, corpus, tmp_path):
+    from hymba.cli import main
+
+    assert main(["tokenize", "--data", str(corpus), "--out", str(tmp_path / "tok")]) == 0
+    summary = train(small_args(tmp_path / "tok", tmp_path / "from-shards"))
+    assert summary["losses"] == reference_run["losses"]
+    assert summary["val_loss"] == reference_run["val_loss"]
+
+
+def test_chat_fine_tuning_trains_on_replies_only(reference_run, tmp_path):
+    from hymba import load_tokenizer
+    from hymba.train.encoding import CHAT_TEMPLATE
+
+    tok = load_tokenizer(reference_run["final"])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save(tmp_path / "tok")
+    chats = tmp_path / "chats.jsonl"
+    with open(chats, "w", encoding="utf-8") as fh:
+        for i in range(30):
+            fh.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Question number {i}: who wrote the play?"},
+                {"role": "assistant", "content": "Shakespeare." if i % 2 else "Milton."},
+            ]}) + "\n")
+    args = small_args(chats, tmp_path / "sft", init_from=reference_run["final"], model={},
+                      tokenizer=str(tmp_path / "tok"), max_steps=3, seq_len=32)
+    summary = train(args)
+    assert all(math.isfinite(x) for x in summary["losses"]) and math.isfinite(summary["val_loss"])
+    # the baseline counts reply tokens only: far fewer distinct tokens than the whole chats
+    assert summary["unigram_entropy"] < 3.0
+    assert load_tokenizer(summary["final"]).chat_template == CHAT_TEMPLATE

@@ -1,9 +1,11 @@
-"""Training data: read documents, tokenize, pack into fixed-length sequences, batch deterministically.
+"""Training data: tokenize documents, pack them into fixed-length sequences, batch deterministically.
 
-Documents come from plain-text files (one document per file) and JSON-lines files (one document
-per line, in its ``text`` field), optionally gzipped, or from folders of such files. Every
-document is followed by the EOS token and the concatenation is cut into sequences of ``seq_len``
-tokens; every ``1/val_fraction``-th sequence is held out for validation.
+Documents are read by :mod:`.sources` (text, jsonl, parquet, saved datasets; chats for
+supervised fine-tuning) and encoded by :mod:`.encoding`. Every document is followed by the EOS
+token and the concatenation is cut into sequences of ``seq_len`` tokens; every
+``1/val_fraction``-th sequence is held out for validation. Tokens without loss (the prompt part
+of a chat) are stored negated, ``-1 - id``; :func:`~.shards.split_labels` turns a batch into
+``(input_ids, labels)``. Pre-tokenised shard folders (:mod:`.shards`) give the same rows from disk.
 
 Batches are a pure function of (seed, batch index): the data position is just the number of
 global batches consumed, which makes resuming exact. With several processes each rank takes
@@ -12,100 +14,35 @@ every ``world_size``-th row of the global batch.
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..tokenizer import HymbaTokenizer
+from .encoding import DocumentEncoder
+from .shards import ShardRows, is_shard_folder, open_shards, split_labels
+from .sources import DataError, Messages, Piece, iter_documents, iter_pieces
 
-TEXT_SUFFIXES = (".txt", ".md", ".text")
-JSONL_SUFFIXES = (".jsonl", ".json")
-
-
-class DataError(ValueError):
-    """Training data is missing, unreadable or too small."""
-
-
-def _kind(path: str) -> str | None:
-    name = path[:-3] if path.endswith(".gz") else path
-    if name.endswith(TEXT_SUFFIXES):
-        return "text"
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    return None
+__all__ = ["BatchStream", "DataError", "PackedData", "iter_documents", "load_rows", "pack",
+           "split_labels", "tokenize_documents", "unigram_entropy"]
 
 
-def data_files(paths: Sequence[str]) -> list[str]:
-    """The readable data files named by ``paths`` (folders are searched recursively, sorted)."""
-    if not paths:
-        raise DataError("no data paths given")
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path) for name in names
-                if _kind(name) is not None
-            )
-            if not found:
-                raise DataError(f"data folder {path} has no .txt/.jsonl files (optionally .gz)")
-            files.extend(found)
-        elif os.path.isfile(path):
-            if _kind(path) is None:
-                raise DataError(f"data file {path}: unknown type (use .txt or .jsonl, optionally .gz)")
-            files.append(path)
-        else:
-            raise DataError(f"data path {path} does not exist")
-    return files
+def _stream(parts) -> np.ndarray:
+    chunks = [p.ids if p.mask is None else np.where(p.mask, p.ids, -1 - p.ids) for p in parts]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 
-def _open(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def tokenize_documents(docs: Sequence[str | Messages], tokenizer: HymbaTokenizer) -> np.ndarray:
+    """The token stream of ``docs`` (int64): every document followed by EOS, tokens without
+    loss (the non-reply part of a chat) negated as ``-1 - id``."""
+    return _stream(DocumentEncoder(tokenizer).encode(Piece(d) for d in docs))
 
 
-def iter_documents(paths: Sequence[str]) -> Iterator[str]:
-    """Every non-empty document of the data files, in order."""
-    for path in data_files(paths):
-        try:
-            with _open(path) as fh:
-                if _kind(path) == "text":
-                    text = fh.read()
-                    if text.strip():
-                        yield text
-                    continue
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                    text = record.get("text") if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f"{path}:{lineno}: expected an object with a string 'text' field")
-                    if text.strip():
-                        yield text
-        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
-
-
-def tokenize_documents(docs: Sequence[str], tokenizer: HymbaTokenizer, batch: int = 64) -> np.ndarray:
-    """The token stream: every document's ids followed by EOS (int32)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError("the tokenizer has no EOS token to separate documents")
-    pieces: list[np.ndarray] = []
-    for start in range(0, len(docs), batch):
-        for enc in tokenizer.tokenizer.encode_batch(list(docs[start : start + batch]), add_special_tokens=False):
-            pieces.append(np.asarray(enc.ids + [eos], dtype=np.int32))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+def tokenize_files(paths: Sequence[str], tokenizer: HymbaTokenizer) -> np.ndarray:
+    """:func:`tokenize_documents` of every document of the data files, streamed."""
+    return _stream(DocumentEncoder(tokenizer).encode(iter_pieces(paths)))
 
 
 def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
@@ -118,11 +55,12 @@ def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
 class PackedData:
     """Packed training and validation sequences."""
 
-    train: torch.Tensor  # (n_train, seq_len) int64
-    val: torch.Tensor  # (n_val, seq_len) int64
+    train: torch.Tensor | ShardRows  # (n_train, seq_len) int64, no-loss tokens negated
+    val: torch.Tensor | ShardRows  # (n_val, seq_len)
 
     @classmethod
     def build(cls, tokens: np.ndarray, seq_len: int, val_fraction: float) -> PackedData:
+        """Rows of an in-memory token stream (the validation rule of :class:`ShardRows`)."""
         rows = pack(tokens, seq_len)
         if len(rows) < 2:
             raise DataError(
@@ -164,9 +102,23 @@ class BatchStream:
         return self.rows[idx]
 
 
-def unigram_entropy(rows: torch.Tensor, vocab_size: int) -> float:
-    """Entropy (nats/token) of the token frequencies of ``rows``: the loss of the best model that
-    ignores context, a baseline a trained LM must beat."""
-    counts = torch.bincount(rows.reshape(-1), minlength=vocab_size).double()
+def unigram_entropy(rows: torch.Tensor | ShardRows, vocab_size: int) -> float:
+    """Entropy (nats/token) of the frequencies of the trained-on tokens of ``rows``: the loss of
+    the best model that ignores context, a baseline a trained LM must beat."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for start in range(0, len(rows), 4096):
+        chunk = rows[start : start + 4096].reshape(-1)
+        counts += torch.bincount(chunk[chunk >= 0], minlength=vocab_size).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
+
+
+def load_rows(paths: Sequence[str], tokenizer: HymbaTokenizer, seq_len: int, val_fraction: float) -> PackedData:
+    """Training and validation rows of data files, or of one ``hymba tokenize`` shard folder
+    (memory-mapped, so the corpus may be larger than memory)."""
+    if len(paths) == 1 and is_shard_folder(paths[0]):
+        return PackedData(*open_shards(paths[0], tokenizer, seq_len, val_fraction))
+    tokens = tokenize_files(paths, tokenizer)
+    if not len(tokens):
+        raise DataError(f"the corpus is empty (no text in {', '.join(paths)})")
+    return PackedData.build(tokens, seq_len, val_fraction)

@@ -28,10 +28,9 @@ from . import distributed
 from .bpe import bundled_data_dir
 from .data import (
     BatchStream,
-    DataError,
     PackedData,
-    iter_documents,
-    tokenize_documents,
+    load_rows,
+    split_labels,
     unigram_entropy,
 )
 from .optim import Schedule, build_optimizer, set_lr
@@ -153,11 +152,7 @@ def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, resume_dir: str | 
 
 def _load_data(args: TrainArgs, tokenizer: HymbaTokenizer) -> PackedData:
     paths = args.data or [os.path.join(bundled_data_dir(), BUNDLED_CORPUS)]
-    docs = list(iter_documents(paths))
-    if not docs:
-        raise DataError(f"the corpus is empty (no text in {', '.join(paths)})")
-    tokens = tokenize_documents(docs, tokenizer)
-    return PackedData.build(tokens, args.seq_len, args.val_fraction)
+    return load_rows(paths, tokenizer, args.seq_len, args.val_fraction)
 
 
 def _prepare_out_dir(args: TrainArgs) -> str:
@@ -190,19 +185,21 @@ def _trim_metrics(path: str, last_step: int) -> None:
 @torch.no_grad()
 def evaluate(model: HymbaForCausalLM, rows: torch.Tensor, batch_size: int, max_batches: int,
              device: torch.device, autocast: contextlib.AbstractContextManager) -> float:
-    """Mean next-token loss over the first ``max_batches`` batches of ``rows``."""
+    """Mean next-token loss over the trained-on tokens of the first ``max_batches`` batches of
+    ``rows`` (no-loss tokens negated, see :func:`split_labels`)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, min(len(rows), batch_size * max_batches), batch_size):
-        x = rows[start : start + batch_size].to(device)
-        with autocast:
-            loss = model(x, labels=x).loss
-        n = x.shape[0] * (x.shape[1] - 1)
-        total += float(loss) * n
-        count += n
+        x, labels = (t.to(device) for t in split_labels(rows[start : start + batch_size]))
+        n = int((labels[:, 1:] != -100).sum())
+        if n:
+            with autocast:
+                loss = model(x, labels=labels).loss
+            total += float(loss) * n
+            count += n
     model.train(was_training)
-    return total / max(count, 1)
+    return total / count if count else float("nan")
 
 
 def _sample(model: HymbaForCausalLM, tokenizer: HymbaTokenizer, prompt: str, tokens: int, seed: int) -> str:
@@ -299,15 +296,18 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             t0 = time.perf_counter()
             lr = schedule(step)
             set_lr(optimizer, lr)
-            loss_sum = 0.0
+            loss_sum, counted = 0.0, 0
             for micro in range(args.grad_accum):
-                x = stream.batch(step * args.grad_accum + micro).to(device)
+                x, labels = (t.to(device) for t in split_labels(stream.batch(step * args.grad_accum + micro)))
+                has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
                 sync = not world.enabled or micro == args.grad_accum - 1
                 with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                    loss = wrapped(x, labels=x).loss
+                    result = wrapped(x, labels=labels if has_targets else None)
+                    loss = result.loss if has_targets else result.logits.sum() * 0.0
                     (loss / args.grad_accum).backward()
                 loss_sum += float(loss.detach())
-            loss_value = world.mean(loss_sum / args.grad_accum, device)
+                counted += has_targets
+            loss_value = world.mean(loss_sum / max(counted, 1), device)
             if not math.isfinite(loss_value):
                 last = ckpt.list_checkpoints(out)
                 kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
