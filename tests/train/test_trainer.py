@@ -213,3 +213,9 @@ def test_chat_fine_tuning_trains_on_replies_only(reference_run, tmp_path):
     # the baseline counts reply tokens only: far fewer distinct tokens than the whole chats
     assert summary["unigram_entropy"] < 3.0
     assert load_tokenizer(summary["final"]).chat_template == CHAT_TEMPLATE
+
+
+def test_bf16_autocast_is_close_to_float32(reference_run, corpus, tmp_path):
+    summary = train(small_args(corpus, tmp_path / "bf16", dtype="bfloat16"))
+    assert summary["losses"] == pytest.approx(reference_run["losses"], abs=0.05)
+    assert HymbaForCausalLM.from_pretrained(summary["final"]).dtype == torch.float32

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="training settings (.yaml, .json or .toml)")
     p.add_argument("--preset", default=S, help="model shape for a from-scratch run (default: tiny)")
     p.add_argument("--data", nargs="+", metavar="PATH", default=S,
-                   help=".txt / .jsonl (field 'text') files or folders, optionally .gz (default: bundled corpus)")
+                   help=".txt, .jsonl ('text' or chat 'messages'), .parquet files (.gz allowed), folders, "
+                        "saved HF datasets, or one 'hymba tokenize' folder (default: bundled corpus)")
     p.add_argument("--tokenizer", metavar="DIR", default=S,
                    help="folder with tokenizer.json (default: --init-from's, else the bundled BPE)")
     p.add_argument("--out", metavar="DIR", default=S, help="run folder (default: ./hymba-run)")
@@ -53,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=int, default=S, help="numbered checkpoints to keep (0: all)")
     p.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=S,
-                   help="compute dtype (bfloat16 autocast on CUDA; default: bfloat16 on CUDA)")
+                   help="compute dtype: bfloat16 autocast (weights stay float32) or float32 "
+                        "(default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--gradient-checkpointing", action="store_true", default=S)
     p.add_argument("--threads", type=int, default=S,

@@ -264,7 +264,7 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
                         args.decay_fraction)
-    use_bf16 = device.type == "cuda" and (args.dtype or "bfloat16") == "bfloat16"
+    use_bf16 = (args.dtype or ("bfloat16" if device.type == "cuda" else "float32")) == "bfloat16"
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
                 else contextlib.nullcontext())
 
