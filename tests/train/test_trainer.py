@@ -52,7 +52,8 @@ def test_run_writes_released_format_metrics_and_checkpoints(reference_run):
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "max_memory_gib"} <= set(records[0])
+    assert 0.01 < records[0]["max_memory_gib"] < 100
     assert "val_loss" in records[1] and "val_loss" in records[3]
     assert records[-1]["lr"] == pytest.approx(1e-5)  # WSD ends at min_lr
     assert reference_run["val_loss"] == records[3]["val_loss"]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,6 +203,18 @@ def evaluate(model: HymbaForCausalLM, rows: torch.Tensor, batch_size: int, max_b
     return total / count if count else float("nan")
 
 
+def _peak_memory_gib(device: torch.device) -> float | None:
+    """Peak CUDA memory of this process, or its peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
 def _sample(model: HymbaForCausalLM, tokenizer: HymbaTokenizer, prompt: str, tokens: int, seed: int) -> str:
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -322,8 +335,9 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             tok_s = tokens_per_step / (time.perf_counter() - t0)
             record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                       "tokens_per_s": tok_s, "tokens": step * tokens_per_step}
-            if device.type == "cuda":
-                record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            memory = _peak_memory_gib(device)
+            if memory is not None:
+                record["max_memory_gib"] = memory
             if step % args.eval_every == 0 or step == args.max_steps:
                 val_loss = evaluate(model, data.val, args.batch_size, args.eval_batches, device, autocast)
                 record["val_loss"] = val_loss
