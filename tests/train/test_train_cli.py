@@ -62,3 +62,15 @@ def test_bad_config_file(tmp_path, capsys):
     path.write_text("max_steps: 3\nlearning_rate: 1\n")
     assert main(["train", "--config", str(path)]) == 2
     assert "unknown training setting(s): learning_rate" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_run_and_resume_needs_a_checkpoint(corpus, config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--config", str(config_file), "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*base, "--max-steps", "4"]) == 0
+    assert main([*base, "--max-steps", "2", "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["checkpoint-00000002", "final", "metrics.jsonl"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--resume", str(empty)]) == 2
+    assert "no complete checkpoint to resume from" in capsys.readouterr().err
