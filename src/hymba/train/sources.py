@@ -164,7 +164,7 @@ def _parquet_pieces(path: str) -> Iterator[Piece]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"reading {path} needs pyarrow (pip install 'hymba[data]')") from None
+        raise DataError(f"reading {path} needs pyarrow (pip install 'hymba[train]')") from None
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several error types for bad files
@@ -179,7 +179,7 @@ def _hf_pieces(path: str) -> Iterator[Piece]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"reading the dataset folder {path} needs datasets (pip install 'hymba[data]')") from None
+        raise DataError(f"reading the dataset folder {path} needs datasets (pip install 'hymba[train]')") from None
     try:
         ds = datasets.load_from_disk(path)
     except Exception as exc:  # datasets raises several error types for bad folders
