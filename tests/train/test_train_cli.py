@@ -74,3 +74,14 @@ def test_overwrite_replaces_a_run_and_resume_needs_a_checkpoint(corpus, config_f
     empty.mkdir()
     assert main(["train", "--resume", str(empty)]) == 2
     assert "no complete checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_resume_from_another_folder_with_relative_paths(corpus, config_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(config_file), "--data", corpus.name, "--out", "run",
+                 "--max-steps", "2", "--no-progress"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--max-steps", "3", "--no-progress"]) == 0
+    assert os.path.isdir(tmp_path / "run" / "checkpoint-00000003")

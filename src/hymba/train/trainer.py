@@ -290,7 +290,11 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
     if step >= args.max_steps:
         raise TrainError(f"the checkpoint is at step {step}; raise max_steps above it to train more")
     stream = BatchStream(data.train, args.batch_size, args.seed, world.rank, world.world_size)
-    run_state = {"args": dataclasses.asdict(args), "data_position": 0}
+    saved_args = dataclasses.asdict(args)  # paths made absolute so a resume works from anywhere
+    saved_args["data"] = [os.path.abspath(p) for p in args.data]
+    for key in ("tokenizer", "init_from"):
+        saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
+    run_state = {"args": saved_args, "data_position": 0}
     baseline = unigram_entropy(data.val, config.vocab_size)
 
     from tqdm.auto import tqdm
