@@ -208,27 +208,23 @@ def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed
 
 def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
           progress: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW (betas 0.9/0.98, no weight decay), 5% linear warm-up then cosine decay to 10%,
-    gradient clipping at 1. Returns the loss of every step."""
+    """The training package's AdamW (betas 0.9/0.98, no weight decay) and cosine schedule (5%
+    warm-up, decay to 10% of the peak), gradient clipping at 1, over the ablation's own labelled
+    batches. Returns the loss of every step."""
+    from ..train.optim import Schedule, build_optimizer
+
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    warm = max(1, budget.steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, budget.steps - warm)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    opt = build_optimizer(model, budget.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    schedule = Schedule("cosine", budget.lr, budget.steps, warmup=0.05, min_lr=0.1 * budget.lr)
     model.train()
     losses = []
     for step, (ids, labels) in enumerate(batches):
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
         loss = model(ids.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if progress:
