@@ -30,7 +30,7 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<extra_id_1>Assistant\n' }}{% endif %}"
 )
 
-_BATCH_CHARS = 8 << 20  # text handed to the tokenizer per encode_batch call
+_BATCH_CHARS = 1 << 20  # text handed to the tokenizer per encode_batch call (bounds memory)
 
 
 @dataclass
