@@ -208,14 +208,15 @@ class DecodeLoop:
         if use_graph and device.type != "cuda":
             raise InputError("cuda_graph=True needs a model on a CUDA device")
         # one captured step is kept per model (with its cache) and reused by the next loop of the
-        # same shape; a loop takes it out while it runs, so concurrent loops never share it
-        self._graph_key = None
+        # same shape; a loop takes it out while it runs (concurrent loops never share it), and a
+        # loop of another shape drops it before allocating its own cache
+        self._graph_key, kept = None, None
         if use_graph:
             self._graph_key = (self.packed.shape[0], longest + max_new_tokens, swa_decode, _params_key(model))
-        kept = getattr(model, "_hymba_decode_graph", None) if use_graph else None
+            kept = getattr(model, "_hymba_decode_graph", None)
+            model._hymba_decode_graph = None
         self.graph: DecodeGraph | None = None
         if kept is not None and kept[0] == self._graph_key:
-            model._hymba_decode_graph = None
             self.graph = kept[1]
             self.cache = self.graph.cache
         else:
