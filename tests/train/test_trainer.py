@@ -220,3 +220,10 @@ def test_bf16_autocast_is_close_to_float32(reference_run, corpus, tmp_path):
     summary = train(small_args(corpus, tmp_path / "bf16", dtype="bfloat16"))
     assert summary["losses"] == pytest.approx(reference_run["losses"], abs=0.05)
     assert HymbaForCausalLM.from_pretrained(summary["final"]).dtype == torch.float32
+
+
+def test_tensorboard_logging(corpus, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(small_args(corpus, tmp_path / "tb", max_steps=2, tensorboard=True))
+    events = os.listdir(tmp_path / "tb" / "tensorboard")
+    assert any(name.startswith("events.out.tfevents") for name in events)

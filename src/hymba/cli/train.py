@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads (default: 1 for hidden size <= 256, else PyTorch's default)")
     p.add_argument("--sample-prompt", default=S, help="prompt of the sample printed at the end")
     p.add_argument("--sample-tokens", type=int, default=S, help="length of that sample (0: none)")
+    p.add_argument("--tensorboard", action="store_true", default=S,
+                   help="also log the metrics for TensorBoard in OUT/tensorboard")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     p.set_defaults(func=run)
 

@@ -79,6 +79,7 @@ class TrainArgs:
     seed: int = 0
     gradient_checkpointing: bool = False
     threads: int | None = None
+    tensorboard: bool = False
     sample_prompt: str = "To be, or not to be"
     sample_tokens: int = 60
     progress: bool = True
@@ -203,6 +204,15 @@ def evaluate(model: HymbaForCausalLM, rows: torch.Tensor, batch_size: int, max_b
     return total / count if count else float("nan")
 
 
+def _tensorboard(out: str):
+    """A TensorBoard writer for ``OUT/tensorboard`` (needs the ``tensorboard`` package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(os.path.join(out, "tensorboard"))
+
+
 def _peak_memory_gib(device: torch.device) -> float | None:
     """Peak CUDA memory of this process, or its peak resident set size on the CPU."""
     if device.type == "cuda":
@@ -308,6 +318,7 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
     start_time = time.perf_counter()
     start_step = step
     log = open(metrics_path, "a", encoding="utf-8") if world.is_main else None
+    board = _tensorboard(out) if args.tensorboard and world.is_main else None
     try:
         while step < args.max_steps:
             t0 = time.perf_counter()
@@ -351,6 +362,10 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             if log and (step % args.log_every == 0 or "val_loss" in record):
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if board:
+                    for key, value in record.items():
+                        if key != "step":
+                            board.add_scalar(key, value, step)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             bar.update(1)
             if step % args.save_every == 0 or step == args.max_steps:
@@ -363,6 +378,8 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
         bar.close()
         if log:
             log.close()
+        if board:
+            board.close()
     wall = time.perf_counter() - start_time
 
     final = os.path.join(out, "final")
