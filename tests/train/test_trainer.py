@@ -227,3 +227,17 @@ def test_tensorboard_logging(corpus, tmp_path):
     train(small_args(corpus, tmp_path / "tb", max_steps=2, tensorboard=True))
     events = os.listdir(tmp_path / "tb" / "tensorboard")
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_compile_flag(reference_run, corpus, tmp_path, monkeypatch):
+    """--compile goes through torch.compile (here with the quick 'eager' backend)."""
+    real_compile, compiled = torch.compile, []
+
+    def quick_compile(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", quick_compile)
+    summary = train(small_args(corpus, tmp_path / "compiled", compile=True))
+    assert len(compiled) == 1
+    assert summary["losses"] == pytest.approx(reference_run["losses"], rel=1e-5)

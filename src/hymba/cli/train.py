@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-tokens", type=int, default=S, help="length of that sample (0: none)")
     p.add_argument("--tensorboard", action="store_true", default=S,
                    help="also log the metrics for TensorBoard in OUT/tensorboard")
+    p.add_argument("--compile", action="store_true", default=S,
+                   help="torch.compile the model (slow start; pays off on long GPU runs)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     p.set_defaults(func=run)
 

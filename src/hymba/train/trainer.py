@@ -34,6 +34,7 @@ from .data import (
     split_labels,
     unigram_entropy,
 )
+from .metrics import MetricsLog
 from .optim import Schedule, build_optimizer, set_lr
 
 BUNDLED_CORPUS = "corpus.jsonl.gz"
@@ -80,6 +81,7 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     threads: int | None = None
     tensorboard: bool = False
+    compile: bool = False
     sample_prompt: str = "To be, or not to be"
     sample_tokens: int = 60
     progress: bool = True
@@ -204,15 +206,6 @@ def evaluate(model: HymbaForCausalLM, rows: torch.Tensor, batch_size: int, max_b
     return total / count if count else float("nan")
 
 
-def _tensorboard(out: str):
-    """A TensorBoard writer for ``OUT/tensorboard`` (needs the ``tensorboard`` package)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise TrainError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-    return SummaryWriter(os.path.join(out, "tensorboard"))
-
-
 def _peak_memory_gib(device: torch.device) -> float | None:
     """Peak CUDA memory of this process, or its peak resident set size on the CPU."""
     if device.type == "cuda":
@@ -284,6 +277,8 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        wrapped = torch.compile(wrapped)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
                         args.decay_fraction)
@@ -317,8 +312,10 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     start_time = time.perf_counter()
     start_step = step
-    log = open(metrics_path, "a", encoding="utf-8") if world.is_main else None
-    board = _tensorboard(out) if args.tensorboard and world.is_main else None
+    try:
+        log = MetricsLog(out, args.tensorboard) if world.is_main else None
+    except ImportError as exc:
+        raise TrainError(str(exc)) from None
     try:
         while step < args.max_steps:
             t0 = time.perf_counter()
@@ -360,12 +357,7 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
                     bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
                               f"(unigram baseline {baseline:.4f})")
             if log and (step % args.log_every == 0 or "val_loss" in record):
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if board:
-                    for key, value in record.items():
-                        if key != "step":
-                            board.add_scalar(key, value, step)
+                log.write(record)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             bar.update(1)
             if step % args.save_every == 0 or step == args.max_steps:
@@ -378,8 +370,6 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
         bar.close()
         if log:
             log.close()
-        if board:
-            board.close()
     wall = time.perf_counter() - start_time
 
     final = os.path.join(out, "final")
