@@ -6,6 +6,7 @@ Reads ``tokenizer.json`` (fast tokenizer), ``tokenizer_config.json`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -130,11 +131,7 @@ class HymbaTokenizer:
         """Render messages with the checkpoint's Jinja chat template (sandboxed)."""
         if not self.chat_template:
             raise TokenizerError("this tokenizer has no chat template (tokenizer_config.json)")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_template_error
-        text = env.from_string(self.chat_template).render(
+        text = _compiled_template(self.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs,
         )
@@ -143,6 +140,16 @@ class HymbaTokenizer:
 
 def _raise_template_error(message: str) -> None:
     raise TokenizerError(f"chat template error: {message}")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(source: str):
+    """A chat template compiled once in a sandboxed Jinja environment (rendering is then cheap)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_template_error
+    return env.from_string(source)
 
 
 def load_tokenizer(folder: str | os.PathLike) -> HymbaTokenizer:
