@@ -8,6 +8,10 @@ import datetime
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 
 from . import CLIError
 from ._common import resolve_device
@@ -31,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: ablation-BUDGET)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train up to N variants at once, each in its own process (logs in "
+                        "DIR/parts/VARIANT.log); the small models leave a GPU mostly idle, so on "
+                        "one GPU all nine fit side by side (default: 1, one after another)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--fresh", action="store_true",
                    help="retrain every variant (default: keep the results already in "
@@ -69,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         bars[key].set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def done(row: dict) -> None:
-        bars.pop(row["key"]).close()
+        if row["key"] in bars:
+            bars.pop(row["key"]).close()
         tqdm.write(f"{row['key']:<16} recall≤w {row['recall_within']:.3f}  recall>w "
                    f"{row['recall_beyond']:.3f}  ppl {row['ppl']:.3f}  cache {row['cache_mb']:.3f} MB  "
                    f"{row['tok_per_s']:.0f} tok/s  ({row['train_s']:.0f} s)")
@@ -99,7 +108,12 @@ def run(args: argparse.Namespace) -> int:
         done_rows[row["key"]] = row
         save()  # after every variant, so an interrupted run can resume
 
-    if todo:
+    if args.jobs < 1:
+        raise CLIError("--jobs must be >= 1")
+    if todo and args.jobs > 1:
+        for row in _run_in_processes(args, todo, out):
+            finished(row)
+    elif todo:
         ablation.run_ablation(budget, todo, device, args.seed, on_result=finished, progress=progress)
     rows = save()
     table = ablation.markdown_table(rows, budget)
@@ -117,8 +131,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _previous_rows(path: str, meta: dict) -> dict[str, dict]:
-    """Rows of an earlier run in the same folder with the same budget settings and seed."""
+def _run_in_processes(args: argparse.Namespace, todo: list[str], out: str) -> Iterator[dict]:
+    """Train each variant in a child ``hymba ablate`` (at most ``args.jobs`` at a time) and yield
+    its row as it finishes. A child that fails is reported with the tail of its log."""
+    parts = os.path.join(out, "parts")
+    os.makedirs(parts, exist_ok=True)
+    waiting, running = list(todo), {}
+    failed = []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            key = waiting.pop(0)
+            cmd = [sys.executable, "-m", "hymba", "ablate", "--budget", args.budget, "--variants", key,
+                   "--device", args.device, "--seed", str(args.seed), "--no-plots",
+                   "--out", os.path.join(parts, key)]
+            if args.steps is not None:
+                cmd += ["--steps", str(args.steps)]
+            log = open(os.path.join(parts, f"{key}.log"), "w", encoding="utf-8")  # noqa: SIM115
+            running[key] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            print(f"started {key} (log: {log.name})", flush=True)
+        time.sleep(1.0)
+        for key, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            rows = _previous_rows(os.path.join(parts, key, "ablation.json"), None)
+            if proc.returncode != 0 or key not in rows:
+                with open(log.name, encoding="utf-8", errors="replace") as fh:
+                    tail = "".join(fh.readlines()[-5:])
+                print(f"{key} failed (exit {proc.returncode}):\n{tail}", flush=True)
+                failed.append(key)
+                continue
+            yield rows[key]
+    if failed:
+        raise CLIError(f"variants failed: {', '.join(failed)} (see {parts}/*.log); rerun to retry them")
+
+
+def _previous_rows(path: str, meta: dict | None) -> dict[str, dict]:
+    """Rows of an earlier run in the same folder with the same budget settings and seed (any,
+    if ``meta`` is None)."""
     if not os.path.isfile(path):
         return {}
     try:
@@ -126,6 +177,6 @@ def _previous_rows(path: str, meta: dict) -> dict[str, dict]:
             old = json.load(fh)
     except (OSError, json.JSONDecodeError):
         return {}
-    if old.get("settings") != meta["settings"] or old.get("seed") != meta["seed"]:
+    if meta is not None and (old.get("settings") != meta["settings"] or old.get("seed") != meta["seed"]):
         return {}
     return {row["key"]: row for row in old.get("rows", [])}

@@ -74,9 +74,9 @@ BUDGETS: dict[str, Budget] = {
                     batch=16, train_len=64, lr=2e-3, pairs=2, num_keys=16, text_every=4,
                     eval_lengths=(12, 16, 32, 64, 128), eval_samples=64, ppl_docs=40,
                     throughput_len=512),
-    # One GPU: sized so that all variants fit in well under 30 minutes of an H200 (resumable).
+    # One GPU: every variant a separate process (``--jobs``) so that all nine share one H200.
     "large": Budget(hidden=256, layers=8, heads=8, kv_heads=4, mlp=768, window=64, meta=16,
-                    steps=3000, batch=32, train_len=512, lr=1e-3, pairs=4, num_keys=32,
+                    steps=1200, batch=32, train_len=512, lr=1e-3, pairs=4, num_keys=32,
                     text_every=2, eval_lengths=(40, 64, 128, 256, 512, 1024),
                     eval_samples=256, ppl_docs=100, throughput_len=4096),
 }
@@ -210,18 +210,20 @@ def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.T
           progress: Callable[[int, float], None] | None = None) -> list[float]:
     """The training package's AdamW (betas 0.9/0.98, no weight decay) and cosine schedule (5%
     warm-up, decay to 10% of the peak), gradient clipping at 1, over the ablation's own labelled
-    batches. Returns the loss of every step."""
+    batches; bf16 autocast on CUDA. Returns the loss of every step."""
     from ..train.optim import Schedule, build_optimizer
 
     device = next(model.parameters()).device
     opt = build_optimizer(model, budget.lr, weight_decay=0.0, betas=(0.9, 0.98))
     schedule = Schedule("cosine", budget.lr, budget.steps, warmup=0.05, min_lr=0.1 * budget.lr)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     losses = []
     for step, (ids, labels) in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = schedule(step)
-        loss = model(ids.to(device), labels=labels.to(device)).loss
+        with autocast:
+            loss = model(ids.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
