@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     done_rows = {} if args.fresh else _previous_rows(path, meta)
     order = [v[0] for v in ablation.VARIANTS]
     todo = [k for k in (names or order) if k not in done_rows]
+    if not todo:  # only re-rendering the table and plots: keep where and when the rows were made
+        with open(path, encoding="utf-8") as fh:
+            meta.update({k: v for k, v in json.load(fh).items() if k in ("device", "torch", "python", "date")})
     if done_rows:
         print(f"keeping {len(done_rows)} variants from {path}; training {len(todo)}")
 
