@@ -28,3 +28,16 @@ def fixture_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """Where a Triton kernel test runs: the GPU, or the CPU under ``TRITON_INTERPRET=1`` (Triton's
+    interpreter: slow, but it runs every kernel on CPU tensors); skipped otherwise."""
+    from hymba.ops.triton_gate import triton_importable
+
+    if torch.cuda.is_available() and triton_importable():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1" and triton_importable():
+        return "cpu"
+    pytest.skip("needs a CUDA device with Triton (or TRITON_INTERPRET=1 with Triton installed)")

@@ -2,6 +2,7 @@
 
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
+from .norm import rms_norm, rms_norm_reference
 from .prefix_attention import attention_with_prefix
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
 from .ssm_step import selective_state_update
@@ -13,6 +14,8 @@ __all__ = [
     "sdpa_attention",
     "causal_conv1d",
     "causal_conv1d_update",
+    "rms_norm",
+    "rms_norm_reference",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_reference",

@@ -1,0 +1,27 @@
+"""When the fused Triton kernels run: CUDA tensors, Triton importable, not switched off.
+
+``HYMBA_TRITON=0`` forces the pure-PyTorch references of the fused RMSNorm and decode kernels
+(for debugging; the selective scan has its own switch, ``HYMBA_SCAN_IMPL``). Nothing here
+imports Triton on a machine without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from torch import Tensor
+
+
+@functools.cache
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(x: Tensor) -> bool:
+    """True when ``x`` is on a CUDA device and the fused Triton kernels may run on it."""
+    return x.is_cuda and os.environ.get("HYMBA_TRITON", "1") != "0" and triton_importable()
