@@ -75,7 +75,6 @@ class MambaBranch(nn.Module):
         """One token (b, d_inner) through the conv and the SSM, updating both states in place."""
         xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
         dt, B, C = self._project(xc)
-        return ops.selective_state_update(
-            ssm_state, xc, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), B, C,
-            self.D.float(), z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        return ops.ssm_decode_step(
+            ssm_state, xc, F.linear(dt, self.dt_proj.weight), self.A_log, B, C, self.D, z, self.dt_proj.bias
         )

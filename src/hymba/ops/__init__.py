@@ -5,7 +5,7 @@ from .conv import causal_conv1d, causal_conv1d_update
 from .norm import rms_norm, rms_norm_reference
 from .prefix_attention import attention_with_prefix
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
-from .ssm_step import selective_state_update
+from .ssm_step import selective_state_update, ssm_decode_step
 
 __all__ = [
     "attention",
@@ -20,4 +20,5 @@ __all__ = [
     "selective_scan_chunked",
     "selective_scan_reference",
     "selective_state_update",
+    "ssm_decode_step",
 ]

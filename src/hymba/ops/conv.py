@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .triton_gate import use_triton
+
 
 def causal_conv1d(
     x: Tensor,
@@ -42,7 +44,19 @@ def causal_conv1d_update(
     x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: bool = True
 ) -> Tensor:
     """One step: shift ``state`` (batch, channels, kernel) left in place, append ``x`` (batch,
-    channels), and return the conv output for that step (batch, channels)."""
+    channels), and return the conv output for that step (batch, channels). One Triton kernel on
+    CUDA without autograd (:mod:`hymba.ops.ssm_step_triton`), else the reference."""
+    if use_triton(x) and not torch.is_grad_enabled():
+        from .ssm_step_triton import causal_conv1d_update_triton
+
+        return causal_conv1d_update_triton(x, state, weight, bias, activation)
+    return causal_conv1d_update_reference(x, state, weight, bias, activation)
+
+
+def causal_conv1d_update_reference(
+    x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: bool = True
+) -> Tensor:
+    """Reference of :func:`causal_conv1d_update`."""
     state.copy_(torch.roll(state, shifts=-1, dims=-1))
     state[:, :, -1] = x
     y = (state * weight).sum(-1)

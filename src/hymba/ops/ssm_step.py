@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .scan.reference import compute_dtype
+from .triton_gate import use_triton
 
 
 def selective_state_update(
@@ -48,3 +49,21 @@ def selective_state_update(
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(u.dtype)
+
+
+def ssm_decode_step(
+    state: Tensor, u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    delta_bias: Tensor,
+) -> Tensor:
+    """The SSM branch's decode update from its parameters as stored (A = -exp(A_log)):
+    :func:`selective_state_update` with softplus Δ, the D skip and the SiLU gate. On CUDA it is
+    one Triton kernel that also converts the parameters; otherwise the reference above."""
+    n = state.shape[-1]
+    if use_triton(u) and not torch.is_grad_enabled() and n & (n - 1) == 0:
+        from .ssm_step_triton import ssm_decode_step_triton
+
+        return ssm_decode_step_triton(state, u, delta, A_log, B, C, D, z, delta_bias)
+    return selective_state_update(
+        state, u, delta, -torch.exp(A_log.float()), B, C, D.float(), z, delta_bias=delta_bias.float(),
+        delta_softplus=True,
+    )

@@ -1,8 +1,9 @@
 """When the fused Triton kernels run: CUDA tensors, Triton importable, not switched off.
 
 ``HYMBA_TRITON=0`` forces the pure-PyTorch references of the fused RMSNorm and decode kernels
-(for debugging; the selective scan has its own switch, ``HYMBA_SCAN_IMPL``). Nothing here
-imports Triton on a machine without it.
+(for debugging; the selective scan has its own switch, ``HYMBA_SCAN_IMPL``). ``HYMBA_TRITON=force``
+runs them on any device, which with ``TRITON_INTERPRET=1`` tests them on CPU tensors. Nothing
+here imports Triton on a machine without it.
 """
 
 from __future__ import annotations
@@ -24,4 +25,5 @@ def triton_importable() -> bool:
 
 def use_triton(x: Tensor) -> bool:
     """True when ``x`` is on a CUDA device and the fused Triton kernels may run on it."""
-    return x.is_cuda and os.environ.get("HYMBA_TRITON", "1") != "0" and triton_importable()
+    switch = os.environ.get("HYMBA_TRITON", "1")
+    return (x.is_cuda or switch == "force") and switch != "0" and triton_importable()
