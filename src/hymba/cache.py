@@ -28,6 +28,7 @@ from torch import Tensor
 from .config import HymbaConfig, LayerSpec
 from .model.attention import SharedKV
 from .model.layout import InputError, SequenceLayout
+from .ops.decode_attention import DecodeKeys
 
 SWADecode = Literal["trained", "reference"]
 
@@ -232,25 +233,24 @@ class HybridCache:
 
     # ------------------------------------------------------------------------------------
     def _decode_kv(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> SharedKV:
-        """One token per row at positions ``pos`` (b, 1): write in place, mask by position."""
+        """One token per row at positions ``pos`` (b, 1): write in place; visibility by position."""
         m, window = self.num_meta, self.window[slot]
         if window is None:
             index = pos - m
             used = self.max_tokens if self.static_shapes else self.extent + 1
-            keys = torch.arange(m, m + used, device=pos.device)[None]
-            mask = keys <= pos
+            keys = DecodeKeys(pos, None, first_pos=m)  # slot s holds position m + s
         else:
             ring = self.ring_pos[slot]
             index = (pos - m) % ring.shape[1]
             ring.scatter_(1, index, pos)
             used = ring.shape[1]
             limit = window - 1 if self.swa_decode == "reference" else window
-            mask = (ring >= 0) & (ring <= pos) & (pos - ring <= limit)
+            keys = DecodeKeys(pos, ring, first_pos=m, limit=limit)
         self._write(self.k[slot], index, k)
         self._write(self.v[slot], index, v)
         kv = (self.k[slot][:, :, :used], self.v[slot][:, :, :used])
         prefix = (self.meta_k[slot], self.meta_v[slot])
-        return SharedKV(*kv, None, None, prefix=prefix, mask=mask[:, None, None])
+        return SharedKV(*kv, None, None, prefix=prefix, decode=keys)
 
     def _prefill_kv(self, slot: int, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
         """Several tokens per row: attend over meta + stored + new keys, then store the new ones."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import HymbaConfig, LayerSpec
+from ..ops.decode_attention import DecodeKeys
 from .layers import apply_rotary
 from .layout import SequenceLayout
 
@@ -24,10 +25,10 @@ class SharedKV:
     v: Tensor  # (b, Hkv, Lk, d_v)
     k_pos: Tensor  # (Lk,) or (b, Lk)
     k_valid: Tensor | None  # (b, Lk) or None
-    # Decode from a cache: always-visible K/V kept once per model (the meta tokens) and a
-    # precomputed (b, 1, Lq, Lk) mask over k/v; k_pos/k_valid are then not used.
+    # Decode from a cache: always-visible K/V kept once per model (the meta tokens) and which
+    # of k/v each row's query sees; k_pos/k_valid are then not used.
     prefix: tuple[Tensor, Tensor] | None = None
-    mask: Tensor | None = None
+    decode: DecodeKeys | None = None
 
 
 class AttentionBranch(nn.Module):
@@ -67,8 +68,8 @@ class AttentionBranch(nn.Module):
             else:
                 shared = SharedKV(k, v, layout.positions, layout.token_valid)
         assert shared is not None, "a K/V consumer needs its producer's K/V"
-        if shared.mask is not None:
-            out = ops.attention_with_prefix(q, *shared.prefix, shared.k, shared.v, shared.mask)
+        if shared.decode is not None:
+            out = ops.decode_attention(q, *shared.prefix, shared.k, shared.v, shared.decode)
         else:
             out = ops.attention(
                 q, shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,

@@ -2,6 +2,7 @@
 
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
+from .decode_attention import DecodeKeys, decode_attention
 from .norm import rms_norm, rms_norm_reference
 from .prefix_attention import attention_with_prefix
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
@@ -14,6 +15,8 @@ __all__ = [
     "sdpa_attention",
     "causal_conv1d",
     "causal_conv1d_update",
+    "DecodeKeys",
+    "decode_attention",
     "rms_norm",
     "rms_norm_reference",
     "selective_scan",
