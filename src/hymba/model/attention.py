@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import HymbaConfig, LayerSpec
 from ..ops.decode_attention import DecodeKeys
-from .layers import apply_rotary
 from .layout import SequenceLayout
 
 
@@ -57,12 +56,12 @@ class AttentionBranch(nn.Module):
         producer. Returns the output (b, L, Hq·d_v) and the K/V for consumers."""
         q = self._heads(q, self.num_heads, self.qk_dim)
         if self.use_rope:
-            q = apply_rotary(q, layout.cos, layout.sin)
+            q = ops.apply_rotary(q, layout.cos, layout.sin)
         if self.spec.computes_kv:
             k = self._heads(k, self.num_kv_heads, self.qk_dim)
             v = self._heads(v, self.num_kv_heads, self.v_dim)
             if self.use_rope:
-                k = apply_rotary(k, layout.cos, layout.sin)
+                k = ops.apply_rotary(k, layout.cos, layout.sin)
             if layout.cache is not None:
                 shared = layout.cache.update_kv(self.spec, k, v, layout)
             else:

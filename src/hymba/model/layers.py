@@ -71,9 +71,3 @@ class RotaryEmbedding(nn.Module):
         angles = pos[..., None] * self._inv_freq
         angles = torch.cat([angles, angles], dim=-1)[:, None]
         return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Half-split rotation: x·cos + [-x2, x1]·sin on (b, heads, L, d)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -5,6 +5,7 @@ from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
 from .norm import rms_norm, rms_norm_reference
 from .prefix_attention import attention_with_prefix
+from .rotary import apply_rotary, apply_rotary_reference
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
 from .ssm_step import selective_state_update, ssm_decode_step
 
@@ -12,6 +13,8 @@ __all__ = [
     "attention",
     "attention_mask",
     "attention_with_prefix",
+    "apply_rotary",
+    "apply_rotary_reference",
     "sdpa_attention",
     "causal_conv1d",
     "causal_conv1d_update",

@@ -1,0 +1,56 @@
+"""Rotary embedding in Triton: each program rotates a block of positions of one (row, head)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+ROWS = 16
+
+
+@triton.jit
+def _rotary_kernel(
+    x_ptr, cos_ptr, sin_ptr, out_ptr, H, L, half,
+    sx_b, sx_h, sx_l, sc_b, sc_l, so_b, so_h, so_l,
+    ROWS: tl.constexpr, HALF_P: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    pos = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    col = tl.arange(0, HALF_P)
+    keep = (pos < L)[:, None] & (col < half)[None, :]
+    x_row = x_ptr + b * sx_b + h * sx_h + pos[:, None] * sx_l + col[None, :]
+    x1 = tl.load(x_row, mask=keep, other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + half, mask=keep, other=0.0).to(tl.float32)
+    c_row = b * sc_b + pos[:, None] * sc_l + col[None, :]  # cos/sin are [c, c] and [s, s] halves
+    c1 = tl.load(cos_ptr + c_row, mask=keep, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + c_row + half, mask=keep, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + c_row, mask=keep, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + c_row + half, mask=keep, other=0.0).to(tl.float32)
+    o_row = out_ptr + b * so_b + h * so_h + pos[:, None] * so_l + col[None, :]
+    dtype = out_ptr.dtype.element_ty
+    tl.store(o_row, (x1 * c1 - x2 * s1).to(dtype), mask=keep)
+    tl.store(o_row + half, (x2 * c2 + x1 * s2).to(dtype), mask=keep)
+
+
+def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`; returns a contiguous tensor in
+    the promoted dtype of x and cos."""
+    b, h, length, d = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    if cos.shape != sin.shape or cos.shape[-2:] != (length, d) or cos.shape[0] not in (1, b):
+        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit x of shape {tuple(x.shape)}")
+    out = torch.empty(b, h, length, d, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    half = d // 2
+    sc_b = cos.stride(0) if cos.shape[0] > 1 else 0
+    _rotary_kernel[(b * h, triton.cdiv(length, ROWS))](
+        x, cos, sin, out, h, length, half,
+        x.stride(0), x.stride(1), x.stride(2), sc_b, cos.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        ROWS=ROWS, HALF_P=triton.next_power_of_2(half),
+    )
+    return out
