@@ -243,7 +243,10 @@ def hymba_training(rate: float, batch: int = 1) -> tuple[dict, HymbaForCausalLM,
     return result, model, step
 
 
-def profile(fn: Callable[[], object], path: Path, rows: int = 25) -> None:
+def profile(fn: Callable[[], object], path: Path, rows: int = 25) -> dict:
+    """Write the top kernels of one call of ``fn`` to ``path``; return its kernel count and the
+    summed kernel time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -252,8 +255,12 @@ def profile(fn: Callable[[], object], path: Path, rows: int = 25) -> None:
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    summary = dict(kernels=len(kernels), kernel_ms=sum(e.device_time for e in kernels) / 1e3)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
-    path.write_text(table)
+    path.write_text(f"{summary}\n{table}")
+    print(path.name, summary, flush=True)
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,9 +332,12 @@ def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None)
         ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
         with torch.no_grad():
             profile(lambda: model(ids, logits_to_keep=1), profile_dir / "hymba_prefill.txt")
-            cache = fill_hymba_cache(model, 128, 4)
-            tokens = torch.zeros(128, 1, dtype=torch.long, device="cuda")
-            profile(lambda: forward_step(model, tokens, cache), profile_dir / "hymba_decode_b128.txt")
+            for b in (1, 128):
+                cache = fill_hymba_cache(model, b, 4, static_shapes=True)
+                tokens = torch.zeros(b, 1, dtype=torch.long, device="cuda")
+                hy[f"decode_b{b}_eager_kernels"] = profile(
+                    lambda t=tokens, c=cache: forward_step(model, t, c), profile_dir / f"hymba_decode_b{b}.txt")
+                del cache
 
 
 def run_training(hy: dict, rate: float, profile_dir: Path | None) -> None:
