@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
 from torch import Tensor
 
 
@@ -23,7 +24,12 @@ def triton_importable() -> bool:
     return True
 
 
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def use_triton(x: Tensor) -> bool:
-    """True when ``x`` is on a CUDA device and the fused Triton kernels may run on it."""
+    """True when ``x`` is on a CUDA device and the fused Triton kernels may run on it (they
+    compute in float32, so float64 stays on the references)."""
     switch = os.environ.get("HYMBA_TRITON", "1")
-    return (x.is_cuda or switch == "force") and switch != "0" and triton_importable()
+    return ((x.is_cuda or switch == "force") and switch != "0" and x.dtype in _KERNEL_DTYPES
+            and triton_importable())
