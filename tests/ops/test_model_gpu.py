@@ -64,14 +64,14 @@ def test_long_input_fast_paths_match_portable_paths(model, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_decode_matches_reference_decode(model, monkeypatch, dtype):
+def test_fused_decode_matches_reference_decode(fixture_dir, monkeypatch, dtype):
     """Prefill + 150 decode steps (well past window + meta tokens) with the fused Triton kernels
     (RMSNorm, rotary, conv/SSM step, decode attention) against HYMBA_TRITON=0, on the same tokens:
     every step's logits agree."""
     from hymba.cache import HybridCache, meta_prefix
     from hymba.generation import forward_step
 
-    m = model.to(dtype)
+    m = HymbaForCausalLM.from_pretrained(fixture_dir, dtype=dtype, device="cuda").eval()
     ids = torch.randint(0, m.config.vocab_size, (3, 190), device="cuda")
     runs = []
     for switch in ("1", "0"):
@@ -81,7 +81,6 @@ def test_fused_decode_matches_reference_decode(model, monkeypatch, dtype):
             steps = [forward_step(m, ids[:, :40], cache)[:, -1]]
             steps += [forward_step(m, ids[:, t : t + 1], cache)[:, -1] for t in range(40, 190)]
             runs.append(m.lm_head(torch.stack(steps, 1)).float())
-    m.float()
     fused, reference = runs
     tol = 1e-4 if dtype == torch.float32 else 0.05 * reference.abs().max().item()
     assert (fused - reference).abs().max().item() <= tol
