@@ -18,7 +18,12 @@ from torch import Tensor
 
 from .decode_attention import DecodeKeys
 
+# Keys per block, warps, pipeline stages and how many waves of programs to aim for when
+# splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py.
 BLOCK_N = 64
+NUM_WARPS = 4
+NUM_STAGES = 3
+WAVES = 2
 
 
 @triton.jit
@@ -102,28 +107,23 @@ def _decode_kernel(
 
 @triton.jit
 def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, so_h,
-                  DV: tl.constexpr, GP: tl.constexpr, DV_P: tl.constexpr):
+                  DV: tl.constexpr, GP: tl.constexpr, DV_P: tl.constexpr, SPLITS_P: tl.constexpr):
+    """One query head: combine its per-split (max, sum, weighted values) in one pass."""
     bh = tl.program_id(0)
+    row = tl.program_id(1)
     b = (bh // Hkv).to(tl.int64)
     h = (bh % Hkv).to(tl.int64)
-    rows = tl.arange(0, GP)
+    sp = tl.arange(0, SPLITS_P)
     dv = tl.arange(0, DV_P)
-    m = tl.full((GP,), float("-inf"), tl.float32)
-    l = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, DV_P), tl.float32)
-    for j in range(0, num_splits):
-        base = (bh * num_splits + j) * GP
-        m_j = tl.load(part_ml_ptr + (base + rows) * 2)
-        l_j = tl.load(part_ml_ptr + (base + rows) * 2 + 1)
-        m_new = tl.maximum(m, m_j)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        a, a_j = tl.exp(m - m_safe), tl.exp(m_j - m_safe)
-        acc = acc * a[:, None] + tl.load(part_acc_ptr + (base + rows)[:, None] * DV_P + dv[None, :]) * a_j[:, None]
-        l = l * a + l_j * a_j
-        m = m_new
-    keep = (rows < G)[:, None] & (dv < DV)[None, :]
-    tl.store(out_ptr + b * so_b + (h * G + rows)[:, None] * so_h + dv[None, :],
-             (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=keep)
+    used = sp < num_splits
+    base = (bh * num_splits + sp) * GP + row
+    m = tl.load(part_ml_ptr + base * 2, mask=used, other=float("-inf"))
+    l = tl.load(part_ml_ptr + base * 2 + 1, mask=used, other=0.0)
+    acc = tl.load(part_acc_ptr + base[:, None] * DV_P + dv[None, :], mask=used[:, None], other=0.0)
+    top = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(out_ptr + b * so_b + (h * G + row) * so_h + dv, out.to(out_ptr.dtype.element_ty), mask=dv < DV)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -133,9 +133,11 @@ def _num_sms(device: torch.device) -> int:
 
 
 def decode_attention_triton(
-    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
+    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, waves: int = WAVES,
 ) -> Tensor:
-    """Same as :func:`hymba.ops.decode_attention.decode_attention` (one query per row)."""
+    """Same as :func:`hymba.ops.decode_attention.decode_attention` (one query per row); the
+    keyword arguments are the kernel's tuning knobs."""
     b, hq, lq, dqk = q.shape
     hkv, S, dv = k.shape[1], k.shape[2], v.shape[3]
     P = prefix_k.shape[2]
@@ -147,9 +149,9 @@ def decode_attention_triton(
     g = hq // hkv
     gp, dqk_p, dv_p = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dv))
     # enough programs for about two waves of the GPU, but no split shorter than one block
-    blocks = max(1, triton.cdiv(S, BLOCK_N))
-    splits = max(1, min(blocks, triton.cdiv(2 * _num_sms(q.device), b * hkv)))
-    keys_per_split = triton.cdiv(blocks, splits) * BLOCK_N
+    blocks = max(1, triton.cdiv(S, block_n))
+    splits = max(1, min(blocks, triton.cdiv(waves * _num_sms(q.device), b * hkv)))
+    keys_per_split = triton.cdiv(blocks, splits) * block_n
     splits = max(1, triton.cdiv(S, keys_per_split))
     out = torch.empty(b, hq, 1, dv, dtype=q.dtype, device=q.device)
     if splits > 1:
@@ -170,10 +172,10 @@ def decode_attention_triton(
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         slot_pos.stride(0), out.stride(0), out.stride(1),
         DQK=dqk, DV=dv, GP=gp, DQK_P=dqk_p, DV_P=dv_p, RING=keys.slot_pos is not None,
-        HAS_LIMIT=keys.limit is not None, SPLIT=splits > 1, BN=BLOCK_N,
-        PREC="ieee" if q.dtype == torch.float32 else None, num_warps=4,
+        HAS_LIMIT=keys.limit is not None, SPLIT=splits > 1, BN=block_n,
+        PREC="ieee" if q.dtype == torch.float32 else None, num_warps=num_warps, num_stages=num_stages,
     )
     if splits > 1:
-        _merge_kernel[(b * hkv,)](part_acc, part_ml, out, hkv, g, splits, out.stride(0), out.stride(1),
-                                  DV=dv, GP=gp, DV_P=dv_p, num_warps=4)
+        _merge_kernel[(b * hkv, g)](part_acc, part_ml, out, hkv, g, splits, out.stride(0), out.stride(1),
+                                    DV=dv, GP=gp, DV_P=dv_p, SPLITS_P=triton.next_power_of_2(splits), num_warps=4)
     return out
