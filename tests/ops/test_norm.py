@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hymba.ops.norm import rms_norm, rms_norm_reference
+from hymba.ops.norm import rms_norm, rms_norm_parts, rms_norm_reference, silu_mul
 
 
 @pytest.mark.gpu
@@ -43,3 +43,39 @@ def test_dispatch_keeps_autograd_on_the_reference():
     y.sum().backward()
     assert x.grad is not None and w.grad is not None
     torch.testing.assert_close(y, rms_norm_reference(x, w, 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sizes", [(100, 16, 16), (4, 8, 8), (3, 1, 5)])
+def test_triton_parts_match_reference(sizes, dtype, triton_device):
+    from hymba.ops.norm_triton import rms_norm_parts_triton
+
+    x = (torch.randn(3, 2, sum(sizes), device=triton_device) * 2).to(dtype)
+    weights = tuple((torch.rand(s, device=triton_device) + 0.5).to(dtype) for s in sizes)
+    got = rms_norm_parts_triton(x, sizes, weights, 1e-6)
+    want = [rms_norm_reference(p, w, 1e-6) for p, w in zip(x.split(list(sizes), -1), weights)]
+    tol = 1e-5 if dtype == torch.float32 else 2**-6
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_silu_mul_matches_reference(dtype, triton_device):
+    from hymba.ops.norm_triton import silu_mul_triton
+
+    g = (torch.randn(3, 1, 2500, device=triton_device) * 4).to(dtype)
+    u = torch.randn(3, 1, 2500, device=triton_device).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2**-6
+    torch.testing.assert_close(silu_mul_triton(g, u), torch.nn.functional.silu(g) * u, rtol=tol, atol=tol)
+
+
+def test_parts_and_gate_dispatch_on_cpu_are_the_references():
+    x = torch.randn(2, 12)
+    weights = (torch.rand(4), torch.rand(4), torch.rand(4))
+    for got, part, w in zip(rms_norm_parts(x, (4, 4, 4), weights, 1e-6), x.split(4, -1), weights):
+        torch.testing.assert_close(got, rms_norm_reference(part, w, 1e-6))
+    g, u = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(silu_mul(g, u), torch.nn.functional.silu(g) * u)

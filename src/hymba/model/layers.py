@@ -36,7 +36,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.relu(self.up_proj(x)).square())
 
 

@@ -66,10 +66,11 @@ class MambaBranch(nn.Module):
         return y
 
     def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        if self.inner_norms:
-            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
-        return dt, B, C
+        sizes = (self.dt_rank, self.d_state, self.d_state)
+        if not self.inner_norms:
+            return self.x_proj(xc).split(list(sizes), dim=-1)
+        norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm)
+        return ops.rms_norm_parts(self.x_proj(xc), sizes, tuple(n.weight for n in norms), norms[0].eps)
 
     def _step(self, x: Tensor, z: Tensor, weight: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One token (b, d_inner) through the conv and the SSM, updating both states in place."""

@@ -3,7 +3,7 @@
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
-from .norm import rms_norm, rms_norm_reference
+from .norm import rms_norm, rms_norm_parts, rms_norm_reference, silu_mul
 from .prefix_attention import attention_with_prefix
 from .rotary import apply_rotary, apply_rotary_reference
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
@@ -22,6 +22,8 @@ __all__ = [
     "decode_attention",
     "rms_norm",
     "rms_norm_reference",
+    "rms_norm_parts",
+    "silu_mul",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_reference",

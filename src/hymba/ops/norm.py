@@ -1,8 +1,10 @@
-"""RMSNorm as a function: the reference and, for inference on CUDA, one fused Triton kernel."""
+"""RMSNorm as a function (also over the three parts of a row, the SSM branch's Δ/B/C), and the
+SwiGLU gate: references and, for inference on CUDA, fused Triton kernels."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .triton_gate import use_triton
@@ -25,3 +27,25 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
         return rms_norm_triton(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
+
+
+def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor], eps: float
+                   ) -> tuple[Tensor, ...]:
+    """Split the last dimension of ``x`` into three parts and RMS-normalise each with its own
+    weight (one kernel on CUDA without autograd; the parts are then views of one tensor)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+    if not needs_grad and use_triton(x):
+        from .norm_triton import rms_norm_parts_triton
+
+        return rms_norm_parts_triton(x, sizes, weights, eps)
+    return tuple(rms_norm_reference(part, w, eps) for part, w in zip(x.split(list(sizes), -1), weights))
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """SiLU(gate) · up, the SwiGLU MLP's middle (one kernel on CUDA without autograd)."""
+    needs_grad = torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)
+    if not needs_grad and use_triton(gate) and gate.shape == up.shape and gate.dtype == up.dtype:
+        from .norm_triton import silu_mul_triton
+
+        return silu_mul_triton(gate, up)
+    return F.silu(gate) * up
