@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from ..eval import plots
 
-        title = f"Hymba ablation, budget {args.budget} ({device_name})"
+        title = f"Hymba ablation, budget {args.budget} ({meta['device']})"
         plots.ablation_bars(rows, os.path.join(out, "ablation.png"), title)
         curves = [{**c, "model": r["key"]} for r in rows for c in r["curve"]]
         plots.recall_curves(curves, os.path.join(out, "recall_curves.png"), "MQAR accuracy", budget.window)
