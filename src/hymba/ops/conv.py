@@ -46,7 +46,7 @@ def causal_conv1d_update(
     """One step: shift ``state`` (batch, channels, kernel) left in place, append ``x`` (batch,
     channels), and return the conv output for that step (batch, channels). One Triton kernel on
     CUDA without autograd (:mod:`hymba.ops.ssm_step_triton`), else the reference."""
-    if use_triton(x) and not torch.is_grad_enabled():
+    if use_triton(x, state, weight, bias):
         from .ssm_step_triton import causal_conv1d_update_triton
 
         return causal_conv1d_update_triton(x, state, weight, bias, activation)

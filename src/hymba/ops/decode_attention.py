@@ -47,7 +47,7 @@ def decode_attention(
     q kᵀ / sqrt(d), times V. ``q``: (b, Hq, 1, d_qk); ``prefix_k/v``: (1 or b, Hkv, P, d);
     ``k/v``: (b, Hkv, S, d) as stored. One Triton kernel (plus a merge of key splits) on CUDA
     without autograd; otherwise the reference. Returns (b, Hq, 1, d_v) in q's dtype."""
-    if use_triton(q) and not torch.is_grad_enabled() and q.shape[2] == 1:
+    if q.shape[2] == 1 and use_triton(q, prefix_k, prefix_v, k, v):
         from .decode_attention_triton import decode_attention_triton
 
         return decode_attention_triton(q, prefix_k, prefix_v, k, v, keys)

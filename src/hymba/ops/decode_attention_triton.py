@@ -9,6 +9,7 @@ splits. Splits are chosen so that small batches still fill the GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -102,7 +103,7 @@ def _decode_kernel(
     else:
         out = acc / l[:, None]
         tl.store(out_ptr + b * so_b + (h * G + rows)[:, None] * so_h + dv[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (dv[None, :] < DV))
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
@@ -126,6 +127,7 @@ def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, 
     tl.store(out_ptr + b * so_b + (h * G + row) * so_h + dv, out.to(out_ptr.dtype.element_ty), mask=dv < DV)
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4

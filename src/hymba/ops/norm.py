@@ -21,8 +21,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last dimension. On CUDA without autograd it is one Triton kernel (a
     row per program, the same roundings as the reference); otherwise the reference."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if not needs_grad and use_triton(x):
+    if use_triton(x, weight):
         from .norm_triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps)
@@ -33,8 +32,7 @@ def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor
                    ) -> tuple[Tensor, ...]:
     """Split the last dimension of ``x`` into three parts and RMS-normalise each with its own
     weight (one kernel on CUDA without autograd; the parts are then views of one tensor)."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if not needs_grad and use_triton(x):
+    if use_triton(x, *weights):
         from .norm_triton import rms_norm_parts_triton
 
         return rms_norm_parts_triton(x, sizes, weights, eps)
@@ -43,8 +41,7 @@ def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SiLU(gate) · up, the SwiGLU MLP's middle (one kernel on CUDA without autograd)."""
-    needs_grad = torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)
-    if not needs_grad and use_triton(gate) and gate.shape == up.shape and gate.dtype == up.dtype:
+    if gate.shape == up.shape and gate.dtype == up.dtype and use_triton(gate, up):
         from .norm_triton import silu_mul_triton
 
         return silu_mul_triton(gate, up)

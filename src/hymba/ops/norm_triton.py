@@ -10,18 +10,25 @@ from torch import Tensor
 
 
 @triton.jit
+def _normed_part(x32, w_ptr, cols, lo, hi, eps, x_dtype):
+    """RMS-normalise the columns [lo, hi) of a float32 row (weight ``w_ptr``); zeros elsewhere."""
+    inside = (cols >= lo) & (cols < hi)
+    sq = tl.where(inside, x32 * x32, 0.0)
+    inv = tl.math.rsqrt(tl.sum(sq, axis=0) / (hi - lo) + eps)
+    # the reference rounds to x's dtype here (to nearest even, as PyTorch casts)
+    normed = (x32 * inv).to(x_dtype, fp_downcast_rounding="rtne").to(tl.float32)
+    w = tl.load(w_ptr + (cols - lo), mask=inside, other=0.0).to(tl.float32)
+    return tl.where(inside, w * normed, 0.0)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    keep = cols < n_cols
-    x = tl.load(x_ptr + row * stride_x + cols, mask=keep, other=0.0)
-    x32 = x.to(tl.float32)
-    inv = tl.math.rsqrt(tl.sum(x32 * x32, axis=0) / n_cols + eps)
-    # the reference rounds to x's dtype here (to nearest even, as PyTorch casts)
-    normed = (x32 * inv).to(x.dtype, fp_downcast_rounding="rtne").to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=keep, other=0.0).to(tl.float32)
-    out = (w * normed).to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-    tl.store(out_ptr + row * stride_out + cols, out, mask=keep)
+    x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=0.0)
+    y = _normed_part(x.to(tl.float32), w_ptr, cols, 0, n_cols, eps, x.dtype)
+    out = y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    tl.store(out_ptr + row * stride_out + cols, out, mask=cols < n_cols)
 
 
 def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -38,17 +45,6 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
             BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )
     return out.view(shape)
-
-
-@triton.jit
-def _normed_part(x32, w_ptr, cols, lo, hi, eps, x_dtype):
-    """RMS-normalise the columns [lo, hi) of a float32 row; zeros elsewhere."""
-    inside = (cols >= lo) & (cols < hi)
-    sq = tl.where(inside, x32 * x32, 0.0)
-    inv = tl.math.rsqrt(tl.sum(sq, axis=0) / (hi - lo) + eps)
-    normed = (x32 * inv).to(x_dtype, fp_downcast_rounding="rtne").to(tl.float32)
-    w = tl.load(w_ptr + (cols - lo), mask=inside, other=0.0).to(tl.float32)
-    return tl.where(inside, w * normed, 0.0)
 
 
 @triton.jit

@@ -16,8 +16,7 @@ def apply_rotary_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """:func:`apply_rotary_reference`; one Triton kernel on CUDA without autograd."""
-    needs_grad = torch.is_grad_enabled() and x.requires_grad
-    if not needs_grad and use_triton(x) and x.shape[-1] % 2 == 0:
+    if x.shape[-1] % 2 == 0 and use_triton(x, cos, sin):
         from .rotary_triton import apply_rotary_triton
 
         return apply_rotary_triton(x, cos, sin)

@@ -59,7 +59,7 @@ def ssm_decode_step(
     :func:`selective_state_update` with softplus Δ, the D skip and the SiLU gate. On CUDA it is
     one Triton kernel that also converts the parameters; otherwise the reference above."""
     n = state.shape[-1]
-    if use_triton(u) and not torch.is_grad_enabled() and n & (n - 1) == 0:
+    if n & (n - 1) == 0 and use_triton(u, state, delta, A_log, B, C, D, z, delta_bias):
         from .ssm_step_triton import ssm_decode_step_triton
 
         return ssm_decode_step_triton(state, u, delta, A_log, B, C, D, z, delta_bias)

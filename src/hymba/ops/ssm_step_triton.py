@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .scan.triton import _softplus
+
 BLOCK_D = 64
 
 
@@ -55,12 +57,6 @@ def causal_conv1d_update_triton(
         K=kernel, KP=triton.next_power_of_2(kernel), BD=BLOCK_D, HAS_BIAS=bias is not None, SILU=activation,
     )
     return out
-
-
-@triton.jit
-def _softplus(x):
-    """F.softplus with threshold 20 (the identity above it)."""
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
 
 
 @triton.jit

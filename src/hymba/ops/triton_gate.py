@@ -27,9 +27,13 @@ def triton_importable() -> bool:
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def use_triton(x: Tensor) -> bool:
-    """True when ``x`` is on a CUDA device and the fused Triton kernels may run on it (they
-    compute in float32, so float64 stays on the references)."""
+def use_triton(x: Tensor, *others: Tensor | None) -> bool:
+    """True when the fused Triton kernels may run on ``x`` and the ``others`` of the same call:
+    ``x`` on a CUDA device in a dtype they compute (float64 stays on the references, the kernels
+    compute in float32), and no autograd through any of them (the kernels have no backward)."""
     switch = os.environ.get("HYMBA_TRITON", "1")
-    return ((x.is_cuda or switch == "force") and switch != "0" and x.dtype in _KERNEL_DTYPES
-            and triton_importable())
+    if switch == "0" or not (x.is_cuda or switch == "force") or x.dtype not in _KERNEL_DTYPES:
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
+        return False
+    return triton_importable()
