@@ -29,7 +29,7 @@ def sdpa_reference(q, k, v, window, num_meta, offset):
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize(
     "L, window, num_meta, offset",
-    [(128, None, 0, 0), (300, 64, 8, 0), (512, 128, 128, 0), (200, 16, 8, 40)],
+    [(128, None, 0, 0), (300, 64, 8, 0), (512, 128, 128, 0), (200, 16, 8, 40), (1100, None, 16, 0)],
 )
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (8, 2)])
 def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
@@ -42,8 +42,9 @@ def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
     assert err < tol, f"relative error {err:.2e}"
 
 
-def test_flex_gradients_match_sdpa():
-    q, k, v = qkv(1, 8, 2, 256, 32, 64, torch.float32, seed=1)
+@pytest.mark.parametrize("L", [256, 200])  # 200 is padded to 256 inside
+def test_flex_gradients_match_sdpa(L):
+    q, k, v = qkv(1, 8, 2, L, 32, 64, torch.float32, seed=1)
     grads = []
     for fn in (lambda *x: flex_attention_swa(*x, 64, 8), lambda *x: sdpa_reference(*x, 64, 8, 0)):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
@@ -51,6 +52,16 @@ def test_flex_gradients_match_sdpa():
         grads.append([t.grad for t in leaves])
     for a, b in zip(*grads):
         assert ((a - b).norm() / b.norm()).item() < 1e-4
+
+
+def test_lengths_of_one_bucket_share_one_compilation():
+    q, k, v = qkv(1, 4, 2, 256, 32, 64, torch.bfloat16, seed=3)
+    flex_attention_swa(q[:, :, :200], k[:, :, :200], v[:, :, :200], 48, 4)  # compiles bucket 256
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for L in (131, 256, 229):
+            out = flex_attention_swa(q[:, :, :L], k[:, :, :L], v[:, :, :L], 48, 4)
+            ref = sdpa_reference(q[:, :, :L], k[:, :, :L], v[:, :, :L], 48, 4, 0)
+            assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
 
 
 def test_attention_dispatches_to_flex(monkeypatch):
