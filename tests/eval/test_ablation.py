@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,15 +35,31 @@ def test_kv_share_groups(layers, expected):
 def test_training_stream_mixes_recall_and_text():
     budget = ablation.BUDGETS["tiny"]
     vocab = SyntheticVocab(4 + 2 * budget.num_keys + 256, budget.num_keys, budget.num_keys)
-    text = ablation.ByteText(vocab, ablation.corpus_documents())
+    works, held = ablation.split_corpus(ablation.corpus_works(), 3, seed=0)
+    text = ablation.ByteText(vocab, works)
+    budget = dataclasses.replace(budget, steps=40)
     batches = list(ablation.training_batches(budget, vocab, text, seed=0))
     assert len(batches) == budget.steps
+    lengths = set()
     for step, (ids, labels) in enumerate(batches):
-        assert ids.shape == (budget.batch, budget.train_len)
+        assert ids.numel() == budget.batch * budget.train_len  # same tokens every step
         scored = (labels != -100).sum().item()
         is_text = step % budget.text_every == budget.text_every - 1
-        assert scored == (ids.numel() if is_text else budget.batch * budget.pairs)
+        assert scored == (ids.numel() if is_text else ids.shape[0] * budget.pairs)
+        lengths.add(ids.shape[1])
+    assert lengths == {32, 16, 8} == set(ablation.mqar_lengths(budget)) | {budget.train_len}
     assert batches[0][0].equal(list(ablation.training_batches(budget, vocab, text, seed=0))[0][0])
+
+
+def test_held_out_text_is_whole_works():
+    works = ablation.corpus_works()
+    assert len(works) >= 40 and all(w.isascii() for w in works)
+    train, held = ablation.split_corpus(works, 48, seed=0)
+    assert len(held) == 48 and all(len(p) <= 4 * ablation.PASSAGE_BYTES for p in held[:-1])
+    held_works = [w for w in works if w not in train]
+    assert len(train) + len(held_works) == len(works)
+    assert all(any(p in w for w in held_works) and not any(p in w for w in train) for p in held)
+    assert "".join(ablation.passages("a\n\nb\n\nc", size=4)) == "a\n\nbc"  # pieces in order
 
 
 def test_cli_tiny_budget(tmp_path, capsys):

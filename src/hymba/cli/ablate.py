@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(out, exist_ok=True)
     bars: dict[str, tqdm] = {}
 
-    def progress(key: str, step: int, loss: float) -> None:
+    def progress(key: str, steps_done: int, loss: float) -> None:
         if key not in bars:
             bars[key] = tqdm(total=budget.steps, desc=key, unit="step", leave=False)
-        bars[key].update(1)
+        bars[key].update(steps_done - bars[key].n)
         bars[key].set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def done(row: dict) -> None:

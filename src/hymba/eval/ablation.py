@@ -3,8 +3,10 @@
 Every variant is the same small model with different config switches (``mixer_type``,
 ``sliding_window``, ``global_attn_idx``, ``kv_reuse_group``, ``num_memory_tokens``), trained
 from the same seed on the same stream: multi-query associative recall (MQAR, with the key–value
-block at a random depth, so recall distances range from 1 to the training length) interleaved
-with byte-level text. Each trained variant is then measured on
+block at a random depth, so recall distances range from 1 to the sequence length; sequence lengths
+drawn from the training length and its halves, so that short-range recall is learnt first and
+long-range recall builds on it) interleaved with byte-level text. Each trained variant is then
+measured on
 
 * MQAR accuracy at lengths within and beyond the sliding window (pairs first, queries last);
   "beyond" averages the lengths up to the training length, the recall curve goes further;
@@ -14,26 +16,27 @@ with byte-level text. Each trained variant is then measured on
 * where attention goes (:mod:`hymba.eval.analysis`): mean share of attention mass on meta tokens
   and on the first token over one held-out text.
 
-The text is the docstrings of a fixed set of Python standard-library modules, which every
-machine has; results are comparable between runs on the same Python version.
+The text is the bundled Shakespeare/Milton corpus (``hymba/data/corpus.jsonl.gz``, 5.7 MB):
+whole works are held out for perplexity, the rest is the training stream.
 """
 
 from __future__ import annotations
 
-import ast
+import gzip
+import json
 import math
+import os
 import random
-import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..cache_math import cache_bytes
 from ..config import HymbaConfig
 from ..model import HymbaForCausalLM, InputError
+from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from .analysis import analyze
 from .perplexity import token_perplexity
 from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch
@@ -59,7 +62,7 @@ class Budget:
     text_every: int  # every n-th step trains on text (0: never)
     eval_lengths: tuple[int, ...]
     eval_samples: int
-    ppl_docs: int
+    ppl_passages: int  # held-out text for perplexity, in passages of about PASSAGE_BYTES
     throughput_len: int
     cache_len: int = 8000
 
@@ -68,17 +71,17 @@ BUDGETS: dict[str, Budget] = {
     # A smoke run for CI: every variant, a handful of steps; checks the machinery, not the claims.
     "tiny": Budget(hidden=32, layers=6, heads=2, kv_heads=1, mlp=64, window=8, meta=4, steps=4,
                    batch=4, train_len=32, lr=2e-3, pairs=1, num_keys=8, text_every=2,
-                   eval_lengths=(8, 16, 32), eval_samples=8, ppl_docs=2, throughput_len=64),
+                   eval_lengths=(8, 16, 32), eval_samples=8, ppl_passages=1, throughput_len=64),
     # Minutes on a 2-core CPU per variant.
     "small": Budget(hidden=64, layers=6, heads=4, kv_heads=2, mlp=128, window=16, meta=8, steps=600,
                     batch=16, train_len=64, lr=2e-3, pairs=2, num_keys=16, text_every=4,
-                    eval_lengths=(12, 16, 32, 64, 128), eval_samples=64, ppl_docs=40,
+                    eval_lengths=(12, 16, 32, 64, 128), eval_samples=64, ppl_passages=24,
                     throughput_len=512),
     # One GPU: every variant a separate process (``--jobs``) so that all nine share one H200.
     "large": Budget(hidden=256, layers=8, heads=8, kv_heads=4, mlp=768, window=64, meta=16,
-                    steps=1200, batch=32, train_len=512, lr=1e-3, pairs=4, num_keys=32,
-                    text_every=2, eval_lengths=(40, 64, 128, 256, 512, 1024),
-                    eval_samples=256, ppl_docs=100, throughput_len=4096),
+                    steps=1000, batch=32, train_len=512, lr=2e-3, pairs=4, num_keys=32,
+                    text_every=4, eval_lengths=(40, 64, 128, 256, 512, 1024),
+                    eval_samples=128, ppl_passages=48, throughput_len=4096),
 }
 
 
@@ -152,30 +155,42 @@ def variant_config(budget: Budget, switches: dict, vocab_size: int) -> HymbaConf
 # ---------------------------------------------------------------------------------------------
 # Data: MQAR batches interleaved with byte-level text
 
-_CORPUS_MODULES = ("argparse", "collections/__init__", "dataclasses", "difflib", "fractions",
-                   "functools", "inspect", "json/__init__", "logging/__init__", "pathlib",
-                   "statistics", "string", "textwrap", "typing", "unittest/case", "zipfile")
+PASSAGE_BYTES = 1024
 
 
-def corpus_documents() -> list[str]:
-    """Docstrings (≥ 200 characters) of a fixed set of standard-library modules, in file order."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    docs = []
-    for name in _CORPUS_MODULES:
-        path = stdlib / f"{name}.py"
-        if not path.is_file():
-            path = stdlib / name / "__init__.py"
-        if not path.is_file():
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 200 and doc.isascii():
-                    docs.append(doc)
-    if len(docs) < 10:
-        raise InputError(f"found only {len(docs)} standard-library docstrings for the text corpus")
-    return docs
+def corpus_works() -> list[str]:
+    """The bundled corpus (``hymba/data``): one string per work, in file order."""
+    path = os.path.join(bundled_data_dir(), BUNDLED_CORPUS)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        works = [json.loads(line)["text"] for line in fh if line.strip()]
+    if len(works) < 2:
+        raise InputError(f"{path} holds {len(works)} works; the ablation needs at least 2")
+    return works
+
+
+def passages(text: str, size: int = PASSAGE_BYTES) -> list[str]:
+    """``text`` cut at paragraph breaks into pieces of about ``size`` characters (a longer
+    paragraph is a piece of its own)."""
+    out, current = [], ""
+    for para in text.split("\n\n"):
+        if current and len(current) + len(para) + 2 > size:
+            out.append(current)
+            current = ""
+        current = f"{current}\n\n{para}" if current else para
+    if current:
+        out.append(current)
+    return out
+
+
+def split_corpus(works: Sequence[str], held_passages: int, seed: int) -> tuple[list[str], list[str]]:
+    """(training works, held-out passages): whole works, in a seeded order, are held out until
+    ``held_passages`` passages are gathered; the other works are the training stream."""
+    order = list(works)
+    random.Random(seed).shuffle(order)
+    held: list[str] = []
+    while len(held) < held_passages and len(order) > 1:
+        held += passages(order.pop(0))
+    return order, held[:held_passages]
 
 
 class ByteText:
@@ -193,15 +208,29 @@ class ByteText:
         return torch.tensor([self.stream[s:s + length] for s in starts])
 
 
+def mqar_lengths(budget: Budget) -> list[int]:
+    """Sequence lengths of the MQAR training batches: the training length and its halves down to
+    an eighth, as long as the pairs and queries fit."""
+    need = max(8, 1 + 4 * budget.pairs)
+    return [budget.train_len >> s for s in range(4) if budget.train_len >> s >= need]
+
+
 def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The shared training stream: ``(input_ids, labels)``; labels are -100 where unscored."""
+    """The shared training stream: ``(input_ids, labels)``; labels are -100 where unscored.
+
+    Every step holds ``batch × train_len`` tokens: an MQAR batch of a length drawn from
+    :func:`mqar_lengths` has proportionally more rows (more queries per step where they are cheap).
+    """
     rng = random.Random(seed)
+    lengths = mqar_lengths(budget)
     for step in range(budget.steps):
         if budget.text_every and step % budget.text_every == budget.text_every - 1:
             ids = text.batch(rng, budget.batch, budget.train_len)
             yield ids, ids.clone()
         else:
-            b: RecallBatch = mqar_batch(budget.batch, budget.train_len, vocab, budget.pairs,
+            length = rng.choice(lengths)
+            rows = budget.batch * budget.train_len // length
+            b: RecallBatch = mqar_batch(rows, length, vocab, budget.pairs,
                                         seed=rng.randrange(1 << 30), needle_depth=rng.random())
             yield b.input_ids, b.labels()
 
@@ -210,7 +239,10 @@ def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.T
           progress: Callable[[int, float], None] | None = None) -> list[float]:
     """The training package's AdamW (betas 0.9/0.98, no weight decay) and cosine schedule (5%
     warm-up, decay to 10% of the peak), gradient clipping at 1, over the ablation's own labelled
-    batches; bf16 autocast on CUDA. Returns the loss of every step."""
+    batches; bf16 autocast on CUDA. Returns the loss of every step.
+
+    ``progress(steps_done, last_loss)`` is called every ``REPORT_EVERY`` steps: reading a loss
+    waits for the GPU, so the host reads them in groups and can queue steps ahead."""
     from ..train.optim import Schedule, build_optimizer
 
     device = next(model.parameters()).device
@@ -218,7 +250,8 @@ def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.T
     schedule = Schedule("cosine", budget.lr, budget.steps, warmup=0.05, min_lr=0.1 * budget.lr)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
-    losses = []
+    losses: list[float] = []
+    pending: list[torch.Tensor] = []
     for step, (ids, labels) in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = schedule(step)
@@ -228,11 +261,24 @@ def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.T
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if progress:
-            progress(step, losses[-1])
+        pending.append(loss.detach())
+        if len(pending) == REPORT_EVERY:
+            _flush(pending, losses, progress)
+    _flush(pending, losses, progress)
     model.eval()
     return losses
+
+
+REPORT_EVERY = 10
+
+
+def _flush(pending: list[torch.Tensor], losses: list[float], progress: Callable[[int, float], None] | None) -> None:
+    if not pending:
+        return
+    losses += torch.stack(pending).float().tolist()
+    pending.clear()
+    if progress:
+        progress(len(losses), losses[-1])
 
 
 @torch.no_grad()
@@ -299,12 +345,9 @@ def run_ablation(
     if unknown:
         raise InputError(f"unknown variants {sorted(unknown)}; known: {', '.join(v[0] for v in VARIANTS)}")
     vocab = SyntheticVocab(4 + 2 * budget.num_keys + 256, budget.num_keys, budget.num_keys)
-    docs = corpus_documents()
-    rng = random.Random(seed)
-    rng.shuffle(docs)
-    held = max(1, min(budget.ppl_docs, len(docs) // 10))
-    text = ByteText(vocab, docs[held:])
-    held_out = ByteText(vocab, docs[:held]).docs
+    works, held = split_corpus(corpus_works(), budget.ppl_passages, seed)
+    text = ByteText(vocab, works)
+    held_out = ByteText(vocab, held).docs
     rows = []
     for key, name, row, make in chosen:
         switches = make(budget.layers, budget.meta)

@@ -34,6 +34,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int =
     return HymbaTokenizer(tok, config)
 
 
+BUNDLED_CORPUS = "corpus.jsonl.gz"
+
+
 def bundled_data_dir() -> str:
     """The folder of the corpus and tokenizer shipped with the package."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")

@@ -26,7 +26,7 @@ from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
 from . import distributed
-from .bpe import bundled_data_dir
+from .bpe import BUNDLED_CORPUS, bundled_data_dir
 from .data import (
     BatchStream,
     PackedData,
@@ -36,8 +36,6 @@ from .data import (
 )
 from .metrics import MetricsLog
 from .optim import Schedule, build_optimizer, set_lr
-
-BUNDLED_CORPUS = "corpus.jsonl.gz"
 
 
 class TrainError(ValueError):
