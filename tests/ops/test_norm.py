@@ -79,3 +79,58 @@ def test_parts_and_gate_dispatch_on_cpu_are_the_references():
         torch.testing.assert_close(got, rms_norm_reference(part, w, 1e-6))
     g, u = torch.randn(5), torch.randn(5)
     torch.testing.assert_close(silu_mul(g, u), torch.nn.functional.silu(g) * u)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("shape", [(3, 5, 64), (2, 1600), (1, 1, 40), (0, 16)])
+def test_triton_add_rms_norm_matches_reference(shape, dtype, w_dtype, triton_device):
+    from hymba.ops.norm import add_rms_norm_reference
+    from hymba.ops.norm_triton import add_rms_norm_triton
+
+    x = (torch.randn(shape, device=triton_device) * 3).to(dtype)
+    delta = torch.randn(shape, device=triton_device).to(dtype)
+    w = (torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype)
+    (total, normed), (want_total, want_normed) = add_rms_norm_triton(x, delta, w, 1e-6), add_rms_norm_reference(x, delta, w, 1e-6)
+    assert total.dtype == want_total.dtype and normed.dtype == want_normed.dtype and normed.shape == shape
+    tol = 1e-5 if dtype == torch.float32 else 2**-6
+    torch.testing.assert_close(total, want_total, rtol=tol, atol=tol)
+    torch.testing.assert_close(normed, want_normed, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("shape", [(2, 3, 3200), (1, 1, 48), (0, 8)])
+def test_triton_mean_of_rms_norms_matches_reference(shape, dtype, w_dtype, triton_device):
+    from hymba.ops.norm import mean_of_rms_norms_reference
+    from hymba.ops.norm_triton import mean_of_rms_norms_triton
+
+    a = (torch.randn(shape, device=triton_device) * 5).to(dtype)
+    b = (torch.randn(shape, device=triton_device) / 5).to(dtype)
+    wa, wb = ((torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype) for _ in range(2))
+    got, want = mean_of_rms_norms_triton(a, b, wa, wb, 1e-6), mean_of_rms_norms_reference(a, b, wa, wb, 1e-6)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == torch.float32 else 2**-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_fused_norms_keep_autograd_and_mixed_dtypes_on_the_references():
+    from hymba.ops.norm import (
+        add_rms_norm,
+        add_rms_norm_reference,
+        mean_of_rms_norms,
+        mean_of_rms_norms_reference,
+    )
+
+    x, d = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8, dtype=torch.bfloat16)
+    w = torch.rand(8, requires_grad=True)
+    total, normed = add_rms_norm(x, d, w, 1e-6)  # fp32 residual + bf16 update, as under autocast
+    assert total.dtype == torch.float32
+    normed.sum().backward()
+    assert x.grad is not None and w.grad is not None
+    for got, want in zip((total, normed), add_rms_norm_reference(x, d, w, 1e-6)):
+        torch.testing.assert_close(got, want)
+    a, b = torch.randn(3, 8), torch.randn(3, 8)
+    torch.testing.assert_close(mean_of_rms_norms(a, b, w, w * 2, 1e-6), mean_of_rms_norms_reference(a, b, w, w * 2, 1e-6))

@@ -64,11 +64,15 @@ def instrument(model: torch.nn.Module) -> Iterator[dict[int, dict[str, Any]]]:
         records.setdefault(current[0], {})["attention_share"] = attention_shares(probs.detach(), meta)
         return out
 
-    def magnitude(layer: int, branch: str, stage: str):
+    def magnitude(layer: int, branch: str, norm: torch.nn.Module):
+        """Hook on a branch: its output's magnitude, and that of the output through its norm
+        (the mixer may fuse the norms, so they are applied here rather than hooked)."""
+        @torch.no_grad()
         def hook(module, inputs, output):
             x = output[0] if isinstance(output, tuple) else output
             entry = records.setdefault(layer, {}).setdefault("branch_magnitude", {}).setdefault(branch, {})
-            entry[stage] = float(x.detach()[:, num_meta:].float().abs().mean())
+            for stage, value in (("before_norm", x), ("after_norm", norm(x))):
+                entry[stage] = float(value[:, num_meta:].float().abs().mean())
         return hook
 
     for i, layer in enumerate(model.model.layers):
@@ -76,8 +80,7 @@ def instrument(model: torch.nn.Module) -> Iterator[dict[int, dict[str, Any]]]:
         hooks.append(layer.register_forward_pre_hook(lambda *_, i=i: current.__setitem__(0, i)))
         for branch, inner, norm in (("attention", "attn", "attn_norm"), ("ssm", "ssm", "ssm_norm")):
             if hasattr(mixer, inner):
-                hooks.append(getattr(mixer, inner).register_forward_hook(magnitude(i, branch, "before_norm")))
-                hooks.append(getattr(mixer, norm).register_forward_hook(magnitude(i, branch, "after_norm")))
+                hooks.append(getattr(mixer, inner).register_forward_hook(magnitude(i, branch, getattr(mixer, norm))))
     ops.attention = recording_attention
     try:
         yield records

@@ -3,7 +3,14 @@
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
-from .norm import rms_norm, rms_norm_parts, rms_norm_reference, silu_mul
+from .norm import (
+    add_rms_norm,
+    mean_of_rms_norms,
+    rms_norm,
+    rms_norm_parts,
+    rms_norm_reference,
+    silu_mul,
+)
 from .prefix_attention import attention_with_prefix
 from .rotary import apply_rotary, apply_rotary_reference
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
@@ -20,6 +27,8 @@ __all__ = [
     "causal_conv1d_update",
     "DecodeKeys",
     "decode_attention",
+    "add_rms_norm",
+    "mean_of_rms_norms",
     "rms_norm",
     "rms_norm_reference",
     "rms_norm_parts",

@@ -1,5 +1,6 @@
-"""RMSNorm as a function (also over the three parts of a row, the SSM branch's Δ/B/C), and the
-SwiGLU gate: references and, for inference on CUDA, fused Triton kernels."""
+"""RMSNorm as a function (also over the three parts of a row, the SSM branch's Δ/B/C; fused with
+the residual add; the mean of the two branch norms), and the SwiGLU gate: references and, for
+inference on CUDA, fused Triton kernels."""
 
 from __future__ import annotations
 
@@ -37,6 +38,38 @@ def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor
 
         return rms_norm_parts_triton(x, sizes, weights, eps)
     return tuple(rms_norm_reference(part, w, eps) for part, w in zip(x.split(list(sizes), -1), weights))
+
+
+def add_rms_norm_reference(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`add_rms_norm`."""
+    total = x + delta
+    return total, rms_norm_reference(total, weight, eps)
+
+
+def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x + delta, rms_norm(x + delta))``: a residual step and the next norm (one kernel on
+    CUDA without autograd, for ``x`` and ``delta`` of one shape and dtype)."""
+    if x.shape == delta.shape and x.dtype == delta.dtype and use_triton(x, delta, weight):
+        from .norm_triton import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, delta, weight, eps)
+    return add_rms_norm_reference(x, delta, weight, eps)
+
+
+def mean_of_rms_norms_reference(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+    """Reference of :func:`mean_of_rms_norms`."""
+    return (rms_norm_reference(a, weight_a, eps) + rms_norm_reference(b, weight_b, eps)) / 2
+
+
+def mean_of_rms_norms(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+    """``(rms_norm(a) + rms_norm(b)) / 2``, the hybrid mixer's fusion of its two branches (one
+    kernel on CUDA without autograd, for inputs of one shape and dtype and weights of one dtype)."""
+    if (a.shape == b.shape and a.dtype == b.dtype and weight_a.dtype == weight_b.dtype
+            and use_triton(a, b, weight_a, weight_b)):
+        from .norm_triton import mean_of_rms_norms_triton
+
+        return mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
+    return mean_of_rms_norms_reference(a, b, weight_a, weight_b, eps)
 
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
