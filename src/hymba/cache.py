@@ -29,6 +29,7 @@ from .config import HymbaConfig, LayerSpec
 from .model.attention import SharedKV
 from .model.layout import InputError, SequenceLayout
 from .ops.decode_attention import DecodeKeys
+from .ops.kv_store import store_kv_step
 
 SWADecode = Literal["trained", "reference"]
 
@@ -236,18 +237,15 @@ class HybridCache:
         """One token per row at positions ``pos`` (b, 1): write in place; visibility by position."""
         m, window = self.num_meta, self.window[slot]
         if window is None:
-            index = pos - m
+            ring = None
             used = self.max_tokens if self.static_shapes else self.extent + 1
             keys = DecodeKeys(pos, None, first_pos=m)  # slot s holds position m + s
         else:
             ring = self.ring_pos[slot]
-            index = (pos - m) % ring.shape[1]
-            ring.scatter_(1, index, pos)
             used = ring.shape[1]
             limit = window - 1 if self.swa_decode == "reference" else window
             keys = DecodeKeys(pos, ring, first_pos=m, limit=limit)
-        self._write(self.k[slot], index, k)
-        self._write(self.v[slot], index, v)
+        store_kv_step(self.k[slot], self.v[slot], k, v, pos, m, ring)
         kv = (self.k[slot][:, :, :used], self.v[slot][:, :, :used])
         prefix = (self.meta_k[slot], self.meta_v[slot])
         return SharedKV(*kv, None, None, prefix=prefix, decode=keys)

@@ -3,6 +3,7 @@
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
+from .kv_store import store_kv_step
 from .norm import (
     add_rms_norm,
     mean_of_rms_norms,
@@ -38,4 +39,5 @@ __all__ = [
     "selective_scan_reference",
     "selective_state_update",
     "ssm_decode_step",
+    "store_kv_step",
 ]

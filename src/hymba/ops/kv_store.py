@@ -1,0 +1,40 @@
+"""Storing one decode step's keys and values in the cache: the reference and a fused Triton kernel.
+
+A producer layer's new K/V for position ``pos`` go to slot ``pos - first_pos`` of a linear store
+(global layers), or to slot ``(pos - first_pos) % size`` of a ring buffer (sliding-window layers),
+whose ``ring_pos`` then records the position held by that slot.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .triton_gate import use_triton
+
+
+def store_kv_step_reference(
+    k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
+    ring_pos: Tensor | None = None,
+) -> None:
+    """Reference of :func:`store_kv_step`."""
+    index = pos - first_pos
+    if ring_pos is not None:
+        index = index % ring_pos.shape[1]
+        ring_pos.scatter_(1, index, pos)
+    for store, new in ((k_store, k), (v_store, v)):
+        idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
+        store.scatter_(2, idx, new.to(store.dtype))
+
+
+def store_kv_step(
+    k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
+    ring_pos: Tensor | None = None,
+) -> None:
+    """Write ``k`` (b, Hkv, 1, d_qk) and ``v`` (b, Hkv, 1, d_v) of positions ``pos`` (b, 1) into
+    the stores (b, Hkv, slots, d), in place; with ``ring_pos`` (b, slots) the stores are rings.
+    One Triton kernel on CUDA without autograd, else the reference's scatters."""
+    if k.shape[2] == 1 and use_triton(k, v, k_store, v_store):
+        from .kv_store_triton import store_kv_step_triton
+
+        return store_kv_step_triton(k_store, v_store, k, v, pos, first_pos, ring_pos)
+    return store_kv_step_reference(k_store, v_store, k, v, pos, first_pos, ring_pos)

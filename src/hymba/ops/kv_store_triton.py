@@ -1,0 +1,54 @@
+"""One decode step's K/V into the cache in Triton: one program per (row, K/V head)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _store_kv_kernel(
+    k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, ring_ptr, Hkv, slots, first_pos,
+    sk_b, sk_h, sv_b, sv_h, sks_b, sks_h, sks_n, svs_b, svs_h, svs_n, sp_b, sr_b,
+    DQK: tl.constexpr, DV: tl.constexpr, DQK_P: tl.constexpr, DV_P: tl.constexpr, RING: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = (bh // Hkv).to(tl.int64)
+    h = (bh % Hkv).to(tl.int64)
+    pos = tl.load(pos_ptr + b * sp_b)
+    slot = (pos - first_pos).to(tl.int64)
+    if RING:
+        slot = slot % slots
+        if h == 0:
+            tl.store(ring_ptr + b * sr_b + slot, pos)
+    dq = tl.arange(0, DQK_P)
+    k = tl.load(k_ptr + b * sk_b + h * sk_h + dq, mask=dq < DQK)
+    tl.store(ks_ptr + b * sks_b + h * sks_h + slot * sks_n + dq, k.to(ks_ptr.dtype.element_ty), mask=dq < DQK)
+    dv = tl.arange(0, DV_P)
+    v = tl.load(v_ptr + b * sv_b + h * sv_h + dv, mask=dv < DV)
+    tl.store(vs_ptr + b * svs_b + h * svs_h + slot * svs_n + dv, v.to(vs_ptr.dtype.element_ty), mask=dv < DV)
+
+
+def store_kv_step_triton(
+    k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
+    ring_pos: Tensor | None = None,
+) -> None:
+    """Same as :func:`hymba.ops.kv_store.store_kv_step_reference` (one token per row)."""
+    b, hkv, _, dqk = k.shape
+    dv = v.shape[-1]
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    if k_store.stride(-1) != 1 or v_store.stride(-1) != 1:
+        raise ValueError("the K/V stores must have unit stride in their last dimension")
+    ring = ring_pos if ring_pos is not None else pos  # a placeholder pointer when there is no ring
+    _store_kv_kernel[(b * hkv,)](
+        k, v, k_store, v_store, pos, ring, hkv, k_store.shape[2], first_pos,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_store.stride(0), k_store.stride(1), k_store.stride(2),
+        v_store.stride(0), v_store.stride(1), v_store.stride(2), pos.stride(0), ring.stride(0),
+        DQK=dqk, DV=dv, DQK_P=triton.next_power_of_2(dqk), DV_P=triton.next_power_of_2(dv),
+        RING=ring_pos is not None, num_warps=1,
+    )

@@ -1,0 +1,47 @@
+"""Storing a decode step's K/V: the fused kernel against the reference scatters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hymba.ops.kv_store import store_kv_step, store_kv_step_reference
+
+
+def stores(b, hkv, slots, dqk, dv, dtype, device):
+    return (torch.randn(b, hkv, slots, dqk, device=device).to(dtype),
+            torch.randn(b, hkv, slots, dv, device=device).to(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ring", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_reference(ring, dtype, triton_device):
+    from hymba.ops.kv_store_triton import store_kv_step_triton
+
+    device, b, hkv, slots, m = triton_device, 3, 5, 12, 4
+    ks, vs = stores(b, hkv, slots, 64, 128, dtype, device)
+    # new K/V as views of a fused projection, like the attention branch hands them over
+    fused = torch.randn(b, 1, hkv * (64 + 128), device=device).to(dtype)
+    k = fused[..., : hkv * 64].view(b, 1, hkv, 64).transpose(1, 2)
+    v = fused[..., hkv * 64:].view(b, 1, hkv, 128).transpose(1, 2)
+    pos = torch.tensor([[m], [m + 7], [m + 30]], device=device)  # slot 0, 7, and a wrapped ring slot
+    if not ring:
+        pos = pos.clamp(max=m + slots - 1)
+    rp = torch.full((b, slots), -1, device=device, dtype=pos.dtype) if ring else None
+    want = [t.clone() for t in (ks, vs)] + ([rp.clone()] if ring else [])
+    store_kv_step_reference(want[0], want[1], k, v, pos, m, want[2] if ring else None)
+    store_kv_step_triton(ks, vs, k, v, pos, m, rp)
+    torch.testing.assert_close(ks, want[0], rtol=0, atol=0)
+    torch.testing.assert_close(vs, want[1], rtol=0, atol=0)
+    if ring:
+        assert rp.equal(want[2]) and int(rp[2, 30 % slots]) == m + 30
+
+
+def test_reference_writes_the_slots_of_the_positions():
+    ks, vs = stores(2, 1, 4, 2, 3, torch.float32, "cpu")
+    k, v = torch.ones(2, 1, 1, 2), torch.full((2, 1, 1, 3), 2.0)
+    ring = torch.full((2, 4), -1)
+    store_kv_step(ks, vs, k, v, torch.tensor([[5], [10]]), 1, ring)
+    assert ring[0, 0] == 5 and ring[1, 1] == 10 and (ring[0, 1:] == -1).all()
+    assert (ks[0, 0, 0] == 1).all() and (vs[1, 0, 1] == 2).all()
