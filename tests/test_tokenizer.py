@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models
+from tokenkit import write_tokenizer
 
 from hymba import TokenizerError, load_tokenizer
 from hymba.tokenizer import HymbaTokenizer
 
-# The released Hymba chat template, restated (hymba-architecture.md §5).
-CHAT_TEMPLATE = (
-    "{{'<extra_id_0>System'}}{% for message in messages %}{% if message['role'] == 'system' %}"
-    "{{'\n' + message['content'].strip()}}{% endif %}{% endfor %}{{'\n\n'}}"
-    "{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{{ '<extra_id_1>User\n' + message['content'].strip() + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '<extra_id_1>Assistant\n' + message['content'].strip() + '\n' }}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<extra_id_1>Assistant\n' }}{% endif %}"
-)
-
 
 @pytest.fixture
 def folder(tmp_path):
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 20, trainer)
-    tok.save(str(tmp_path / "tokenizer.json"))
-    config = dict(bos_token="<s>", eos_token="</s>", pad_token="[PAD]", add_bos_token=True,
-                  chat_template=CHAT_TEMPLATE)
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    write_tokenizer(tmp_path)
     return tmp_path
 
 

@@ -8,22 +8,13 @@ import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenkit import write_tokenizer
 
 from hymba import HymbaConfig, HymbaForCausalLM, load_tokenizer
 from hymba.cache_math import cache_bytes
 from hymba.cli import main
 from hymba.cli.cache_size import cache_parts
 from hymba.cli.chat import repl
-
-CHAT_TEMPLATE = (
-    "{{'<extra_id_0>System'}}{% for message in messages %}{% if message['role'] == 'system' %}"
-    "{{'\n' + message['content'].strip()}}{% endif %}{% endfor %}{{'\n\n'}}"
-    "{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{{ '<extra_id_1>User\n' + message['content'].strip() + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '<extra_id_1>Assistant\n' + message['content'].strip() + '\n' }}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<extra_id_1>Assistant\n' }}{% endif %}"
-)
 
 
 def test_cache_size_reproduces_the_paper(tmp_path, capsys):
@@ -53,16 +44,7 @@ def test_cache_object_agrees_with_the_analytic_count():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 20, trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    config = dict(bos_token="<s>", eos_token="</s>", pad_token="[PAD]", add_bos_token=True,
-                  chat_template=CHAT_TEMPLATE)
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = write_tokenizer(folder)
     torch.manual_seed(0)
     model = HymbaForCausalLM(HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size()))
     with torch.no_grad():
