@@ -55,12 +55,19 @@ def test_flex_gradients_match_sdpa(L):
 
 
 def test_lengths_of_one_bucket_share_one_compilation():
-    q, k, v = qkv(1, 4, 2, 256, 32, 64, torch.bfloat16, seed=3)
-    flex_attention_swa(q[:, :, :200], k[:, :, :200], v[:, :, :200], 48, 4)  # compiles bucket 256
+    def heads(L: int, h: int, d: int, seed: int) -> torch.Tensor:
+        # (b, L, h·d) split into heads, as the attention branch hands them over: strided views
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        return torch.randn(1, L, h * d, generator=g, device="cuda").bfloat16().view(1, L, h, d).transpose(1, 2)
+
+    def inputs(L: int):
+        return heads(L, 4, 32, 1), heads(L, 2, 32, 2), heads(L, 2, 64, 3)
+
+    flex_attention_swa(*inputs(200), 48, 4)  # compiles bucket 256
     with torch._dynamo.config.patch(error_on_recompile=True):
         for L in (131, 256, 229):
-            out = flex_attention_swa(q[:, :, :L], k[:, :, :L], v[:, :, :L], 48, 4)
-            ref = sdpa_reference(q[:, :, :L], k[:, :, :L], v[:, :, :L], 48, 4, 0)
+            out = flex_attention_swa(*inputs(L), 48, 4)
+            ref = sdpa_reference(*inputs(L), 48, 4, 0)
             assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
 
 

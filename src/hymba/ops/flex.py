@@ -22,6 +22,8 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 # Distinct shapes one process may compile (dynamo's default is 8; buckets keep the real count low).
 RECOMPILE_LIMIT = 64
+# the setting's name since torch 2.7; ``cache_size_limit`` before
+_LIMIT_SETTING = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 _compiled_flex = None
 
@@ -63,9 +65,9 @@ def flex_attention_swa(
     """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v)."""
     length = q.shape[2]
     padded = bucket_length(length)
-    if padded != length:
-        q, k, v = (F.pad(t, (0, 0, 0, padded - length)) for t in (q, k, v))
+    # contiguous either way: the compiled kernel is specialised to strides too
+    q, k, v = (F.pad(t, (0, 0, 0, padded - length)) if padded != length else t.contiguous() for t in (q, k, v))
     mask = _block_mask(length, padded, window, num_meta, offset, str(q.device))
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    with torch._dynamo.config.patch(**{_LIMIT_SETTING: RECOMPILE_LIMIT}):
         out = _flex()(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
     return out[:, :, :length]
