@@ -29,7 +29,7 @@ from .config import HymbaConfig, LayerSpec
 from .model.attention import SharedKV
 from .model.layout import InputError, SequenceLayout
 from .ops.decode_attention import DecodeKeys
-from .ops.kv_store import store_kv_step
+from .ops.kv_store import store_kv_step, write_slots
 
 SWADecode = Literal["trained", "reference"]
 
@@ -278,8 +278,8 @@ class HybridCache:
             torch.cat(key_pos + [pos], 1), torch.cat(key_valid + [valid], 1),
         )
         if window is None:
-            self._write(self.k[slot], pos - m, k)
-            self._write(self.v[slot], pos - m, v)
+            write_slots(self.k[slot], pos - m, k)
+            write_slots(self.v[slot], pos - m, v)
         else:
             self._fill_ring(slot, k, v, pos)
         return shared
@@ -300,12 +300,6 @@ class HybridCache:
         for store, new in ((self.k[slot], k), (self.v[slot], v)):
             picked = torch.gather(new, 2, j[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3]))
             store.copy_(torch.where(take[:, None, :, None], picked, store))
-
-    @staticmethod
-    def _write(store: Tensor, index: Tensor, new: Tensor) -> None:
-        """store[b, :, index[b, t]] = new[b, :, t], in place."""
-        idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
-        store.scatter_(2, idx, new.to(store.dtype))
 
     # ------------------------------------------------------------------------------------
     def nbytes(self) -> dict[str, int]:

@@ -55,11 +55,14 @@ def test_held_out_text_is_whole_works():
     works = ablation.corpus_works()
     assert len(works) >= 40 and all(w.isascii() for w in works)
     train, held = ablation.split_corpus(works, 48, seed=0)
-    assert len(held) == 48 and all(len(p) <= 4 * ablation.PASSAGE_BYTES for p in held[:-1])
+    assert len(held) == 48 and all(len(p) <= ablation.PASSAGE_CHARS for p in held)
     held_works = [w for w in works if w not in train]
     assert len(train) + len(held_works) == len(works)
     assert all(any(p in w for w in held_works) and not any(p in w for w in train) for p in held)
-    assert "".join(ablation.passages("a\n\nb\n\nc", size=4)) == "a\n\nbc"  # pieces in order
+    assert ablation.passages("a\n\nb\n\nc", size=4) == ["a\n\nb", "c"]
+    assert ablation.passages("aa\nbb\ncc\n\nd", size=5) == ["aa\nbb", "cc\n\nd"]  # long paragraph: at lines
+    every = [p for w in works for p in ablation.passages(w)]
+    assert all(len(p) <= ablation.PASSAGE_CHARS or "\n" not in p for p in every)  # only single lines are longer
 
 
 def test_cli_tiny_budget(tmp_path, capsys):

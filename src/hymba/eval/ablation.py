@@ -62,7 +62,7 @@ class Budget:
     text_every: int  # every n-th step trains on text (0: never)
     eval_lengths: tuple[int, ...]
     eval_samples: int
-    ppl_passages: int  # held-out text for perplexity, in passages of about PASSAGE_BYTES
+    ppl_passages: int  # held-out text for perplexity, in passages of about PASSAGE_CHARS
     throughput_len: int
     cache_len: int = 8000
 
@@ -155,7 +155,7 @@ def variant_config(budget: Budget, switches: dict, vocab_size: int) -> HymbaConf
 # ---------------------------------------------------------------------------------------------
 # Data: MQAR batches interleaved with byte-level text
 
-PASSAGE_BYTES = 1024
+PASSAGE_CHARS = 1024
 
 
 def corpus_works() -> list[str]:
@@ -168,15 +168,19 @@ def corpus_works() -> list[str]:
     return works
 
 
-def passages(text: str, size: int = PASSAGE_BYTES) -> list[str]:
-    """``text`` cut at paragraph breaks into pieces of about ``size`` characters (a longer
-    paragraph is a piece of its own)."""
-    out, current = [], ""
+def passages(text: str, size: int = PASSAGE_CHARS) -> list[str]:
+    """``text`` cut into pieces of at most ``size`` characters, at paragraph breaks where
+    possible, else at line breaks (a single longer line is a piece of its own)."""
+    out: list[str] = []
+    current = ""
     for para in text.split("\n\n"):
-        if current and len(current) + len(para) + 2 > size:
-            out.append(current)
-            current = ""
-        current = f"{current}\n\n{para}" if current else para
+        units = [para] if len(para) <= size else para.split("\n")
+        for n, unit in enumerate(units):
+            joiner = "\n" if n else "\n\n"
+            if current and len(current) + len(joiner) + len(unit) > size:
+                out.append(current)
+                current = ""
+            current = f"{current}{joiner}{unit}" if current else unit
     if current:
         out.append(current)
     return out
@@ -184,13 +188,15 @@ def passages(text: str, size: int = PASSAGE_BYTES) -> list[str]:
 
 def split_corpus(works: Sequence[str], held_passages: int, seed: int) -> tuple[list[str], list[str]]:
     """(training works, held-out passages): whole works, in a seeded order, are held out until
-    ``held_passages`` passages are gathered; the other works are the training stream."""
+    they hold ``3 × held_passages`` passages (one work, usually); ``held_passages`` of those,
+    evenly spaced, are the held-out text. The other works are the training stream."""
     order = list(works)
     random.Random(seed).shuffle(order)
     held: list[str] = []
-    while len(held) < held_passages and len(order) > 1:
+    while len(held) < 3 * held_passages and len(order) > 1:
         held += passages(order.pop(0))
-    return order, held[:held_passages]
+    step = max(1, len(held) // max(1, held_passages))
+    return order, held[::step][:held_passages]
 
 
 class ByteText:
@@ -212,13 +218,16 @@ def mqar_lengths(budget: Budget) -> list[int]:
     """Sequence lengths of the MQAR training batches: the training length and its halves down to
     an eighth, as long as the pairs and queries fit."""
     need = max(8, 1 + 4 * budget.pairs)
+    if budget.train_len < need:
+        raise InputError(f"training length {budget.train_len} is too short for {budget.pairs} MQAR pairs "
+                         f"(needs {need})")
     return [budget.train_len >> s for s in range(4) if budget.train_len >> s >= need]
 
 
 def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The shared training stream: ``(input_ids, labels)``; labels are -100 where unscored.
 
-    Every step holds ``batch × train_len`` tokens: an MQAR batch of a length drawn from
+    Every step holds about ``batch × train_len`` tokens: an MQAR batch of a length drawn from
     :func:`mqar_lengths` has proportionally more rows (more queries per step where they are cheap).
     """
     rng = random.Random(seed)
@@ -233,6 +242,9 @@ def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed
             b: RecallBatch = mqar_batch(rows, length, vocab, budget.pairs,
                                         seed=rng.randrange(1 << 30), needle_depth=rng.random())
             yield b.input_ids, b.labels()
+
+
+REPORT_EVERY = 10  # training steps between two reads of the loss
 
 
 def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
@@ -267,9 +279,6 @@ def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.T
     _flush(pending, losses, progress)
     model.eval()
     return losses
-
-
-REPORT_EVERY = 10
 
 
 def _flush(pending: list[torch.Tensor], losses: list[float], progress: Callable[[int, float], None] | None) -> None:
@@ -318,7 +327,7 @@ def run_variant(
     beyond = [r["accuracy"] for r in curve if budget.window < r["length"] <= budget.train_len]
     ppl = token_perplexity(model, held_out, [len(d) - 1 for d in held_out], window=budget.train_len,
                            stride=budget.train_len // 2, batch_size=8)
-    probe = analyze(model, torch.tensor([held_out[0][: budget.train_len]]))
+    probe = analyze(model, torch.tensor([held_out[len(held_out) // 2][: budget.train_len]]))
     return {
         "key": key, "variant": name, "paper_row": row, "switches": switches,
         "parameters": model.num_parameters(),

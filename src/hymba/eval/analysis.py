@@ -7,9 +7,9 @@ Two measurements on one unpadded sequence, neither of which changes the model's 
   per layer and averaged over heads and real-token queries, the share of attention probability
   on the meta tokens, on the first real token (usually BOS), on the query itself and on all
   other tokens;
-* **branch magnitudes**: forward hooks on each hybrid mixer's attention and SSM branches and on
-  their output norms record the mean absolute output over the real tokens, before and after the
-  norms, with the mean absolute norm weight (the paper's β gates).
+* **branch magnitudes**: forward hooks on each hybrid mixer's attention and SSM branches record
+  the mean absolute output over the real tokens, before and after the branch's output norm
+  (applied in the hook), with the mean absolute norm weight (the paper's β gates).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class HybridMixer(nn.Module):
         ssm_out = self.ssm(*parts, layout)
         if not self.spec.has_attention:
             return self.out_proj(self.ssm_norm(ssm_out)), shared
-        # (attn_norm(attention) + ssm_norm(ssm)) / 2, one kernel on CUDA at inference
+        # (attn_norm(attention) + ssm_norm(ssm)) / 2, one kernel on CUDA at inference (both norms
+        # were built with config.rms_norm_eps)
         mixed = ops.mean_of_rms_norms(attn_out, ssm_out, self.attn_norm.weight, self.ssm_norm.weight,
                                       self.attn_norm.eps)
         return self.out_proj(mixed), shared

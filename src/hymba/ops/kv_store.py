@@ -12,6 +12,12 @@ from torch import Tensor
 from .triton_gate import use_triton
 
 
+def write_slots(store: Tensor, index: Tensor, new: Tensor) -> None:
+    """``store[b, :, index[b, t]] = new[b, :, t]`` in place; store (b, H, slots, d), new (b, H, L, d)."""
+    idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
+    store.scatter_(2, idx, new.to(store.dtype))
+
+
 def store_kv_step_reference(
     k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
     ring_pos: Tensor | None = None,
@@ -21,9 +27,8 @@ def store_kv_step_reference(
     if ring_pos is not None:
         index = index % ring_pos.shape[1]
         ring_pos.scatter_(1, index, pos)
-    for store, new in ((k_store, k), (v_store, v)):
-        idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
-        store.scatter_(2, idx, new.to(store.dtype))
+    write_slots(k_store, index, k)
+    write_slots(v_store, index, v)
 
 
 def store_kv_step(

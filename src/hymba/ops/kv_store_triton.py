@@ -18,7 +18,7 @@ def _store_kv_kernel(
     h = (bh % Hkv).to(tl.int64)
     pos = tl.load(pos_ptr + b * sp_b)
     slot = (pos - first_pos).to(tl.int64)
-    if RING:
+    if RING:  # positions are never below first_pos, so % (truncating here) equals torch's
         slot = slot % slots
         if h == 0:
             tl.store(ring_ptr + b * sr_b + slot, pos)
