@@ -3,13 +3,12 @@ streaming and input errors."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from test_cache import make_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenkit import write_tokenizer
 
 from hymba import InputError, load_tokenizer
 from hymba.generation import SamplingConfig, stream
@@ -135,15 +134,7 @@ def test_invalid_prompts():
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 20, trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    config = dict(bos_token="<s>", eos_token="</s>", pad_token="[PAD]", add_bos_token=True)
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    write_tokenizer(folder)
     tokenizer = load_tokenizer(folder)
     model = make_model(vocab_size=len(tokenizer), scale=0.5)
     return model, tokenizer
