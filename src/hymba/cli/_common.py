@@ -47,3 +47,15 @@ def resolve_device(name: str | None) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {name} requested but CUDA is not available")
     return name
+
+
+def require_plots(args: argparse.Namespace) -> None:
+    """Fail early, before any work, when plots are asked for and matplotlib is missing."""
+    if args.no_plots:
+        return
+    from ..eval.plots import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        raise CLIError(f"{exc}; or pass --no-plots") from None

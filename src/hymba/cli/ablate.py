@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from . import CLIError
-from ._common import resolve_device
+from ._common import require_plots, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..eval import ablation
 
-    if not args.no_plots:
-        from ..eval.plots import require_matplotlib
-
-        try:
-            require_matplotlib()
-        except ImportError as exc:
-            raise CLIError(f"{exc}; or pass --no-plots") from None
+    require_plots(args)
     budget = ablation.BUDGETS[args.budget]
     if args.steps is not None:
         if args.steps < 1:

@@ -32,15 +32,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..eval.analysis import analyze
-    from ._common import load_model
+    from ._common import load_model, require_plots
 
-    if not args.no_plots:
-        from ..eval.plots import require_matplotlib
-
-        try:
-            require_matplotlib()
-        except ImportError as exc:
-            raise CLIError(f"{exc}; or pass --no-plots") from None
+    require_plots(args)
     if args.max_tokens < 1:
         raise CLIError("--max-tokens must be >= 1")
     if not os.path.isfile(args.text):
