@@ -122,3 +122,15 @@ def test_cli_parallel_jobs_match_sequential(tmp_path, capsys):
         assert {k: v for k, v in a.items() if k != "key"} == pytest.approx(
             {k: v for k, v in b.items() if k != "key"}, rel=1e-3, abs=1e-3)
     assert main(common + ["--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2
+
+
+def test_cli_without_matplotlib_says_so_before_any_work(monkeypatch, tmp_path, capsys):
+    from hymba.eval import plots
+
+    def missing() -> None:
+        raise ImportError("the plots need matplotlib: pip install 'hymba[eval]'")
+
+    monkeypatch.setattr(plots, "require_matplotlib", missing)
+    assert main(["ablate", "--budget", "tiny", "--out", str(tmp_path / "abl")]) == 2
+    assert "or pass --no-plots" in capsys.readouterr().err
+    assert not (tmp_path / "abl").exists()
