@@ -40,7 +40,8 @@ def _causal_conv_kernel(
             before = (src < 0) & t_ok
             sv = tl.load(s_ptr + b * ss_b + c[None, :] * ss_c + (K + src)[:, None] * ss_k,
                          mask=before[:, None] & c_ok[None, :], other=0.0)
-            v += sv.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)  # as the reference casts it
+            # the reference casts the state to x's dtype (via float32: any state dtype may come)
+            v += sv.to(tl.float32).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
         acc += w[None, :] * v
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
