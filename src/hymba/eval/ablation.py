@@ -22,8 +22,6 @@ whole works are held out for perplexity, the rest is the training stream.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import random
@@ -37,6 +35,7 @@ from ..cache_math import cache_bytes
 from ..config import HymbaConfig
 from ..model import HymbaForCausalLM, InputError
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
+from ..train.sources import iter_documents
 from .analysis import analyze
 from .perplexity import token_perplexity
 from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch
@@ -161,8 +160,7 @@ PASSAGE_CHARS = 1024
 def corpus_works() -> list[str]:
     """The bundled corpus (``hymba/data``): one string per work, in file order."""
     path = os.path.join(bundled_data_dir(), BUNDLED_CORPUS)
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        works = [json.loads(line)["text"] for line in fh if line.strip()]
+    works = [w for w in iter_documents([path]) if isinstance(w, str)]
     if len(works) < 2:
         raise InputError(f"{path} holds {len(works)} works; the ablation needs at least 2")
     return works

@@ -22,6 +22,18 @@ def _normed_part(x32, w_ptr, cols, lo, hi, eps, x_dtype):
     return tl.where(inside, w * normed, 0.0)
 
 
+def _rows(x: Tensor) -> Tensor:
+    """``x`` as (rows, last dim) with unit column stride (a view where possible)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _row_launch(width: int) -> dict:
+    """Block and warps of a one-row-per-program kernel over rows of ``width`` columns."""
+    block = triton.next_power_of_2(width)
+    return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)))
+
+
 @triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -38,18 +50,10 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     rows = _rows(x)
     out = torch.empty(rows.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     if rows.shape[0]:
-        block = triton.next_power_of_2(d)
         _rms_norm_kernel[(rows.shape[0],)](
-            rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps,
-            BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d),
         )
     return out.view(shape)
-
-
-def _rows(x: Tensor) -> Tensor:
-    """``x`` as (rows, last dim) with unit column stride (a view where possible)."""
-    rows = x.reshape(-1, x.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 @triton.jit
@@ -75,10 +79,9 @@ def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float) ->
     total = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
     out = torch.empty(xr.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     if xr.shape[0]:
-        block = triton.next_power_of_2(d)
         _add_rms_norm_kernel[(xr.shape[0],)](
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
-            out.stride(0), eps, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            out.stride(0), eps, **_row_launch(d),
         )
     return total.view(shape), out.view(shape)
 
@@ -106,10 +109,9 @@ def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: T
     ar, br = _rows(a), _rows(b)
     out = torch.empty(ar.shape, dtype=torch.promote_types(a.dtype, weight_a.dtype), device=a.device)
     if ar.shape[0]:
-        block = triton.next_power_of_2(d)
         _mean_of_norms_kernel[(ar.shape[0],)](
             ar, br, weight_a.contiguous(), weight_b.contiguous(), out, d, ar.stride(0), br.stride(0),
-            out.stride(0), eps, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            out.stride(0), eps, **_row_launch(d),
         )
     return out.view(shape)
 
