@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +41,35 @@ def test_short_sequences_and_initial_state():
     full, _ = causal_conv1d(torch.cat([x, x], 1), w, None, activation=False)
     cont, _ = causal_conv1d(x, w, None, initial_state=state, activation=False)
     torch.testing.assert_close(cont, full[:, 2:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, 3, 37, 200])
+@pytest.mark.parametrize("with_state,with_bias,activation", [(False, True, True), (True, True, True),
+                                                            (True, False, False)])
+def test_triton_matches_reference(dtype, length, with_state, with_bias, activation, triton_device):
+    from hymba.ops.conv import causal_conv1d_reference
+    from hymba.ops.conv_triton import causal_conv1d_triton
+
+    g = torch.Generator().manual_seed(length)
+    r = lambda *s: torch.randn(*s, generator=g).to(triton_device)  # noqa: E731
+    channels = 150
+    # x as a column slice of a wider projection, like the SSM branch's input
+    x = r(2, length, 2 * channels)[..., :channels].to(dtype)
+    w, b = r(channels, 4).to(dtype), (r(channels).to(dtype) if with_bias else None)
+    state = r(2, channels, 4).to(dtype) if with_state else None  # the cache keeps the model's dtype
+    got, got_state = causal_conv1d_triton(x, w, b, state, activation)
+    want, want_state = causal_conv1d_reference(x, w, b, state, activation)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got_state, want_state, rtol=0, atol=0)
+    if dtype == torch.bfloat16:
+        # what the reference computes on a GPU: float32 sums of the bf16 values, rounded once (a
+        # CPU's bf16 convolution may round partial sums too); then SiLU, rounded again
+        up = lambda t: None if t is None else t.to(dtype).float()  # noqa: E731
+        conv, _ = causal_conv1d_reference(up(x), up(w), up(b), up(state), activation=False)
+        want = conv.to(dtype)
+        if activation:
+            want = torch.nn.functional.silu(want.float()).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2**-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)

@@ -23,9 +23,25 @@ def causal_conv1d(
 
     ``x``: (batch, length, channels); ``weight``: (channels, kernel), oldest tap first;
     ``initial_state``: (batch, channels, kernel) inputs that precede ``x`` (zeros by default).
-    ``y[t, c] = act(bias[c] + Σ_k weight[c, k] · x[t - K + 1 + k, c])``.
+    ``y[t, c] = act(bias[c] + Σ_k weight[c, k] · x[t - K + 1 + k, c])``, act = SiLU.
     Returns ``(y, final_state)`` with y like x and the state holding the last ``kernel`` inputs.
+    One Triton kernel on CUDA without autograd (:mod:`hymba.ops.conv_triton`), else the reference.
     """
+    if use_triton(x, weight, bias, initial_state):
+        from .conv_triton import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, initial_state, activation)
+    return causal_conv1d_reference(x, weight, bias, initial_state, activation)
+
+
+def causal_conv1d_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    activation: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`causal_conv1d`: zero- or state-padded ``F.conv1d`` with groups."""
     batch, length, channels = x.shape
     kernel = weight.shape[-1]
     xt = x.transpose(1, 2)  # (b, c, L)
