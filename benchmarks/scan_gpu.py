@@ -1,4 +1,4 @@
-"""GPU selective scan: the Triton kernels (several tiles) against the chunked PyTorch scan.
+"""GPU selective scan: the Triton kernels (several forward launches) against the chunked PyTorch scan.
 
     python benchmarks/scan_gpu.py [--json out.json]
 
@@ -18,7 +18,8 @@ import torch
 from hymba.ops.scan import selective_scan_chunked
 from hymba.ops.scan.triton import selective_scan_triton
 
-TILES = [(16, 16, 4), (32, 16, 4), (16, 32, 4), (32, 8, 4), (64, 8, 8), (16, 16, 8), (32, 32, 8)]
+# forward launches: (channels per program, warps, time segments; None = automatic)
+LAUNCHES = [(32, 1, None), (32, 1, 1), (16, 1, None), (64, 2, None), (32, 1, 4), (32, 1, 16), (128, 4, None)]
 
 
 def inputs(b: int, L: int, d: int = 3200, n: int = 16, grad: bool = False) -> dict:
@@ -65,17 +66,17 @@ def main() -> None:
         x = inputs(b, L, grad=backward)
         label = f"b={b} L={L} {'fwd+bwd' if backward else 'fwd'}"
         rows.append((label, "chunked (PyTorch)", bench(selective_scan_chunked, x, backward)))
-        for chunk, block_d, warps in TILES:
-            def fn(chunk=chunk, block_d=block_d, warps=warps, **kw):
-                return selective_scan_triton(**kw, chunk=chunk, block_d=block_d, num_warps=warps)
+        for block_d, warps, segments in LAUNCHES:
+            def fn(block_d=block_d, warps=warps, segments=segments, **kw):
+                return selective_scan_triton(**kw, block_d=block_d, num_warps=warps, segments=segments)
 
             try:
                 ms = bench(fn, x, backward)
             except Exception as exc:  # noqa: BLE001 - a tile that fails to compile is reported
                 ms = float("nan")
-                print(label, chunk, block_d, warps, type(exc).__name__, str(exc)[:200])
-            rows.append((label, f"triton T={chunk} BD={block_d} warps={warps}", ms))
-        print("\n".join(f"| {a} | {b_} | {c:.3f} ms |" for a, b_, c in rows[-len(TILES) - 1 :]), flush=True)
+                print(label, block_d, warps, segments, type(exc).__name__, str(exc)[:200])
+            rows.append((label, f"triton BD={block_d} warps={warps} segments={segments or 'auto'}", ms))
+        print("\n".join(f"| {a} | {b_} | {c:.3f} ms |" for a, b_, c in rows[-len(LAUNCHES) - 1 :]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([dict(shape=a, impl=b_, ms=c) for a, b_, c in rows], fh, indent=2)

@@ -59,14 +59,32 @@ def test_matches_reference(dtype, tol, shape):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("shape", [(1, 70, 40, 16), (3, 333, 24, 16)])
-def test_inference_tile_matches_reference(dtype, tol, shape):
-    """Without gradients the forward runs with another tile (TILE_INFERENCE)."""
+@pytest.mark.parametrize("shape", [(1, 70, 40, 16), (3, 333, 24, 16), (1, 2000, 48, 16)])
+def test_inference_matches_reference(dtype, tol, shape):
+    """Without gradients the forward saves no states and writes its output in other chunks."""
     args = random_inputs(*shape, dtype, seed=7)
     with torch.no_grad():
         y, s = selective_scan(**args, impl="triton")
         y_ref, s_ref = selective_scan_reference(**{k: v.double() for k, v in args.items()})
     assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < (2e-5 if dtype == torch.float32 else 5e-3)
+
+
+@pytest.mark.parametrize("block_d, warps, segments", [(16, 1, 1), (32, 1, 3), (64, 2, 7), (128, 4, 2), (32, 1, 40)])
+def test_forward_launches_and_time_segments(block_d, warps, segments):
+    """Any channel block, warp count and number of time segments (the sequence split across
+    programs, then stitched) gives the reference's output, final state and gradients."""
+    from hymba.ops.scan.triton import selective_scan_triton
+
+    b, L, d, n = 2, 300, 72, 16
+    args = random_inputs(b, L, d, n, torch.float32, seed=segments)
+    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
+    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
+    y, s, g = run(lambda **a: selective_scan_triton(**a, block_d=block_d, num_warps=warps, segments=segments),
+                  args, dy, ds)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
+    for name in NAMES:
+        assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
 def test_optional_arguments_and_strided_inputs():
@@ -98,3 +116,12 @@ def test_cuda_dispatches_to_triton(monkeypatch):
     monkeypatch.delenv("HYMBA_SCAN_IMPL", raising=False)
     assert resolve_impl("cuda") == "triton"
     assert resolve_impl("cpu") == "chunked"
+
+
+def test_segments_fill_the_gpu_at_small_batch():
+    from hymba.ops.scan.triton import segments_for
+
+    count, seg_len = segments_for(batch=1, blocks=100, length=8192, chunk=16)
+    assert count == 10 and seg_len % 16 == 0 and count * seg_len >= 8192 > (count - 1) * seg_len
+    assert segments_for(batch=64, blocks=100, length=8192, chunk=16) == (1, 8192)
+    assert segments_for(batch=1, blocks=100, length=300, chunk=16)[0] == 1  # too short to split

@@ -25,11 +25,21 @@ from torch import Tensor
 
 from .chunked import selective_scan_chunked
 
-# (chunk, block_d) measured fastest on an H200 (benchmarks/scan_gpu.py, NOTES-gpu.md): the wider
-# tile for inference, the smaller one when the backward (which holds more tiles live) follows.
-TILE_INFERENCE = (32, 8)
-TILE_TRAINING = (16, 16)
-NUM_WARPS = 4
+# Forward: BLOCK_D channels per program, one per lane, in FWD_WARPS warps; outputs are written
+# CHUNK steps at a time. The sequence is cut into time segments until about TARGET_PROGRAMS
+# programs run (at batch 1 the channels alone give too few), none shorter than MIN_SEGMENT steps.
+FWD_BLOCK_D = 32
+FWD_WARPS = 1
+CHUNK = 16
+TARGET_PROGRAMS = 1024
+MIN_SEGMENT = 256
+# Backward: (chunk, block_d) and warps measured fastest on an H200 (benchmarks/scan_gpu.py). The
+# forward saves the state at the start of every backward chunk.
+BWD_TILE = (16, 16)
+BWD_WARPS = 4
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -46,57 +56,77 @@ def _softplus(x):
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr,
+    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
     y_ptr, hT_ptr, hc_ptr,
-    L, d, n, num_chunks,
+    L, d, seg_len, num_segs,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d,
     sB_b, sB_l, sB_n, sC_b, sC_l, sC_n,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    SAVE: tl.constexpr, LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
 ):
+    """One program: BD channels of one sequence over one time segment, one step after another.
+
+    The state is an (N, BD) tile, one channel per lane with its whole state in registers, so the
+    output's sum over the state needs no shuffles. With LOCAL the program only runs its segment
+    from a zero state and writes the segment's end state and ΣΔ (pass 1); otherwise it first
+    folds the earlier segments' results into its start state, then writes y (pass 2).
+    """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
     offs_n = tl.arange(0, N)
     offs_t = tl.arange(0, T)
     dmask = offs_d < d
     nmask = offs_n < n
-    dn_mask = dmask[:, None] & nmask[None, :]
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    A = tl.load(A_ptr + dn, mask=dn_mask, other=0.0)
+    nd_mask = nmask[:, None] & dmask[None, :]
+    nd = offs_n[:, None] * d + offs_d[None, :]  # states are stored (state, channel): lanes read rows
+    A2 = tl.load(A_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0)
     bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * d * n + dn, mask=dn_mask, other=0.0)
-    else:
-        h = tl.zeros((BD, N), dtype=tl.float32)
-    for c in range(num_chunks):
-        t = (c * T + offs_t).to(tl.int64)
-        tmask = t < L
-        m2 = tmask[:, None] & dmask[None, :]
-        u = tl.load(u_ptr + pid_b * su_b + t[:, None] * su_l + offs_d[None, :] * su_d, mask=m2, other=0.0)
-        u = u.to(tl.float32)
-        dt = tl.load(dt_ptr + pid_b * sdt_b + t[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=m2, other=0.0)
-        dt = dt.to(tl.float32) + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        tn = tmask[:, None] & nmask[None, :]
-        Bt = tl.load(B_ptr + pid_b * sB_b + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=tn, other=0.0)
-        Ct = tl.load(C_ptr + pid_b * sC_b + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=tn, other=0.0)
-        decay = tl.exp(dt[:, :, None] * A[None, :, :])
-        drive = (dt * u)[:, :, None] * Bt.to(tl.float32)[:, None, :]
+    h = tl.zeros((N, BD), dtype=tl.float32)
+    if not LOCAL:
+        if HAS_H0:
+            h = tl.load(h0_ptr + pid_b * d * n + nd, mask=nd_mask, other=0.0)
+        for j in range(seg):  # earlier segments: s <- exp(A ΣΔ_j) s + local end state_j
+            sdt = tl.load(seg_dt_ptr + (pid_b * num_segs + j) * d + offs_d, mask=dmask, other=0.0)
+            hj = tl.load(seg_h_ptr + (pid_b * num_segs + j) * d * n + nd, mask=nd_mask, other=0.0)
+            h = tl.exp2(sdt[None, :] * A2) * h + hj
+    sum_dt = tl.zeros((BD,), dtype=tl.float32)
+    end = tl.minimum(L, (seg + 1) * seg_len)
+    for c in range(seg * seg_len // T, tl.cdiv(end, T)):
         if SAVE:
-            tl.store(hc_ptr + (pid_b * num_chunks + c) * d * n + dn, h, mask=dn_mask)
-        a_cum, b_cum = tl.associative_scan((decay, drive), 0, _combine)
-        hs = a_cum * h[None, :, :] + b_cum
-        y = tl.sum(hs * Ct.to(tl.float32)[:, None, :], axis=2) + Dv[None, :] * u
-        if HAS_Z:
-            zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m2, other=0.0)
-            zt = zt.to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(y_ptr + (pid_b * L + t[:, None]) * d + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
-    tl.store(hT_ptr + pid_b * d * n + dn, h, mask=dn_mask)
+            tl.store(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, h, mask=nd_mask)
+        ys = tl.zeros((T, BD), dtype=tl.float32)
+        for i in tl.static_range(T):
+            t = c * T + i
+            m = dmask & (t < end)
+            u = tl.load(u_ptr + pid_b * su_b + t * su_l + offs_d * su_d, mask=m, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + pid_b * sdt_b + t * sdt_l + offs_d * sdt_d, mask=m, other=0.0)
+            dt = dt.to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m, dt, 0.0)  # a masked step leaves the state as it is
+            Bt = tl.load(B_ptr + pid_b * sB_b + t * sB_l + offs_n * sB_n, mask=nmask & (t < end), other=0.0)
+            h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u)[None, :]
+            if LOCAL:
+                sum_dt += dt
+            else:
+                Ct = tl.load(C_ptr + pid_b * sC_b + t * sC_l + offs_n * sC_n, mask=nmask & (t < end), other=0.0)
+                y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0) + Dv * u
+                if HAS_Z:
+                    zt = tl.load(z_ptr + pid_b * sz_b + t * sz_l + offs_d * sz_d, mask=m, other=0.0)
+                    zt = zt.to(tl.float32)
+                    y = y * zt * tl.sigmoid(zt)
+                ys = tl.where(offs_t[:, None] == i, y[None, :], ys)
+        if not LOCAL:
+            tt = (c * T + offs_t).to(tl.int64)
+            m2 = (tt < end)[:, None] & dmask[None, :]
+            tl.store(y_ptr + (pid_b * L + tt[:, None]) * d + offs_d[None, :], ys.to(y_ptr.dtype.element_ty), mask=m2)
+    if LOCAL:
+        tl.store(seg_h_ptr + (pid_b * num_segs + seg) * d * n + nd, h, mask=nd_mask)
+        tl.store(seg_dt_ptr + (pid_b * num_segs + seg) * d + offs_d, sum_dt, mask=dmask)
+    elif seg == num_segs - 1:
+        tl.store(hT_ptr + pid_b * d * n + nd, h, mask=nd_mask)
 
 
 @triton.jit
@@ -155,7 +185,7 @@ def _scan_bwd_kernel(
         Ct = Ct.to(tl.float32)
         dy = tl.load(dy_ptr + (pid_b * L + t[:, None]) * d + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
         # forward states of this chunk from its saved start state
-        h0 = tl.load(hc_ptr + (pid_b * num_chunks + c) * d * n + dn, mask=dn_mask, other=0.0)
+        h0 = tl.load(hc_ptr + (pid_b * num_chunks + c) * d * n + offs_n[None, :] * d + offs_d[:, None], mask=dn_mask, other=0.0)
         decay = tl.exp(dt[:, :, None] * A[None, :, :])
         drive = (dt * u)[:, :, None] * Bt[:, None, :]
         a_cum, b_cum = tl.associative_scan((decay, drive), 0, _combine)
@@ -199,40 +229,61 @@ def _strides(x: Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+def segments_for(batch: int, blocks: int, length: int, chunk: int) -> tuple[int, int]:
+    """(number of time segments, segment length in steps, a multiple of ``chunk``)."""
+    want = max(1, TARGET_PROGRAMS // max(1, batch * blocks))
+    count = max(1, min(want, length // MIN_SEGMENT))
+    seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
+    return triton.cdiv(max(length, 1), seg_len), seg_len
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk, block_d, warps):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, warps, segments):
         b, L, d = u.shape
         n = A.shape[1]
         f32 = dict(dtype=torch.float32, device=u.device)
         A32 = A.float().contiguous()
         D32 = D.float().contiguous() if D is not None else torch.zeros(d, **f32)
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else torch.zeros(d, **f32)
-        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        # the forward keeps states as (state, channel): a warp's lanes then read one row at a time
+        h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None
         save = any(ctx.needs_input_grad)
-        default = TILE_TRAINING if save else TILE_INFERENCE
-        chunk, block_d = chunk or default[0], block_d or default[1]
-        num_chunks = triton.cdiv(L, chunk)
+        chunk = BWD_TILE[0] if save else CHUNK
+        block_d, warps = block_d or FWD_BLOCK_D, warps or FWD_WARPS
+        blocks = triton.cdiv(d, block_d)
+        if segments is None:
+            num_segs, seg_len = segments_for(b, blocks, L, chunk)
+        else:
+            seg_len = triton.cdiv(triton.cdiv(max(L, 1), segments), chunk) * chunk
+            num_segs = triton.cdiv(max(L, 1), seg_len)
         y = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
-        final = torch.empty(b, d, n, **f32)
-        hc = torch.empty(b, num_chunks, d, n, **f32) if save else final
+        final = torch.empty(b, n, d, **f32)
+        hc = torch.empty(b, triton.cdiv(L, chunk), n, d, **f32) if save else final
+        seg_h = torch.empty(b, num_segs, n, d, **f32)
+        seg_dt = torch.empty(b, num_segs, d, **f32)
         zz = z if z is not None else u
-        _scan_fwd_kernel[(b, triton.cdiv(d, block_d))](
-            u, delta, zz, B, C, A32, D32, bias32, h0 if h0 is not None else final, y, final, hc,
-            L, d, n, num_chunks, *_strides(u), *_strides(delta), *_strides(zz), *_strides(B), *_strides(C),
-            HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
-            N=triton.next_power_of_2(n), T=chunk, BD=block_d, num_warps=warps,
+        args = (
+            u, delta, zz, B, C, A32.t().contiguous(), D32, bias32, h0 if h0 is not None else final, seg_h, seg_dt,
+            y, final, hc, L, d, seg_len, num_segs,
+            *_strides(u), *_strides(delta), *_strides(zz), *_strides(B), *_strides(C),
         )
+        meta = dict(n=n, HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
+                    N=triton.next_power_of_2(n), T=chunk, BD=block_d, num_warps=warps)
+        if num_segs > 1:  # pass 1: every segment but the last from a zero state
+            _scan_fwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
+        _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
             ctx.save_for_backward(u, delta, zz, B, C, A32, D32, bias32, hc)
-            ctx.meta = (z is not None, delta_softplus, chunk, block_d, warps)
+            ctx.meta = (z is not None, delta_softplus)
             ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state))
-        return y, final
+        return y, final.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         u, delta, zz, B, C, A32, D32, bias32, hc = ctx.saved_tensors
-        has_z, softplus, chunk, block_d, warps = ctx.meta
+        has_z, softplus = ctx.meta
+        (chunk, block_d), warps = BWD_TILE, BWD_WARPS
         b, L, d = u.shape
         n = A32.shape[1]
         num_dblocks = triton.cdiv(d, block_d)
@@ -277,13 +328,13 @@ def selective_scan_triton(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
     initial_state: Tensor | None = None,
-    chunk: int | None = None,
     block_d: int | None = None,
-    num_warps: int = NUM_WARPS,
+    num_warps: int | None = None,
+    segments: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Same signature and results as :func:`selective_scan_reference`. ``chunk`` and ``block_d``
-    (powers of two) set the kernels' tile, time steps × channels (default: tuned, see
-    ``TILE_*``); ``num_warps`` its warps."""
+    """Same signature and results as :func:`selective_scan_reference`. ``block_d`` (a power of
+    two), ``num_warps`` and ``segments`` (time segments run in parallel) set the forward's
+    launch; by default ``FWD_*`` and :func:`segments_for`."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk, block_d, num_warps)
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps, segments)
