@@ -16,10 +16,12 @@ import json
 import torch
 
 from hymba.ops.scan import selective_scan_chunked
-from hymba.ops.scan.triton import selective_scan_triton
+from hymba.ops.scan import triton as scan_triton
 
-# forward launches: (channels per program, warps, time segments; None = automatic)
-LAUNCHES = [(32, 1, None), (32, 1, 1), (16, 1, None), (64, 2, None), (32, 1, 4), (32, 1, 16), (128, 4, None)]
+# launches: (channels per program, warps, time segments (None = automatic), steps prefetched by
+# the forward and by the backward)
+LAUNCHES = [(32, 1, None, 4, 1), (32, 1, 1, 4, 1), (32, 1, None, 2, 1), (32, 1, None, 4, 2), (64, 2, None, 4, 1),
+            (32, 1, 32, 4, 1), (128, 4, None, 4, 1)]
 
 
 def inputs(b: int, L: int, d: int = 3200, n: int = 16, grad: bool = False) -> dict:
@@ -66,16 +68,18 @@ def main() -> None:
         x = inputs(b, L, grad=backward)
         label = f"b={b} L={L} {'fwd+bwd' if backward else 'fwd'}"
         rows.append((label, "chunked (PyTorch)", bench(selective_scan_chunked, x, backward)))
-        for block_d, warps, segments in LAUNCHES:
+        for block_d, warps, segments, fwd_ahead, bwd_ahead in LAUNCHES:
             def fn(block_d=block_d, warps=warps, segments=segments, **kw):
-                return selective_scan_triton(**kw, block_d=block_d, num_warps=warps, segments=segments)
+                return scan_triton.selective_scan_triton(**kw, block_d=block_d, num_warps=warps, segments=segments)
 
+            scan_triton.FWD_PREFETCH, scan_triton.BWD_PREFETCH = fwd_ahead, bwd_ahead
             try:
                 ms = bench(fn, x, backward)
-            except Exception as exc:  # noqa: BLE001 - a tile that fails to compile is reported
+            except Exception as exc:  # noqa: BLE001 - a launch that fails to compile is reported
                 ms = float("nan")
                 print(label, block_d, warps, segments, type(exc).__name__, str(exc)[:200])
-            rows.append((label, f"triton BD={block_d} warps={warps} segments={segments or 'auto'}", ms))
+            name = f"triton BD={block_d} warps={warps} segments={segments or 'auto'} prefetch={fwd_ahead}/{bwd_ahead}"
+            rows.append((label, name, ms))
         print("\n".join(f"| {a} | {b_} | {c:.3f} ms |" for a, b_, c in rows[-len(LAUNCHES) - 1 :]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:

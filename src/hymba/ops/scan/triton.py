@@ -1,19 +1,27 @@
-"""Selective scan in Triton (CUDA): a forward and a backward kernel, both chunked over time.
+"""Selective scan in Triton (CUDA): forward and backward, one time step after another.
 
-One program owns ``BLOCK_D`` channels of one sequence and walks its time steps in chunks of
-``CHUNK``. Inside a chunk the recurrence ``s_t = a_t s_{t-1} + x_t`` (a_t = exp(Δ_t A),
-x_t = Δ_t B_t u_t) runs as a parallel associative scan over a (CHUNK, BLOCK_D, d_state) tile in
-float32 registers; the state carries from chunk to chunk. Δ's softplus and bias, the D skip and
-the SiLU gate are fused, so each input is read once and y is written once.
+Each program owns ``BLOCK_D`` channels of one sequence, one channel per lane, and keeps that
+channel's whole float32 state (``d_state`` values) in the lane's registers, so a step is a few
+fused multiply-adds per state element with no data exchanged between lanes (except the
+backward's sums of dB and dC over channels). A step's inputs are loaded a few steps
+ahead, so the loads' latency hides behind the arithmetic of the steps before.
 
-The backward walks the chunks from last to first. It recomputes each chunk's states from the
-state saved at the chunk's start (one (d, d_state) state per chunk, float32), runs the adjoint
-recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse scan, and forms every gradient from
-(s_t, g_t) in the same pass. Gradients of B and C are summed over channels per program and then
-over programs; those of A, D and the Δ bias are accumulated in registers over time.
+At small batch the channels alone give too few programs, so the sequence is also cut into time
+segments run in parallel and stitched, since both recurrences are linear:
 
-Same signature and semantics as :func:`hymba.ops.scan.reference.selective_scan_reference`;
-float64 inputs go to the chunked PyTorch scan (the kernels compute in float32).
+- forward ``s_t = a_t s_{t-1} + x_t`` (a_t = exp(Δ_t A), x_t = Δ_t B_t u_t): pass 1 runs each
+  segment from a zero state and keeps its end state and ΣΔ; pass 2 starts every segment from the
+  state the earlier segments give (s <- exp(A ΣΔ_j) s + end_j) and writes y.
+- backward, the adjoint ``g_t = C_t dy_t + a_{t+1} g_{t+1}``: pass 1 runs each segment from a
+  zero carry and keeps the carry at its start and ΣΔ; pass 2 starts every segment from the carry
+  the later segments give and forms every gradient. It recomputes each chunk's states from the
+  state the forward saved at the chunk's start, walking forward once (keeping s_{t-1} of each
+  step in a small per-program scratch buffer that stays in cache) and then backward.
+
+Δ's softplus and bias, the D skip and the SiLU gate are fused, so each input is read once per
+pass and each output is written once. Same signature and semantics as
+:func:`hymba.ops.scan.reference.selective_scan_reference`; float64 inputs go to the chunked
+PyTorch scan (the kernels compute in float32).
 """
 
 from __future__ import annotations
@@ -25,27 +33,27 @@ from torch import Tensor
 
 from .chunked import selective_scan_chunked
 
-# Forward: BLOCK_D channels per program, one per lane, in FWD_WARPS warps; outputs are written
-# CHUNK steps at a time. The sequence is cut into time segments until about TARGET_PROGRAMS
-# programs run (at batch 1 the channels alone give too few), none shorter than MIN_SEGMENT steps.
-FWD_BLOCK_D = 32
-FWD_WARPS = 1
-CHUNK = 16
+# Channels per program (one per lane) and warps; a step's inputs are loaded FWD_PREFETCH /
+# BWD_PREFETCH steps ahead (the backward has more live values and fewer registers to spare).
+# CHUNK: the forward saves the state every CHUNK steps for the backward, which recomputes the
+# states of one chunk at a time. Time segments are added until about TARGET_PROGRAMS programs
+# run, none shorter than MIN_SEGMENT steps.
+BLOCK_D = 32
+WARPS = 1
+FWD_PREFETCH = 4
+BWD_PREFETCH = 1
+CHUNK = 8
 TARGET_PROGRAMS = 1024
 MIN_SEGMENT = 256
-# Backward: (chunk, block_d) and warps measured fastest on an H200 (benchmarks/scan_gpu.py). The
-# forward saves the state at the start of every backward chunk.
-BWD_TILE = (16, 16)
-BWD_WARPS = 4
-
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    """Compose two affine maps s -> a s + b, the earlier (a1, b1) first."""
-    return a1 * a2, b1 * a2 + b2
+# The channel count ``d`` (the row stride of every (state, channel) tile) is not specialized on
+# its divisibility: a provably aligned row would let Triton vectorize those tiles' loads along the
+# channels and lay the whole state out with several channels per lane and the states of a
+# channel spread over lanes, which turns every step's sum over the state into shuffles. The
+# scratch's row stride is passed the same way.
 
 
 @triton.jit
@@ -55,34 +63,67 @@ def _softplus(x):
 
 
 @triton.jit
+def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_bc, n, dmask, nmask,
+               HAS_Z: tl.constexpr, HAS_DY: tl.constexpr):
+    """One step's inputs (u, raw Δ, z, dy, B, C), zero at t outside [0, end)."""
+    ok = (t >= 0) & (t < end)
+    m = dmask & ok
+    u = tl.load(pu + t * sl_u, mask=m, other=0.0)
+    dt = tl.load(pdt + t * sl_dt, mask=m, other=0.0)
+    z = u
+    if HAS_Z:
+        z = tl.load(pz + t * sl_z, mask=m, other=0.0)
+    dy = u
+    if HAS_DY:
+        dy = tl.load(pdy + t * sl_u, mask=m, other=0.0)
+    Bt = tl.load(pbc + t * sl_bc, mask=nmask & ok, other=0.0)
+    Ct = tl.load(pbc + n + t * sl_bc, mask=nmask & ok, other=0.0)
+    return u, dt, z, dy, Bt, Ct
+
+
+@triton.jit
+def _delta(raw, bias, ok, SOFTPLUS: tl.constexpr):
+    """Δ in float32 (zero where ``ok`` is false: such a step leaves the state as it is)."""
+    x = raw.to(tl.float32) + bias
+    dt = x
+    if SOFTPLUS:
+        dt = _softplus(x)
+    return tl.where(ok, dt, 0.0), x
+
+
+@triton.jit(do_not_specialize=["d"])
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
+    u_ptr, dt_ptr, z_ptr, bc_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
     y_ptr, hT_ptr, hc_ptr,
     L, d, seg_len, num_segs,
-    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d,
-    sB_b, sB_l, sB_n, sC_b, sC_l, sC_n,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l,
     n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
     SAVE: tl.constexpr, LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    P: tl.constexpr,
 ):
-    """One program: BD channels of one sequence over one time segment, one step after another.
+    """One program: BD channels of one sequence over one time segment.
 
-    The state is an (N, BD) tile, one channel per lane with its whole state in registers, so the
-    output's sum over the state needs no shuffles. With LOCAL the program only runs its segment
-    from a zero state and writes the segment's end state and ΣΔ (pass 1); otherwise it first
-    folds the earlier segments' results into its start state, then writes y (pass 2).
+    The state is an (N, BD) tile: lanes hold channels, each lane its channel's whole state. With
+    LOCAL the segment runs from a zero state and only its end state and ΣΔ are written (pass 1);
+    otherwise it starts from the state the earlier segments give and writes y (pass 2).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     seg = tl.program_id(2)
     offs_n = tl.arange(0, N)
-    offs_t = tl.arange(0, T)
     dmask = offs_d < d
     nmask = offs_n < n
     nd_mask = nmask[:, None] & dmask[None, :]
-    nd = offs_n[:, None] * d + offs_d[None, :]  # states are stored (state, channel): lanes read rows
+    nd = offs_n[:, None] * d + offs_d[None, :]  # states are stored (state, channel)
     A2 = tl.load(A_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0)
     bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
+    pu = u_ptr + pid_b * su_b + offs_d * su_d
+    pdt = dt_ptr + pid_b * sdt_b + offs_d * sdt_d
+    pz = z_ptr + pid_b * sz_b + offs_d * sz_d
+    pbc = bc_ptr + pid_b * sbc_b + offs_n
+    py = y_ptr + pid_b * L * d + offs_d
+
     h = tl.zeros((N, BD), dtype=tl.float32)
     if not LOCAL:
         if HAS_H0:
@@ -92,36 +133,35 @@ def _scan_fwd_kernel(
             hj = tl.load(seg_h_ptr + (pid_b * num_segs + j) * d * n + nd, mask=nd_mask, other=0.0)
             h = tl.exp2(sdt[None, :] * A2) * h + hj
     sum_dt = tl.zeros((BD,), dtype=tl.float32)
-    end = tl.minimum(L, (seg + 1) * seg_len)
-    for c in range(seg * seg_len // T, tl.cdiv(end, T)):
+    start = seg * seg_len
+    end = tl.minimum(L, start + seg_len)
+    queue = ()
+    for i in tl.static_range(P):
+        queue = queue + (_load_step(pu, pdt, pz, pu, pbc, start + i, end, su_l, sdt_l, sz_l, sbc_l, n,
+                                    dmask, nmask, HAS_Z and not LOCAL, False),)
+    for c in range(start // T, tl.cdiv(end, T)):
         if SAVE:
             tl.store(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, h, mask=nd_mask)
-        ys = tl.zeros((T, BD), dtype=tl.float32)
         for i in tl.static_range(T):
             t = c * T + i
+            u, raw, z, _, Bt, Ct = queue[0]
+            rest = ()
+            for k in tl.static_range(1, P):
+                rest = rest + (queue[k],)
+            queue = rest + (_load_step(pu, pdt, pz, pu, pbc, t + P, end, su_l, sdt_l, sz_l, sbc_l, n,
+                                       dmask, nmask, HAS_Z and not LOCAL, False),)
             m = dmask & (t < end)
-            u = tl.load(u_ptr + pid_b * su_b + t * su_l + offs_d * su_d, mask=m, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + pid_b * sdt_b + t * sdt_l + offs_d * sdt_d, mask=m, other=0.0)
-            dt = dt.to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(m, dt, 0.0)  # a masked step leaves the state as it is
-            Bt = tl.load(B_ptr + pid_b * sB_b + t * sB_l + offs_n * sB_n, mask=nmask & (t < end), other=0.0)
+            dt, _ = _delta(raw, bias, m, SOFTPLUS)
+            u = u.to(tl.float32)
             h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u)[None, :]
             if LOCAL:
                 sum_dt += dt
             else:
-                Ct = tl.load(C_ptr + pid_b * sC_b + t * sC_l + offs_n * sC_n, mask=nmask & (t < end), other=0.0)
                 y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0) + Dv * u
                 if HAS_Z:
-                    zt = tl.load(z_ptr + pid_b * sz_b + t * sz_l + offs_d * sz_d, mask=m, other=0.0)
-                    zt = zt.to(tl.float32)
-                    y = y * zt * tl.sigmoid(zt)
-                ys = tl.where(offs_t[:, None] == i, y[None, :], ys)
-        if not LOCAL:
-            tt = (c * T + offs_t).to(tl.int64)
-            m2 = (tt < end)[:, None] & dmask[None, :]
-            tl.store(y_ptr + (pid_b * L + tt[:, None]) * d + offs_d[None, :], ys.to(y_ptr.dtype.element_ty), mask=m2)
+                    zf = z.to(tl.float32)
+                    y = y * zf * tl.sigmoid(zf)
+                tl.store(py + t * d, y.to(y_ptr.dtype.element_ty), mask=m)
     if LOCAL:
         tl.store(seg_h_ptr + (pid_b * num_segs + seg) * d * n + nd, h, mask=nd_mask)
         tl.store(seg_dt_ptr + (pid_b * num_segs + seg) * d + offs_d, sum_dt, mask=dmask)
@@ -129,100 +169,152 @@ def _scan_fwd_kernel(
         tl.store(hT_ptr + pid_b * d * n + nd, h, mask=nd_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["d", "scratch_row", "hide_zero"])
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, hc_ptr, dy_ptr, dhT_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, d, n, num_chunks, num_dblocks,
-    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d,
-    sB_b, sB_l, sB_n, sC_b, sC_l, sC_n,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    u_ptr, dt_ptr, z_ptr, bc_ptr, A_ptr, D_ptr, bias_ptr, hc_ptr, dy_ptr, dhT_ptr, seg_k_ptr, seg_dt_ptr,
+    scratch_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, d, seg_len, num_segs, num_dblocks, scratch_row, hide_zero,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l,
+    n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
+    LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
 ):
+    """One program: the backward of BD channels of one sequence over one time segment, last step
+    first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
+    start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2).
+
+    Per-sequence outputs du, dΔ, dz are written in place; dB and dC as sums over this program's
+    channels (summed over programs by the caller); dA, dD and the Δ bias's gradient as this
+    program's sums over its steps.
+    """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
+    if LOCAL:  # pass 1 skips the first segment, whose carry nothing needs
+        seg += 1
     offs_n = tl.arange(0, N)
-    offs_t = tl.arange(0, T)
     dmask = offs_d < d
     nmask = offs_n < n
-    dn_mask = dmask[:, None] & nmask[None, :]
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    A = tl.load(A_ptr + dn, mask=dn_mask, other=0.0)
+    nd_mask = nmask[:, None] & dmask[None, :]
+    nd = offs_n[:, None] * d + offs_d[None, :]
+    A2 = tl.load(A_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0)
     bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
-    if HAS_DHT:
-        k = tl.load(dhT_ptr + pid_b * d * n + dn, mask=dn_mask, other=0.0)  # dL/d(state before next chunk)
-    else:
-        k = tl.zeros((BD, N), dtype=tl.float32)
-    dA_acc = tl.zeros((BD, N), dtype=tl.float32)
+    pu = u_ptr + pid_b * su_b + offs_d * su_d
+    pdt = dt_ptr + pid_b * sdt_b + offs_d * sdt_d
+    pz = z_ptr + pid_b * sz_b + offs_d * sz_d
+    pdy = dy_ptr + pid_b * L * d + offs_d  # dy and the outputs are contiguous (b, L, d)
+    pbc = bc_ptr + pid_b * sbc_b + offs_n
+    start = seg * seg_len
+    end = tl.minimum(L, start + seg_len)
+    first_chunk = start // T
+    chunks = tl.cdiv(end, T) - first_chunk
+    prog = (pid_b * num_segs + seg) * num_dblocks + pid_d
+
+    carry = tl.zeros((N, BD), dtype=tl.float32)  # a_{t+1} g_{t+1}: dL/ds_t through later steps
+    if not LOCAL:
+        if HAS_DHT:
+            carry = tl.load(dhT_ptr + pid_b * d * n + nd, mask=nd_mask, other=0.0)
+        for jj in range(num_segs - 1 - seg):  # later segments, last first: k <- k_j + exp(A ΣΔ_j) k
+            j = num_segs - 1 - jj
+            sdt = tl.load(seg_dt_ptr + (pid_b * num_segs + j) * d + offs_d, mask=dmask, other=0.0)
+            kj = tl.load(seg_k_ptr + (pid_b * num_segs + j) * d * n + nd, mask=nd_mask, other=0.0)
+            carry = kj + tl.exp2(sdt[None, :] * A2) * carry
+    sum_dt = tl.zeros((BD,), dtype=tl.float32)
+    dA_acc = tl.zeros((N, BD), dtype=tl.float32)
     dD_acc = tl.zeros((BD,), dtype=tl.float32)
     dbias_acc = tl.zeros((BD,), dtype=tl.float32)
-    for cc in range(num_chunks):
-        c = num_chunks - 1 - cc
-        t = (c * T + offs_t).to(tl.int64)
-        tmask = t < L
-        m2 = tmask[:, None] & dmask[None, :]
-        tn = tmask[:, None] & nmask[None, :]
-        u = tl.load(u_ptr + pid_b * su_b + t[:, None] * su_l + offs_d[None, :] * su_d, mask=m2, other=0.0)
-        u = u.to(tl.float32)
-        x = tl.load(dt_ptr + pid_b * sdt_b + t[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=m2, other=0.0)
-        x = x.to(tl.float32) + bias[None, :]
-        if SOFTPLUS:
-            dt = tl.where(m2, _softplus(x), 0.0)
-        else:
-            dt = tl.where(m2, x, 0.0)
-        # Δ one step later, inside this chunk only (the carry k already holds the next chunk's decay)
-        nxt = (offs_t < T - 1)[:, None] & (t + 1 < L)[:, None] & dmask[None, :]
-        xn = tl.load(dt_ptr + pid_b * sdt_b + (t + 1)[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=nxt, other=0.0)
-        xn = xn.to(tl.float32) + bias[None, :]
-        if SOFTPLUS:
-            xn = _softplus(xn)
-        dtn = tl.where(nxt, xn, 0.0)
-        Bt = tl.load(B_ptr + pid_b * sB_b + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=tn, other=0.0)
-        Ct = tl.load(C_ptr + pid_b * sC_b + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=tn, other=0.0)
-        Bt = Bt.to(tl.float32)
-        Ct = Ct.to(tl.float32)
-        dy = tl.load(dy_ptr + (pid_b * L + t[:, None]) * d + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        # forward states of this chunk from its saved start state
-        h0 = tl.load(hc_ptr + (pid_b * num_chunks + c) * d * n + offs_n[None, :] * d + offs_d[:, None], mask=dn_mask, other=0.0)
-        decay = tl.exp(dt[:, :, None] * A[None, :, :])
-        drive = (dt * u)[:, :, None] * Bt[:, None, :]
-        a_cum, b_cum = tl.associative_scan((decay, drive), 0, _combine)
-        hs = a_cum * h0[None, :, :] + b_cum
-        # the gate: out = (y_ssm + D u) * silu(z)
-        if HAS_Z:
-            zt = tl.load(z_ptr + pid_b * sz_b + t[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m2, other=0.0)
-            zt = zt.to(tl.float32)
-            sig = tl.sigmoid(zt)
-            y_pre = tl.sum(hs * Ct[:, None, :], axis=2) + Dv[None, :] * u
-            dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
-            tl.store(dz_ptr + (pid_b * L + t[:, None]) * d + offs_d[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dy * zt * sig
-        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, g after the chunk's last step = k
-        alpha = tl.exp(dtn[:, :, None] * A[None, :, :])
-        g_a, g_b = tl.associative_scan((alpha, dy[:, :, None] * Ct[:, None, :]), 0, _combine, reverse=True)
-        g = g_b + g_a * k[None, :, :]
-        before = hs - drive  # a_t s_{t-1}
-        ddt = tl.sum(g * (A[None, :, :] * before + Bt[:, None, :] * u[:, :, None]), axis=2)
-        dA_acc += tl.sum(g * dt[:, :, None] * before, axis=0)
-        du = tl.sum(g * Bt[:, None, :], axis=2) * dt + Dv[None, :] * dy
-        dD_acc += tl.sum(dy * u, axis=0)
-        if SOFTPLUS:
-            ddt = ddt * tl.where(x > 20.0, 1.0, tl.sigmoid(x))
-        ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=0)
-        out = (pid_b * L + t[:, None]) * d + offs_d[None, :]
-        tl.store(du_ptr + out, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddt_ptr + out, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        part = ((pid_b * num_dblocks + pid_d) * L + t[:, None]) * n + offs_n[None, :]
-        tl.store(dB_ptr + part, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=tn)
-        tl.store(dC_ptr + part, tl.sum(hs * dy[:, :, None], axis=1), mask=tn)
-        k = tl.sum(tl.where((offs_t == 0)[:, None, None], decay * g, 0.0), axis=0)
-    tl.store(dh0_ptr + pid_b * d * n + dn, k, mask=dn_mask)
-    tl.store(dA_ptr + pid_b * d * n + dn, dA_acc, mask=dn_mask)
-    tl.store(dD_ptr + pid_b * d + offs_d, dD_acc, mask=dmask)
-    tl.store(dbias_ptr + pid_b * d + offs_d, dbias_acc, mask=dmask)
+    scratch = scratch_ptr + prog * 2 * T * N * scratch_row + offs_n[:, None] * scratch_row + tl.arange(0, BD)[None, :]
+    pdbc = dbc_ptr + ((pid_b * num_dblocks + pid_d) * L) * 2 * n + offs_n
+
+    for cc in range(chunks):
+        c = first_chunk + chunks - 1 - cc
+        slot = scratch + (c % 2) * T * N * scratch_row
+        if not LOCAL:  # the chunk's states, first to last, from the one saved at its start
+            h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
+            queue = ()
+            for i in tl.static_range(P):
+                queue = queue + (_load_step(pu, pdt, pz, pdy, pbc, c * T + i, end, su_l, sdt_l, sz_l, sbc_l,
+                                            n, dmask, nmask, False, False),)
+            for i in tl.static_range(T):
+                t = c * T + i
+                u, raw, _, _, Bt, _ = queue[0]
+                rest = ()
+                for k in tl.static_range(1, P):
+                    rest = rest + (queue[k],)
+                queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t + P, tl.minimum(end, c * T + T), su_l,
+                                           sdt_l, sz_l, sbc_l, n, dmask, nmask, False, False),)
+                dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS)
+                tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
+                h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u.to(tl.float32))[None, :]
+            tl.debug_barrier()
+        # The same slot, through an offset the compiler cannot see is zero: otherwise it forwards
+        # the stored states to these loads and keeps all T of them in registers (spilling).
+        reread = slot + hide_zero
+        queue = ()
+        for i in tl.static_range(P):
+            queue = queue + (_load_step(pu, pdt, pz, pdy, pbc, c * T + T - 1 - i, end, su_l, sdt_l, sz_l,
+                                        sbc_l, n, dmask, nmask, HAS_Z, True),)
+        for i in tl.static_range(T):
+            ii = T - 1 - i
+            t = c * T + ii
+            u, raw, z, dy, Bt, Ct = queue[0]
+            rest = ()
+            for k in tl.static_range(1, P):
+                rest = rest + (queue[k],)
+            queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t - P, end, su_l, sdt_l, sz_l, sbc_l, n,
+                                       dmask, nmask, HAS_Z, True),)
+            m = dmask & (t < end)
+            dt, x = _delta(raw, bias, m, SOFTPLUS)
+            a = tl.exp2(dt[None, :] * A2)
+            u = u.to(tl.float32)
+            dy = dy.to(tl.float32)
+            Bf = Bt.to(tl.float32)[:, None]
+            Cf = Ct.to(tl.float32)[:, None]
+            if LOCAL:
+                if HAS_Z:
+                    zf = z.to(tl.float32)
+                    dy = dy * zf * tl.sigmoid(zf)
+                carry = a * (Cf * dy[None, :] + carry)
+                sum_dt += dt
+            else:
+                before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
+                s = before + Bf * (dt * u)[None, :]
+                if HAS_Z:  # out = (y + D u) silu(z)
+                    zf = z.to(tl.float32)
+                    sig = tl.sigmoid(zf)
+                    y = tl.sum(s * Cf, axis=0) + Dv * u
+                    tl.store(dz_ptr + pid_b * L * d + t * d + offs_d,
+                             (dy * y * sig * (1.0 + zf * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+                    dy = dy * zf * sig
+                g = Cf * dy[None, :] + carry  # dL/ds_t
+                gB = tl.sum(g * Bf, axis=0)
+                ddt = tl.sum(g * A2 * before, axis=0) * LN2 + gB * u
+                if SOFTPLUS:
+                    ddt = ddt * tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+                ddt = tl.where(m, ddt, 0.0)
+                tl.store(du_ptr + pid_b * L * d + t * d + offs_d, (dt * gB + Dv * dy).to(du_ptr.dtype.element_ty),
+                         mask=m)
+                tl.store(ddt_ptr + pid_b * L * d + t * d + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
+                ok = nmask & (t < end)
+                tl.store(pdbc + t * 2 * n, tl.sum(g * (dt * u)[None, :], axis=1), mask=ok)
+                tl.store(pdbc + t * 2 * n + n, tl.sum(s * dy[None, :], axis=1), mask=ok)
+                dA_acc += g * dt[None, :] * before
+                dD_acc += dy * u
+                dbias_acc += ddt
+                carry = a * g
+        if not LOCAL:
+            tl.debug_barrier()  # the next chunk's forward overwrites the scratch
+    if LOCAL:
+        tl.store(seg_k_ptr + (pid_b * num_segs + seg) * d * n + nd, carry, mask=nd_mask)
+        tl.store(seg_dt_ptr + (pid_b * num_segs + seg) * d + offs_d, sum_dt, mask=dmask)
+    else:
+        if seg == 0:
+            tl.store(dh0_ptr + pid_b * d * n + nd, carry, mask=nd_mask)
+        row = pid_b * num_segs + seg  # this program's channels of its segment's partial sums
+        tl.store(dA_ptr + row * d * n + nd, dA_acc, mask=nd_mask)
+        tl.store(dD_ptr + row * d + offs_d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + row * d + offs_d, dbias_acc, mask=dmask)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -233,6 +325,10 @@ def segments_for(batch: int, blocks: int, length: int, chunk: int) -> tuple[int,
     """(number of time segments, segment length in steps, a multiple of ``chunk``)."""
     want = max(1, TARGET_PROGRAMS // max(1, batch * blocks))
     count = max(1, min(want, length // MIN_SEGMENT))
+    return _split(length, count, chunk)
+
+
+def _split(length: int, count: int, chunk: int) -> tuple[int, int]:
     seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
     return triton.cdiv(max(length, 1), seg_len), seg_len
 
@@ -243,76 +339,81 @@ class _TritonScan(torch.autograd.Function):
         b, L, d = u.shape
         n = A.shape[1]
         f32 = dict(dtype=torch.float32, device=u.device)
-        A32 = A.float().contiguous()
+        At = A.float().t().contiguous()  # (state, channel): a lane's loads are rows
         D32 = D.float().contiguous() if D is not None else torch.zeros(d, **f32)
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else torch.zeros(d, **f32)
-        # the forward keeps states as (state, channel): a warp's lanes then read one row at a time
         h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None
+        bc = torch.stack((B, C.to(B.dtype)), dim=2)  # (b, L, 2, n): one aligned row per step
         save = any(ctx.needs_input_grad)
-        chunk = BWD_TILE[0] if save else CHUNK
-        block_d, warps = block_d or FWD_BLOCK_D, warps or FWD_WARPS
+        block_d, warps = block_d or BLOCK_D, warps or WARPS
         blocks = triton.cdiv(d, block_d)
         if segments is None:
-            num_segs, seg_len = segments_for(b, blocks, L, chunk)
+            num_segs, seg_len = segments_for(b, blocks, L, CHUNK)
         else:
-            seg_len = triton.cdiv(triton.cdiv(max(L, 1), segments), chunk) * chunk
-            num_segs = triton.cdiv(max(L, 1), seg_len)
+            num_segs, seg_len = _split(L, segments, CHUNK)
         y = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
         final = torch.empty(b, n, d, **f32)
-        hc = torch.empty(b, triton.cdiv(L, chunk), n, d, **f32) if save else final
+        hc = torch.empty(b, triton.cdiv(L, CHUNK), n, d, **f32) if save else final
         seg_h = torch.empty(b, num_segs, n, d, **f32)
         seg_dt = torch.empty(b, num_segs, d, **f32)
         zz = z if z is not None else u
         args = (
-            u, delta, zz, B, C, A32.t().contiguous(), D32, bias32, h0 if h0 is not None else final, seg_h, seg_dt,
+            u, delta, zz, bc, At, D32, bias32, h0 if h0 is not None else final, seg_h, seg_dt,
             y, final, hc, L, d, seg_len, num_segs,
-            *_strides(u), *_strides(delta), *_strides(zz), *_strides(B), *_strides(C),
+            *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
         )
         meta = dict(n=n, HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
-                    N=triton.next_power_of_2(n), T=chunk, BD=block_d, num_warps=warps)
+                    N=triton.next_power_of_2(n), T=CHUNK, BD=block_d, P=FWD_PREFETCH, num_warps=warps)
         if num_segs > 1:  # pass 1: every segment but the last from a zero state
             _scan_fwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
-            ctx.save_for_backward(u, delta, zz, B, C, A32, D32, bias32, hc)
-            ctx.meta = (z is not None, delta_softplus)
-            ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state))
+            ctx.save_for_backward(u, delta, zz, bc, At, D32, bias32, hc)
+            ctx.meta = (z is not None, delta_softplus, block_d, warps, num_segs, seg_len)
+            ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, C))
         return y, final.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        u, delta, zz, B, C, A32, D32, bias32, hc = ctx.saved_tensors
-        has_z, softplus = ctx.meta
-        (chunk, block_d), warps = BWD_TILE, BWD_WARPS
+        u, delta, zz, bc, At, D32, bias32, hc = ctx.saved_tensors
+        has_z, softplus, block_d, warps, num_segs, seg_len = ctx.meta
         b, L, d = u.shape
-        n = A32.shape[1]
-        num_dblocks = triton.cdiv(d, block_d)
+        n = At.shape[0]
+        blocks = triton.cdiv(d, block_d)
         f32 = dict(dtype=torch.float32, device=u.device)
         dy = dy.contiguous()
         du = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
         ddelta = torch.empty(b, L, d, dtype=delta.dtype, device=u.device)
         dz = torch.empty(b, L, d, dtype=zz.dtype, device=u.device) if has_z else du
-        dB = torch.empty(b, num_dblocks, L, n, **f32)
-        dC = torch.empty(b, num_dblocks, L, n, **f32)
-        dA = torch.empty(b, d, n, **f32)
-        dD = torch.empty(b, d, **f32)
-        dbias = torch.empty(b, d, **f32)
-        dh0 = torch.empty(b, d, n, **f32)
-        dhT = dfinal.float().contiguous() if dfinal is not None else dh0
-        _scan_bwd_kernel[(b, num_dblocks)](
-            u, delta, zz, B, C, A32, D32, bias32, hc, dy, dhT,
-            du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
-            L, d, n, triton.cdiv(L, chunk), num_dblocks, *_strides(u), *_strides(delta), *_strides(zz), *_strides(B), *_strides(C),
-            HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
-            N=triton.next_power_of_2(n), T=chunk, BD=block_d, num_warps=warps,
+        dbc = torch.empty(b, blocks, L, 2, n, **f32)
+        dA = torch.empty(b * num_segs, n, d, **f32)  # sums over each segment's steps
+        dD = torch.empty(b * num_segs, d, **f32)
+        dbias = torch.empty(b * num_segs, d, **f32)
+        dh0 = torch.empty(b, n, d, **f32)
+        N = triton.next_power_of_2(n)
+        scratch = torch.empty(b * num_segs * blocks, 2, CHUNK, N, block_d, **f32)  # s_{t-1} of one chunk
+        seg_k = torch.empty(b, num_segs, n, d, **f32)
+        seg_dt = torch.empty(b, num_segs, d, **f32)
+        dhT = dfinal.float().transpose(1, 2).contiguous() if dfinal is not None else dh0
+        args = (
+            u, delta, zz, bc, At, D32, bias32, hc, dy, dhT, seg_k, seg_dt,
+            scratch, du, ddelta, dz, dbc, dA, dD, dbias, dh0,
+            L, d, seg_len, num_segs, blocks, block_d, 0,
+            *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
         )
-        A_t, D_t, bias_t, h0_t = ctx.dtypes
+        meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
+                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, num_warps=warps)
+        if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
+            _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
+        _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
+        A_t, D_t, bias_t, h0_t, C_t = ctx.dtypes
+        dbc = dbc.sum(1)
         return (
-            du, ddelta, dA.sum(0).to(A_t), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
+            du, ddelta, dA.sum(0).t().to(A_t), dbc[:, :, 0].to(bc.dtype), dbc[:, :, 1].to(C_t),
             dD.sum(0).to(D_t) if D_t is not None else None,
             dz if has_z else None,
             dbias.sum(0).to(bias_t) if bias_t is not None else None,
-            dh0.to(h0_t) if h0_t is not None else None,
+            dh0.transpose(1, 2).to(h0_t) if h0_t is not None else None,
             None, None, None, None,
         )
 
@@ -333,8 +434,8 @@ def selective_scan_triton(
     segments: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Same signature and results as :func:`selective_scan_reference`. ``block_d`` (a power of
-    two), ``num_warps`` and ``segments`` (time segments run in parallel) set the forward's
-    launch; by default ``FWD_*`` and :func:`segments_for`."""
+    two), ``num_warps`` and ``segments`` (time segments run in parallel) set the launches; by
+    default ``BLOCK_D``, ``WARPS`` and :func:`segments_for`."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps, segments)
