@@ -63,7 +63,7 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_bc, n, dmask, nmask,
+def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_dy, sl_bc, n, dmask, nmask,
                HAS_Z: tl.constexpr, HAS_DY: tl.constexpr):
     """One step's inputs (u, raw Δ, z, dy, B, C), zero at t outside [0, end)."""
     ok = (t >= 0) & (t < end)
@@ -75,7 +75,7 @@ def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_bc, n, dmask
         z = tl.load(pz + t * sl_z, mask=m, other=0.0)
     dy = u
     if HAS_DY:
-        dy = tl.load(pdy + t * sl_u, mask=m, other=0.0)
+        dy = tl.load(pdy + t * sl_dy, mask=m, other=0.0)
     Bt = tl.load(pbc + t * sl_bc, mask=nmask & ok, other=0.0)
     Ct = tl.load(pbc + n + t * sl_bc, mask=nmask & ok, other=0.0)
     return u, dt, z, dy, Bt, Ct
@@ -137,7 +137,7 @@ def _scan_fwd_kernel(
     end = tl.minimum(L, start + seg_len)
     queue = ()
     for i in tl.static_range(P):
-        queue = queue + (_load_step(pu, pdt, pz, pu, pbc, start + i, end, su_l, sdt_l, sz_l, sbc_l, n,
+        queue = queue + (_load_step(pu, pdt, pz, pu, pbc, start + i, end, su_l, sdt_l, sz_l, su_l, sbc_l, n,
                                     dmask, nmask, HAS_Z and not LOCAL, False),)
     for c in range(start // T, tl.cdiv(end, T)):
         if SAVE:
@@ -148,7 +148,7 @@ def _scan_fwd_kernel(
             rest = ()
             for k in tl.static_range(1, P):
                 rest = rest + (queue[k],)
-            queue = rest + (_load_step(pu, pdt, pz, pu, pbc, t + P, end, su_l, sdt_l, sz_l, sbc_l, n,
+            queue = rest + (_load_step(pu, pdt, pz, pu, pbc, t + P, end, su_l, sdt_l, sz_l, su_l, sbc_l, n,
                                        dmask, nmask, HAS_Z and not LOCAL, False),)
             m = dmask & (t < end)
             dt, _ = _delta(raw, bias, m, SOFTPLUS)
@@ -234,7 +234,7 @@ def _scan_bwd_kernel(
             h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
             queue = ()
             for i in tl.static_range(P):
-                queue = queue + (_load_step(pu, pdt, pz, pdy, pbc, c * T + i, end, su_l, sdt_l, sz_l, sbc_l,
+                queue = queue + (_load_step(pu, pdt, pz, pdy, pbc, c * T + i, end, su_l, sdt_l, sz_l, d, sbc_l,
                                             n, dmask, nmask, False, False),)
             for i in tl.static_range(T):
                 t = c * T + i
@@ -243,7 +243,7 @@ def _scan_bwd_kernel(
                 for k in tl.static_range(1, P):
                     rest = rest + (queue[k],)
                 queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t + P, tl.minimum(end, c * T + T), su_l,
-                                           sdt_l, sz_l, sbc_l, n, dmask, nmask, False, False),)
+                                           sdt_l, sz_l, d, sbc_l, n, dmask, nmask, False, False),)
                 dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS)
                 tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
                 h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u.to(tl.float32))[None, :]
@@ -254,7 +254,7 @@ def _scan_bwd_kernel(
         queue = ()
         for i in tl.static_range(P):
             queue = queue + (_load_step(pu, pdt, pz, pdy, pbc, c * T + T - 1 - i, end, su_l, sdt_l, sz_l,
-                                        sbc_l, n, dmask, nmask, HAS_Z, True),)
+                                        d, sbc_l, n, dmask, nmask, HAS_Z, True),)
         for i in tl.static_range(T):
             ii = T - 1 - i
             t = c * T + ii
@@ -262,7 +262,7 @@ def _scan_bwd_kernel(
             rest = ()
             for k in tl.static_range(1, P):
                 rest = rest + (queue[k],)
-            queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t - P, end, su_l, sdt_l, sz_l, sbc_l, n,
+            queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t - P, end, su_l, sdt_l, sz_l, d, sbc_l, n,
                                        dmask, nmask, HAS_Z, True),)
             m = dmask & (t < end)
             dt, x = _delta(raw, bias, m, SOFTPLUS)
