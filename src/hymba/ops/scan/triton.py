@@ -209,7 +209,7 @@ def _scan_bwd_kernel(
     end = tl.minimum(L, start + seg_len)
     first_chunk = start // T
     chunks = tl.cdiv(end, T) - first_chunk
-    prog = (pid_b * num_segs + seg) * num_dblocks + pid_d
+    prog = (pid_b * num_segs + seg) * num_dblocks + pid_d  # this program's scratch
 
     carry = tl.zeros((N, BD), dtype=tl.float32)  # a_{t+1} g_{t+1}: dL/ds_t through later steps
     if not LOCAL:
@@ -229,6 +229,8 @@ def _scan_bwd_kernel(
 
     for cc in range(chunks):
         c = first_chunk + chunks - 1 - cc
+        # two scratch slots, alternating by chunk: an address that changes with the chunk keeps the
+        # compiler from hoisting every step's (state, channel) addresses out of the loop
         slot = scratch + (c % 2) * T * N * scratch_row
         if not LOCAL:  # the chunk's states, first to last, from the one saved at its start
             h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
