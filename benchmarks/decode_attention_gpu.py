@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     default = dict(block_n=BLOCK_N, num_warps=NUM_WARPS, num_stages=NUM_STAGES, waves=WAVES)
     grid = [dict(block_n=bn, num_warps=w, num_stages=st, waves=wv)
-            for bn, w, st, wv in itertools.product((64, 128), (4, 8), (2, 3, 4), (1, 2, 4))]
+            for bn, w, st, wv in itertools.product((64, 128), (4, 8), (2, 3), (1, 2, 4, 8, 16))]
     results = []
     for b, (slots, ring) in itertools.product((1, 32, 128), ((1025, True), (8208, False))):
         case, moved = make_case(b, slots, ring)

@@ -21,7 +21,8 @@ class DecodeKeys:
     """Visibility of cached keys for the query at ``pos`` (b, 1): slot s holds position
     ``slot_pos[b, s]`` (a ring buffer; -1 = empty) or, when ``slot_pos`` is None, position
     ``first_pos + s`` (a global layer's linear store). A key is visible iff its position p satisfies
-    ``0 <= p <= pos`` and, with a ``limit``, ``pos - p <= limit``."""
+    ``0 <= p <= pos`` and, with a ``limit``, ``pos - p <= limit``. Invisible slots must hold finite
+    values (the fused kernel reads them and gives them zero weight)."""
 
     pos: Tensor
     slot_pos: Tensor | None

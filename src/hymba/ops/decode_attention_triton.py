@@ -28,16 +28,19 @@ WAVES = 2
 
 
 @triton.jit
-def _attend_block(q, k_ptrs, v_ptrs, valid, dq_ok, dv_ok, m, l, acc, scale, PREC: tl.constexpr):
-    """One block of keys: online-softmax update of (m, l, acc) for the rows of q."""
-    k = tl.load(k_ptrs, mask=valid[:, None] & dq_ok[None, :], other=0.0)
+def _attend_block(q, k_ptrs, v_ptrs, inside, valid, dq_ok, dv_ok, m, l, acc, scale, PREC: tl.constexpr):
+    """One block of keys: online-softmax update of (m, l, acc) for the rows of q. K and V are
+    loaded for every slot ``inside`` the store, visible or not, so that their loads need not wait
+    for the slot positions; invisible keys get zero weight (the caches are allocated zeroed and
+    hold only values the model wrote, so an invisible V is finite)."""
+    k = tl.load(k_ptrs, mask=inside[:, None] & dq_ok[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
     s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
     p = tl.exp(s - m_safe[:, None])
     alpha = tl.exp(m - m_safe)
-    v = tl.load(v_ptrs, mask=valid[:, None] & dv_ok[None, :], other=0.0)
+    v = tl.load(v_ptrs, mask=inside[:, None] & dv_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return m_new, l * alpha + tl.sum(p, axis=1), acc
 
@@ -76,7 +79,7 @@ def _decode_kernel(
             m, l, acc = _attend_block(
                 q, pk_ptr + b * spk_b + h * spk_h + n[:, None] * spk_n + dq[None, :],
                 pv_ptr + b * spv_b + h * spv_h + n[:, None] * spv_n + dv[None, :],
-                n < P, dq_ok, dv_ok, m, l, acc, scale, PREC)
+                n < P, n < P, dq_ok, dv_ok, m, l, acc, scale, PREC)
     lo = split * keys_per_split
     hi = tl.minimum(lo + keys_per_split, S)
     if not RING:  # a linear store: nothing after the query's own position is visible
@@ -93,8 +96,8 @@ def _decode_kernel(
             valid = valid & (pos - kp <= limit)
         m, l, acc = _attend_block(
             q, k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_n + dq[None, :],
-            v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + dv[None, :], valid, dq_ok, dv_ok, m, l, acc,
-            scale, PREC)
+            v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + dv[None, :], inside, valid, dq_ok, dv_ok,
+            m, l, acc, scale, PREC)
     if SPLIT:
         base = (bh * tl.num_programs(1) + split) * GP
         tl.store(part_acc_ptr + (base + rows)[:, None] * DV_P + dv[None, :], acc)
