@@ -1,6 +1,6 @@
 """GPU throughput of Hymba-1.5B against HF Llama-3.2-1B/3B, with the machine's own ceilings.
 
-    python benchmarks/throughput.py [--json out.json] [--profile-dir DIR] [--skip-llama]
+    python benchmarks/throughput.py [--json out.json] [--profile-dir DIR] [--parts prefill decode train llama]
 
 All models have random weights in bfloat16 (the shapes are what matters for speed). Reported:
 
@@ -41,6 +41,7 @@ from hymba.generation import DecodeGraph, forward_step
 PROMPT = 8192
 TRAIN_LEN = 4096
 BATCHES = (1, 32, 128)
+PARTS = ("prefill", "decode", "train", "llama")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,17 +326,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None) -> None:
+def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None, parts: set[str]) -> None:
     model = hymba_model()
-    flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
-    guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
-    for b in BATCHES:
-        guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=True))
-        guarded(hy, f"decode_eager_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=False))
-    if profile_dir:
-        ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
-        with torch.no_grad():
+    if "prefill" in parts:
+        flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
+        guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
+    if "decode" in parts:
+        for b in BATCHES:
+            guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=True))
+            guarded(hy, f"decode_eager_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=False))
+    if not profile_dir:
+        return
+    with torch.no_grad():
+        if "prefill" in parts:
+            ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
             profile(lambda: model(ids, logits_to_keep=1), profile_dir / "hymba_prefill.txt")
+        if "decode" in parts:
             for b in (1, 128):
                 cache = fill_hymba_cache(model, b, 4, static_shapes=True)
                 tokens = torch.zeros(b, 1, dtype=torch.long, device="cuda")
@@ -375,7 +381,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile-dir", type=Path, help="write torch.profiler kernel tables here")
-    parser.add_argument("--skip-llama", action="store_true", help="only Hymba")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all; 'llama' = the HF peers' prefill and decode)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("throughput.py needs a CUDA device")
@@ -389,11 +396,14 @@ def main() -> None:
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     hy: dict = results.setdefault("hymba-1.5b", {})
-    run_hymba(hy, bandwidth, rate, args.profile_dir)
-    torch.cuda.empty_cache()
-    run_training(hy, rate, args.profile_dir)
-    torch.cuda.empty_cache()
-    if not args.skip_llama:
+    parts = set(args.parts)
+    if parts & {"prefill", "decode"}:
+        run_hymba(hy, bandwidth, rate, args.profile_dir, parts)
+        torch.cuda.empty_cache()
+    if "train" in parts:
+        run_training(hy, rate, args.profile_dir)
+        torch.cuda.empty_cache()
+    if "llama" in parts:
         for name in LLAMA_SHAPES:
             run_llama(results.setdefault(name, {}), name, bandwidth, rate)
             torch.cuda.empty_cache()

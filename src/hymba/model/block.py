@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import HymbaConfig, LayerSpec
 from .attention import AttentionBranch, SharedKV
-from .layers import MLP, RMSNorm
+from .layers import MLP, Linear, RMSNorm
 from .layout import SequenceLayout
 from .ssm import MambaBranch
 
@@ -35,14 +35,14 @@ class HybridMixer(nn.Module):
         if spec.has_ssm:
             self.split += [d_inner, d_inner]
         bias = config.mamba_proj_bias
-        self.in_proj = nn.Linear(config.hidden_size, sum(self.split), bias=bias)
+        self.in_proj = Linear(config.hidden_size, sum(self.split), bias=bias)
         if spec.has_attention:
             self.attn = AttentionBranch(config, spec)
             self.attn_norm = RMSNorm(d_inner, eps)
         if spec.has_ssm:
             self.ssm = MambaBranch(config, spec.index)
             self.ssm_norm = RMSNorm(d_inner, eps)
-        self.out_proj = nn.Linear(d_inner, config.hidden_size, bias=bias)
+        self.out_proj = Linear(d_inner, config.hidden_size, bias=bias)
 
     def forward(
         self, h: Tensor, layout: SequenceLayout, shared: SharedKV | None

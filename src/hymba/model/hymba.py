@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..config import HymbaConfig
 from .block import HymbaBlock
-from .layers import RMSNorm, RotaryEmbedding
+from .layers import Linear, RMSNorm, RotaryEmbedding
 from .layout import InputError, SequenceLayout, left_padding, padded_layout
 
 
@@ -117,7 +117,7 @@ class HymbaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = HymbaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         self.init_weights()
 

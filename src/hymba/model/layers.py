@@ -22,6 +22,14 @@ class RMSNorm(nn.Module):
         return ops.rms_norm(x, self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` computed by :func:`hymba.ops.linear` (a Triton kernel for a decode step's few
+    rows on CUDA, cuBLAS otherwise); the same parameters and state-dict keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
 class MLP(nn.Module):
     """SwiGLU (``mlp_hidden_act='silu'``) or squared-ReLU (``'relu2'``) feed-forward, no biases."""
 
@@ -30,12 +38,14 @@ class MLP(nn.Module):
         h, m = config.hidden_size, config.intermediate_size
         self.gated = config.mlp_hidden_act == "silu"
         if self.gated:
-            self.gate_proj = nn.Linear(h, m, bias=False)
-        self.up_proj = nn.Linear(h, m, bias=False)
-        self.down_proj = nn.Linear(m, h, bias=False)
+            self.gate_proj = Linear(h, m, bias=False)
+        self.up_proj = Linear(h, m, bias=False)
+        self.down_proj = Linear(m, h, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
+            if type(self.gate_proj) is Linear and type(self.up_proj) is Linear:  # not wrapped (adapters)
+                return self.down_proj(ops.swiglu(x, self.gate_proj.weight, self.up_proj.weight))
             return self.down_proj(ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.relu(self.up_proj(x)).square())
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import HymbaConfig
-from .layers import RMSNorm
+from .layers import Linear, RMSNorm
 from .layout import SequenceLayout
 
 
@@ -22,8 +22,8 @@ class MambaBranch(nn.Module):
             d, d, config.mamba_d_conv, groups=d, bias=config.mamba_conv_bias,
             padding=config.mamba_d_conv - 1,
         )
-        self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, d, bias=True)
+        self.x_proj = Linear(d, r + 2 * n, bias=False)
+        self.dt_proj = Linear(r, d, bias=True)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
         self.D = nn.Parameter(torch.ones(d))
         self.inner_norms = config.mamba_inner_layernorms
@@ -77,5 +77,5 @@ class MambaBranch(nn.Module):
         xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
         dt, B, C = self._project(xc)
         return ops.ssm_decode_step(
-            ssm_state, xc, F.linear(dt, self.dt_proj.weight), self.A_log, B, C, self.D, z, self.dt_proj.bias
+            ssm_state, xc, ops.linear(dt, self.dt_proj.weight), self.A_log, B, C, self.D, z, self.dt_proj.bias
         )

@@ -4,6 +4,7 @@ from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
 from .kv_store import store_kv_step
+from .linear import linear, swiglu
 from .norm import (
     add_rms_norm,
     mean_of_rms_norms,
@@ -27,6 +28,8 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "DecodeKeys",
+    "linear",
+    "swiglu",
     "decode_attention",
     "add_rms_norm",
     "mean_of_rms_norms",

@@ -1,0 +1,104 @@
+"""Few-row linear layers: the Triton matrix-vector kernel against F.linear, and the dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hymba.ops.linear import linear, swiglu
+from hymba.ops.norm import silu_mul
+
+# (leading shape of x, in features, out features): one to four rows, widths that are and are not
+# multiples of the column block, fewer features than programs, one feature
+SHAPES = [((1,), 1600, 968), ((2, 1), 100, 320), ((3,), 300, 37), ((4, 1), 64, 1), ((1, 1), 5, 16)]
+
+
+def _tolerance(dtype: torch.dtype) -> dict:
+    # the same float32 sums in another order; bf16 outputs may then round one step apart
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lead,k,n", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_triton_linear_matches_f_linear(lead, k, n, bias, dtype, triton_device):
+    from hymba.ops.linear_triton import linear_triton
+
+    x = torch.randn(*lead, k, device=triton_device).to(dtype)
+    w = (torch.randn(n, k, device=triton_device) / k**0.5).to(dtype)
+    b = torch.randn(n, device=triton_device).to(dtype) if bias else None
+    got = linear_triton(x, w, b)
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert got.shape == (*lead, n) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, **_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lead,k,n", SHAPES)
+def test_triton_swiglu_matches_unfused(lead, k, n, dtype, triton_device):
+    from hymba.ops.linear_triton import swiglu_triton
+
+    x = torch.randn(*lead, k, device=triton_device).to(dtype)
+    wg, wu = ((torch.randn(n, k, device=triton_device) / k**0.5).to(dtype) for _ in range(2))
+    got = swiglu_triton(x, wg, wu)
+    # exact products rounded to the dtype, then the unfused gate. Three roundings compound, and
+    # Triton's CPU interpreter rounds to bf16 by truncation: allow four bf16 steps
+    g, u = (F.linear(x.double(), w.double()).to(dtype) for w in (wg, wu))
+    want = silu_mul(g, u)
+    assert got.shape == (*lead, n) and got.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-5, atol=2**-5)
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.gpu
+def test_triton_linear_strided_rows(triton_device):
+    from hymba.ops.linear_triton import linear_triton
+
+    x = torch.randn(2, 3, 96, device=triton_device)[:, 1, :80]  # rows 288 elements apart
+    w = torch.randn(24, 80, device=triton_device)
+    torch.testing.assert_close(linear_triton(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_triton_linear_no_rows_or_features(triton_device):
+    from hymba.ops.linear_triton import linear_triton
+
+    w = torch.randn(8, 16, device=triton_device)
+    assert linear_triton(torch.randn(0, 16, device=triton_device), w).shape == (0, 8)
+    assert linear_triton(torch.randn(2, 16, device=triton_device), w[:0]).shape == (2, 0)
+
+
+def _fast_path_taken(monkeypatch, x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether :func:`linear` takes the Triton kernel for these inputs (forced onto the CPU)."""
+    import hymba.ops.linear_triton as lt
+
+    monkeypatch.setenv("HYMBA_TRITON", "force")
+    taken = []
+    monkeypatch.setattr(lt, "linear_triton", lambda x, w, b=None: taken.append(1) or F.linear(x, w, b))
+    linear(x, w)
+    return bool(taken)
+
+
+def test_dispatch_rules(monkeypatch):
+    pytest.importorskip("triton")
+    w = torch.randn(6, 8)
+    assert _fast_path_taken(monkeypatch, torch.randn(4, 8), w)
+    assert not _fast_path_taken(monkeypatch, torch.randn(5, 8), w)  # a matrix product: cuBLAS
+    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8).double(), w.double())  # float64
+    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), torch.randn(8, 6).t())  # column stride
+    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), w.requires_grad_())  # autograd
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), w.detach())  # autocast
+
+
+def test_cpu_is_f_linear_and_keeps_autograd():
+    x = torch.randn(1, 8, requires_grad=True)
+    wg, wu = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    y = swiglu(x, wg, wu)
+    y.sum().backward()
+    assert x.grad is not None and wg.grad is not None and wu.grad is not None
+    torch.testing.assert_close(y, F.silu(F.linear(x, wg)) * F.linear(x, wu))
+    torch.testing.assert_close(linear(x, wg), F.linear(x, wg))
