@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     grid = [dict(block_k=bk, waves=wv, num_warps=w)
-            for bk, wv, w in itertools.product((128, 256, 512), (1, 4, 16), (4,))] if args.sweep else []
+            for bk, wv, w in itertools.product((128, 256, 512), (2, 4, 8, 16), (4,))] if args.sweep else []
     results, step = [], {}
     print(f"{'shape':<24}{'rows':>5}{'MB':>8}{'cuBLAS us':>11}{'TB/s':>6}{'triton us':>11}{'TB/s':>6}"
           f"{'best us':>9}{'TB/s':>6}  best knobs", flush=True)

@@ -87,7 +87,7 @@ def meta_prefix(model: torch.nn.Module) -> MetaPrefix:
     m = config.num_memory_tokens
     if m:
         h = body.memory_tokens[None].to(model.dtype)
-        layout = SequenceLayout(torch.arange(m, device=h.device), None, m, cache=recorder)
+        layout = SequenceLayout(torch.arange(m, device=h.device), None, m, cache=recorder, start=0)
         body.run_layers(h, layout)
     prefix = recorder.prefix
     d, kv_heads = config.d_inner, config.num_key_value_heads

@@ -84,9 +84,13 @@ def _fast_path_taken(monkeypatch, x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def test_dispatch_rules(monkeypatch):
     pytest.importorskip("triton")
-    w = torch.randn(6, 8)
-    assert _fast_path_taken(monkeypatch, torch.randn(4, 8), w)
-    assert not _fast_path_taken(monkeypatch, torch.randn(5, 8), w)  # a matrix product: cuBLAS
+    w = torch.randn(6, 8)  # a short row: the kernel beats cuBLAS for one row
+    assert _fast_path_taken(monkeypatch, torch.randn(1, 8), w)
+    assert not _fast_path_taken(monkeypatch, torch.randn(2, 8), w)  # cuBLAS is faster for 2-4 rows
+    wide = torch.randn(16384, 8)  # except for very wide outputs (the LM head)
+    assert _fast_path_taken(monkeypatch, torch.randn(4, 8), wide)
+    assert not _fast_path_taken(monkeypatch, torch.randn(5, 8), wide)  # a matrix product: cuBLAS
+    assert not _fast_path_taken(monkeypatch, torch.randn(1, 1024), torch.randn(4096, 1024))  # in_proj-like
     assert not _fast_path_taken(monkeypatch, torch.randn(1, 8).double(), w.double())  # float64
     assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), torch.randn(8, 6).t())  # column stride
     assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), w.requires_grad_())  # autograd

@@ -47,7 +47,7 @@ class HymbaModel(nn.Module):
             raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
         if input_ids.shape[1] == 0:
             raise InputError("input_ids is empty: give at least one token")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
+        lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read of the device
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
             raise InputError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
@@ -66,7 +66,7 @@ class HymbaModel(nn.Module):
             h = torch.cat([self.memory_tokens.to(h.dtype).expand(b, m, -1), h], dim=1)
         if pads is None:
             positions = torch.arange(m + n, device=h.device)
-            return h, SequenceLayout(positions, None, m), None
+            return h, SequenceLayout(positions, None, m, start=0), None
         source, positions, valid, output = padded_layout(pads, m, n)
         h = torch.gather(h, 1, source[..., None].expand(-1, -1, h.shape[-1]))
         return h, SequenceLayout(positions, valid, m), output

@@ -24,7 +24,8 @@ class SequenceLayout:
 
     ``positions``: (L,) when all rows are aligned, else (b, L); ``token_valid``: (b, L) or None
     when no row is padded; ``cos``/``sin``: rotary tables for ``positions``; ``cache``: the
-    generation cache or None.
+    generation cache or None; ``start``: ``positions[0]`` as a Python int where it is known
+    without reading the device (1-D positions built on the host), else None.
     """
 
     positions: Tensor
@@ -33,6 +34,7 @@ class SequenceLayout:
     cos: Tensor | None = None
     sin: Tensor | None = None
     cache: Any = None
+    start: int | None = None
 
 
 def left_padding(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:

@@ -75,8 +75,11 @@ def attention(
     window: int | None,
     num_meta: int,
     key_valid: Tensor | None = None,
+    q_start: int | None = None,
 ) -> Tensor:
-    """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA."""
+    """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA.
+    ``q_start`` is ``q_pos[0]`` as a Python int, if the caller knows it (else it is read from the
+    device, which waits for the GPU)."""
     if (
         key_valid is None
         and q.shape[2] == k.shape[2]
@@ -86,7 +89,8 @@ def attention(
     ):
         from .flex import flex_attention_swa
 
-        return flex_attention_swa(q, k, v, window, num_meta, offset=int(q_pos[0]))
+        offset = int(q_pos[0]) if q_start is None else q_start
+        return flex_attention_swa(q, k, v, window, num_meta, offset=offset)
     aligned = q_pos is k_pos and q_pos.dim() == 1 and key_valid is None
     if aligned and (window is None or q.shape[2] - 1 <= window):
         return sdpa_attention(q, k, v, None)  # plain causal: no mask to build

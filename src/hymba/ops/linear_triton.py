@@ -1,8 +1,8 @@
 """Matrix-vector products for a few rows (decode at small batch) in Triton, inference only.
 
-cuBLAS reads a decode step's weights at about half the copy bandwidth when only one to four
-activation rows multiply them (its kernels are tiled for matrices, and several need a second
-split-K reduction kernel). Here each program owns ``BN`` output features: it streams their weight
+For one activation row cuBLAS reads some of a decode step's weights slowly (the output and down
+projections at 1.3-1.8 TB/s on an H200; short rows through a split-K kernel plus a reduction
+kernel). Here each program owns ``BN`` output features: it streams their weight
 rows once, ``BK`` columns at a time, multiplies them with every activation row in float32 and sums
 at the end. The gated form computes SiLU(x Wgᵀ) · (x Wuᵀ) (the SwiGLU MLP's first half) in one
 pass, with the reference's roundings of both products and of the SiLU.
@@ -17,11 +17,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Largest number of activation rows the kernel takes; more rows are a matrix product for cuBLAS.
-MAX_ROWS = 4
-# Tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step, the least
-# number of programs to aim for (as a multiple of the SM count), warps and pipeline stages.
-BLOCK_K = 256
+# Tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step (None: 512 for
+# rows of 2048 or more, else 128), the least number of programs to aim for (as a multiple of the
+# SM count), warps and pipeline stages.
+BLOCK_K = None
 WAVES = 4
 NUM_WARPS = 4
 NUM_STAGES = 3
@@ -87,7 +86,7 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-            block_k: int, waves: int, num_warps: int, num_stages: int) -> Tensor:
+            block_k: int | None, waves: int, num_warps: int, num_stages: int) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
     rows = x.reshape(-1, k)
@@ -97,6 +96,8 @@ def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | No
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m and n:
         rows_p = triton.next_power_of_2(m)
+        if block_k is None:
+            block_k = 512 if k >= 2048 else 128
         bk = min(block_k, max(16, triton.next_power_of_2(k)))
         # the widest block of output features that still gives every SM ``waves`` programs, with
         # at most TILE float32 accumulators per program (32 a thread at 4 warps)
@@ -112,14 +113,14 @@ def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | No
     return y.view(*lead, n)
 
 
-def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int = BLOCK_K,
+def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int | None = BLOCK_K,
                   waves: int = WAVES, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
-    """``F.linear(x, weight, bias)`` for at most :data:`MAX_ROWS` rows of ``x`` and a weight
+    """``F.linear(x, weight, bias)`` for a few rows of ``x`` (at most four is sensible) and a weight
     with unit column stride; the keyword arguments are the kernel's tuning knobs."""
     return _launch(x, weight, None, bias, block_k, waves, num_warps, num_stages)
 
 
-def swiglu_triton(x: Tensor, gate_weight: Tensor, up_weight: Tensor, block_k: int = BLOCK_K,
+def swiglu_triton(x: Tensor, gate_weight: Tensor, up_weight: Tensor, block_k: int | None = BLOCK_K,
                   waves: int = WAVES, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
     """``F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` in one kernel, under the same
     conditions as :func:`linear_triton`."""
