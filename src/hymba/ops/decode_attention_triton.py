@@ -21,9 +21,9 @@ from .decode_attention import DecodeKeys
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
 # splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py.
-BLOCK_N = 64
+BLOCK_N = 128
 NUM_WARPS = 4
-NUM_STAGES = 3
+NUM_STAGES = 2
 WAVES = 2
 
 
