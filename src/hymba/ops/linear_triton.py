@@ -19,11 +19,11 @@ from torch import Tensor
 
 # Tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step (None: 512 for
 # rows of 2048 or more, else 128), the least number of programs to aim for (as a multiple of the
-# SM count), warps and pipeline stages.
+# SM count) and warps. (Pipeline stages would change nothing: Triton pipelines only loads that
+# feed a dot, so the kernel prefetches the next tile itself.)
 BLOCK_K = None
 WAVES = 4
 NUM_WARPS = 4
-NUM_STAGES = 3
 TILE = 4096
 
 
@@ -86,7 +86,7 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-            block_k: int | None, waves: int, num_warps: int, num_stages: int) -> Tensor:
+            block_k: int | None, waves: int, num_warps: int) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
     rows = x.reshape(-1, k)
@@ -108,20 +108,20 @@ def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | No
             rows, weight, weight if weight2 is None else weight2, weight if bias is None else bias, y,
             m, n, k, rows.stride(0), weight.stride(0), weight.stride(0) if weight2 is None else weight2.stride(0),
             y.stride(0), ROWS=rows_p, BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None,
-            GATED=weight2 is not None, num_warps=num_warps, num_stages=num_stages,
+            GATED=weight2 is not None, num_warps=num_warps,
         )
     return y.view(*lead, n)
 
 
 def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int | None = BLOCK_K,
-                  waves: int = WAVES, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
+                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
     """``F.linear(x, weight, bias)`` for a few rows of ``x`` (at most four is sensible) and a weight
     with unit column stride; the keyword arguments are the kernel's tuning knobs."""
-    return _launch(x, weight, None, bias, block_k, waves, num_warps, num_stages)
+    return _launch(x, weight, None, bias, block_k, waves, num_warps)
 
 
 def swiglu_triton(x: Tensor, gate_weight: Tensor, up_weight: Tensor, block_k: int | None = BLOCK_K,
-                  waves: int = WAVES, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
+                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
     """``F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` in one kernel, under the same
     conditions as :func:`linear_triton`."""
-    return _launch(x, gate_weight, up_weight, None, block_k, waves, num_warps, num_stages)
+    return _launch(x, gate_weight, up_weight, None, block_k, waves, num_warps)
