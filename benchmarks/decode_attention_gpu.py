@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+from graph_timing import L2_DEFEAT_BYTES, graph_time
 
 from hymba.ops.decode_attention import DecodeKeys
 from hymba.ops.decode_attention_triton import (
@@ -31,7 +32,6 @@ from hymba.ops.prefix_attention import attention_with_prefix
 
 HQ, HKV, DQK, DV, META = 25, 5, 64, 128, 128
 CALLS = 20
-L2_DEFEAT_BYTES = 400e6
 
 
 def make_case(b: int, slots: int, ring: bool):
@@ -46,31 +46,6 @@ def make_case(b: int, slots: int, ring: bool):
         keys = DecodeKeys(torch.full((b, 1), META + slots - 1, device="cuda"), None, META)
     moved = (b * slots + META) * HKV * (DQK + DV) * 2
     return (q, pk, pv, k, v, keys), moved
-
-
-def graph_time(fn, calls: int, runs: int = 5) -> float:
-    """Seconds per call of ``fn(i)`` (i = 0..calls-1), replayed from one CUDA graph (this host
-    launches small kernels slower than the GPU runs them, so eager timing would measure the host)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(0)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from graph_timing import L2_DEFEAT_BYTES, graph_time
 
 from hymba.ops.linear_triton import BLOCK_K, NUM_WARPS, WAVES, linear_triton, swiglu_triton
 from hymba.ops.norm import silu_mul
@@ -30,33 +31,7 @@ SHAPES = [
     ("gate+up (SwiGLU)", 1600, 5504, 32), ("down_proj", 5504, 1600, 32), ("lm_head", 1600, 32001, 1),
 ]
 CALLS = 40
-L2_DEFEAT_BYTES = 400e6
 DEFAULT = dict(block_k=BLOCK_K, waves=WAVES, num_warps=NUM_WARPS)
-
-
-def graph_time(fn, calls: int = CALLS, runs: int = 5) -> float:
-    """Seconds per call of ``fn(i)`` (i = 0..calls-1), replayed from one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(3):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(name: str, k: int, n: int, rows: int, grid: list[dict]) -> dict:

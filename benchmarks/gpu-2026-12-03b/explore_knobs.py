@@ -14,6 +14,7 @@ sys.path.insert(0, "benchmarks")
 
 import decode_attention_gpu as attention_bench  # noqa: E402
 import linear_gpu as linear_bench  # noqa: E402
+from graph_timing import L2_DEFEAT_BYTES, graph_time  # noqa: E402
 
 import hymba.ops.linear_triton as linear_triton  # noqa: E402
 from hymba.ops.decode_attention_triton import decode_attention_triton  # noqa: E402
@@ -22,7 +23,7 @@ from hymba.ops.decode_attention_triton import decode_attention_triton  # noqa: E
 def attention_grid() -> None:
     for b, (slots, ring) in itertools.product((1, 128), ((1025, True), (8208, False))):
         case, moved = attention_bench.make_case(b, slots, ring)
-        copies = max(1, int(attention_bench.L2_DEFEAT_BYTES // moved))
+        copies = max(1, int(L2_DEFEAT_BYTES // moved))
         stores = [(case[3].clone(), case[4].clone()) for _ in range(copies)]
         for block_n, stages in itertools.product((32, 64, 128), (2, 3, 4)):
             knobs = dict(block_n=block_n, num_stages=stages, num_warps=4, waves=2)
@@ -31,7 +32,7 @@ def attention_grid() -> None:
                 k, v = stores[i % len(stores)]
                 return decode_attention_triton(case[0], case[1], case[2], k, v, case[5], **knobs)
 
-            t = attention_bench.graph_time(call, max(20, copies))
+            t = graph_time(call, max(20, copies))
             print(f"attn b={b} {'ring' if ring else 'global'} {knobs} {t * 1e6:.1f} us "
                   f"{moved / t / 1e12:.2f} TB/s", flush=True)
 

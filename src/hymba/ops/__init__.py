@@ -28,8 +28,6 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "DecodeKeys",
-    "linear",
-    "swiglu",
     "decode_attention",
     "add_rms_norm",
     "mean_of_rms_norms",
@@ -43,4 +41,6 @@ __all__ = [
     "selective_state_update",
     "ssm_decode_step",
     "store_kv_step",
+    "linear",
+    "swiglu",
 ]

@@ -9,7 +9,6 @@ splits. Splits are chosen so that small batches still fill the GPU.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -18,6 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .decode_attention import DecodeKeys
+from .triton_gate import num_sms
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
 # splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py.
@@ -130,13 +130,6 @@ def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, 
     tl.store(out_ptr + b * so_b + (h * G + row) * so_h + dv, out.to(out_ptr.dtype.element_ty), mask=dv < DV)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def decode_attention_triton(
     q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
     block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, waves: int = WAVES,
@@ -155,7 +148,7 @@ def decode_attention_triton(
     gp, dqk_p, dv_p = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dv))
     # enough programs for about two waves of the GPU, but no split shorter than one block
     blocks = max(1, triton.cdiv(S, block_n))
-    splits = max(1, min(blocks, triton.cdiv(waves * _num_sms(q.device), b * hkv)))
+    splits = max(1, min(blocks, triton.cdiv(waves * num_sms(q.device), b * hkv)))
     keys_per_split = triton.cdiv(blocks, splits) * block_n
     splits = max(1, triton.cdiv(S, keys_per_split))
     out = torch.empty(b, hq, 1, dv, dtype=q.dtype, device=q.device)

@@ -10,12 +10,12 @@ pass, with the reference's roundings of both products and of the SiLU.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .triton_gate import num_sms
 
 # Tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step (None: 512 for
 # rows of 2048 or more, else 128), the least number of programs to aim for (as a multiple of the
@@ -78,13 +78,6 @@ def _gemv_kernel(
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
             block_k: int | None, waves: int, num_warps: int) -> Tensor:
     *lead, k = x.shape
@@ -102,7 +95,7 @@ def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | No
         # the widest block of output features that still gives every SM ``waves`` programs, with
         # at most TILE float32 accumulators per program (32 a thread at 4 warps)
         most = max(1, TILE // (bk * rows_p * (1 if weight2 is None else 2)))
-        per_program = max(1, n // (waves * _num_sms(x.device)))
+        per_program = max(1, n // (waves * num_sms(x.device)))
         bn = min(1 << (per_program.bit_length() - 1), most)
         _gemv_kernel[(triton.cdiv(n, bn),)](
             rows, weight, weight if weight2 is None else weight2, weight if bias is None else bias, y,

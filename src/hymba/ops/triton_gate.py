@@ -24,6 +24,15 @@ def triton_importable() -> bool:
     return True
 
 
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 for a CPU tensor under Triton's interpreter),
+    for kernels that size their launch grid to the GPU."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
