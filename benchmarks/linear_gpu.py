@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from graph_timing import L2_DEFEAT_BYTES, graph_time
 
-from hymba.ops.linear_triton import BLOCK_K, NUM_WARPS, WAVES, linear_triton, swiglu_triton
+from hymba.ops.linear_triton import dot_config, linear_dot, linear_triton, swiglu_dot, swiglu_triton
 from hymba.ops.norm import silu_mul
 
 # name, in features, out features, calls per decode step (32 layers; lm_head once)
@@ -31,11 +31,31 @@ SHAPES = [
     ("gate+up (SwiGLU)", 1600, 5504, 32), ("down_proj", 5504, 1600, 32), ("lm_head", 1600, 32001, 1),
 ]
 CALLS = 40
-DEFAULT = dict(block_k=BLOCK_K, waves=WAVES, num_warps=NUM_WARPS)
 
 
-def measure(name: str, k: int, n: int, rows: int, grid: list[dict]) -> dict:
-    """cuBLAS, the kernel at its defaults and (with a grid) its best knobs for one shape."""
+def dot_grid(rows: int, n: int, k: int, gated: bool) -> list[dict]:
+    """The tensor-core kernel's knob grid for one shape: tiles, stages, warps and K splits aimed
+    at one or two waves of programs (and none)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bm = min(128, max(16, 1 << (rows - 1).bit_length()))
+    if rows <= 16:
+        tiles = [(bm, bn, bk, 4) for bn, bk in itertools.product((32, 64, 128), (128, 256))]
+        stages = (3, 5)
+    else:
+        tiles = [(bm, bn, 64, w) for bn, w in itertools.product((64, 128), (4, 8))]
+        tiles += [(bm, 64, 128, 4)]
+        stages = (3, 4)
+    grid = []
+    for (bm_, bn, bk, warps), st in itertools.product(tiles, stages):
+        programs = -(-n // bn) * -(-rows // bm_)
+        splits = {1} | {max(1, min(waves * sms // programs, k // (2 * bk))) for waves in (1, 2)}
+        grid += [dict(bm=bm_, bn=bn, bk=bk, num_warps=warps, num_stages=st, split=s) for s in sorted(splits)]
+    return grid
+
+
+def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
+    """cuBLAS, the GEMV (up to four rows) and the tensor-core kernel at its defaults and (with
+    ``sweep``) at its best knobs, for one shape."""
     gated = name.startswith("gate")
     nbytes = (2 if gated else 1) * n * k * 2
     copies = max(1, int(L2_DEFEAT_BYTES // nbytes))
@@ -52,53 +72,56 @@ def measure(name: str, k: int, n: int, rows: int, grid: list[dict]) -> dict:
             return silu_mul(*(F.linear(x, w) for w in weights(i)))
         return F.linear(x, weights(i)[0])
 
-    def ours(i: int, knobs: dict = DEFAULT) -> torch.Tensor:
-        if gated:
-            return swiglu_triton(x, *weights(i), **knobs)
-        return linear_triton(x, weights(i)[0], **knobs)
+    def gemv(i: int) -> torch.Tensor:
+        return (swiglu_triton if gated else linear_triton)(x, *weights(i))
+
+    def dot(i: int, knobs: dict | None = None) -> torch.Tensor:
+        return (swiglu_dot if gated else linear_dot)(x, *weights(i), knobs=knobs)
 
     if gated:
         want = silu_mul(*(F.linear(x.double(), w.double()).bfloat16() for w in weights(0)))
     else:
         want = F.linear(x.double(), weights(0)[0].double())
-    err = (ours(0).double() - want.double()).abs().max().item()
-    t_cublas, t_ours = graph_time(cublas, calls), graph_time(ours, calls)
-    best = dict(DEFAULT, us=t_ours * 1e6)
-    for knobs in grid:
-        t = graph_time(lambda i, kn=knobs: ours(i, kn), calls)
-        if t * 1e6 < best["us"]:
-            best = dict(knobs, us=t * 1e6)
-    return dict(shape=name, rows=rows, k=k, n=n, bytes=nbytes, cublas_us=t_cublas * 1e6,
-                triton_us=t_ours * 1e6, best=best, max_err=err)
+    err = max((f(0).double() - want.double()).abs().max().item() for f in (gemv, dot))
+    result = dict(shape=name, rows=rows, k=k, n=n, bytes=nbytes, cublas_us=graph_time(cublas, calls) * 1e6,
+                  gemv_us=graph_time(gemv, calls) * 1e6 if rows <= 4 else None,
+                  dot_us=graph_time(dot, calls) * 1e6, max_err=err)
+    best = dict(dot_config(rows, n, k, gated, torch.cuda.get_device_properties(0).multi_processor_count),
+                us=result["dot_us"])
+    for knobs in dot_grid(rows, n, k, gated) if sweep else []:
+        t = graph_time(lambda i, kn=knobs: dot(i, kn), calls) * 1e6
+        if t < best["us"]:
+            best = dict(knobs, us=t)
+    result["best"] = best
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--sweep", action="store_true", help="also time the kernel's knob grid")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 32, 128])
+    parser.add_argument("--sweep", action="store_true", help="also time the tensor-core kernel's knob grid")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    grid = [dict(block_k=bk, waves=wv, num_warps=w)
-            for bk, wv, w in itertools.product((128, 256, 512), (2, 4, 8, 16), (4,))] if args.sweep else []
     results, step = [], {}
-    print(f"{'shape':<24}{'rows':>5}{'MB':>8}{'cuBLAS us':>11}{'TB/s':>6}{'triton us':>11}{'TB/s':>6}"
-          f"{'best us':>9}{'TB/s':>6}  best knobs", flush=True)
-    for (name, k, n, per_step), rows in itertools.product(SHAPES, args.rows):
-        r = measure(name, k, n, rows, grid)
+    print(f"{'shape':<24}{'rows':>5}{'MB':>7}{'cuBLAS us':>10}{'TB/s':>6}{'GEMV us':>9}{'TB/s':>6}"
+          f"{'dot us':>8}{'TB/s':>6}{'best us':>9}{'TB/s':>6}  best knobs", flush=True)
+    for rows, (name, k, n, per_step) in itertools.product(args.rows, SHAPES):
+        r = measure(name, k, n, rows, args.sweep)
         results.append(r)
-        totals = step.setdefault(rows, [0.0, 0.0])
-        totals[0] += per_step * r["cublas_us"] / 1e3
-        totals[1] += per_step * r["triton_us"] / 1e3
+        totals = step.setdefault(rows, dict(cublas_ms=0.0, gemv_ms=0.0, dot_ms=0.0, best_ms=0.0))
+        for key, us in (("cublas_ms", r["cublas_us"]), ("gemv_ms", r["gemv_us"]), ("dot_ms", r["dot_us"]),
+                        ("best_ms", r["best"]["us"])):
+            totals[key] += per_step * (us or float("nan")) / 1e3
         mb = r["bytes"] / 1e6
-        knobs = {key: r["best"][key] for key in DEFAULT} if grid else ""
-        print(f"{name:<24}{rows:>5}{mb:>8.1f}{r['cublas_us']:>11.1f}{mb / r['cublas_us']:>6.2f}"
-              f"{r['triton_us']:>11.1f}{mb / r['triton_us']:>6.2f}{r['best']['us']:>9.1f}"
-              f"{mb / r['best']['us']:>6.2f}  {knobs}  err {r['max_err']:.1e}", flush=True)
-    for rows, (c, t) in step.items():
-        print(f"one decode step's linear layers, {rows} row(s): cuBLAS {c:.3f} ms, Triton {t:.3f} ms")
-    if args.json:
-        summary = {rows: dict(cublas_ms=c, triton_ms=t) for rows, (c, t) in step.items()}
-        args.json.write_text(json.dumps(dict(shapes=results, step=summary), indent=2))
+        gemv = f"{r['gemv_us']:>9.1f}{mb / r['gemv_us']:>6.2f}" if r["gemv_us"] else f"{'-':>9}{'':>6}"
+        knobs = {key: v for key, v in r["best"].items() if key != "us"} if args.sweep else ""
+        print(f"{name:<24}{rows:>5}{mb:>7.1f}{r['cublas_us']:>10.1f}{mb / r['cublas_us']:>6.2f}{gemv}"
+              f"{r['dot_us']:>8.1f}{mb / r['dot_us']:>6.2f}{r['best']['us']:>9.1f}{mb / r['best']['us']:>6.2f}"
+              f"  {knobs}  err {r['max_err']:.1e}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(dict(shapes=results, step=step), indent=2))
+    for rows, t in step.items():
+        print(f"one decode step's linear layers, {rows} row(s): " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,53 @@ def test_triton_linear_no_rows_or_features(triton_device):
     assert linear_triton(torch.randn(2, 16, device=triton_device), w[:0]).shape == (2, 0)
 
 
+# (rows, in features, out features, knobs): one row to more than one tile of rows, K splits that
+# do and do not divide K, ragged N and K
+DOT_CASES = [
+    (1, 256, 128, dict(bn=64, bk=64, split=1)), (1, 300, 37, dict(bn=32, bk=64, split=3)),
+    (5, 100, 320, dict(bn=64, bk=64, split=2)), (20, 512, 200, dict(bn=64, bk=128, split=4)),
+    (130, 256, 64, dict(bm=64, bn=32, bk=64, split=1)), (130, 200, 96, dict(bm=128, bn=64, bk=64, split=2)),
+]
+
+
+def _dot_inputs(rows, k, n, dtype, device, bias):
+    x = torch.randn(rows, k, device=device).to(dtype)
+    w = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
+    return x, w, torch.randn(n, device=device).to(dtype) if bias else None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,k,n,knobs", DOT_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_dot_linear_matches_f_linear(rows, k, n, knobs, bias, dtype, triton_device):
+    from hymba.ops.linear_triton import linear_dot
+
+    if triton_device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
+    x, w, b = _dot_inputs(rows, k, n, dtype, triton_device, bias)
+    got = linear_dot(x, w, b, knobs=knobs)
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert got.shape == (rows, n) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, **_tolerance(dtype))
+    torch.testing.assert_close(linear_dot(x, w, b).double(), want, **_tolerance(dtype))  # its defaults
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,k,n,knobs", DOT_CASES)
+def test_dot_swiglu_matches_unfused(rows, k, n, knobs, dtype, triton_device):
+    from hymba.ops.linear_triton import swiglu_dot
+
+    if triton_device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
+    x, wg, _ = _dot_inputs(rows, k, n, dtype, triton_device, False)
+    wu = (torch.randn(n, k, device=triton_device) / k**0.5).to(dtype)
+    g, u = (F.linear(x.double(), w.double()).to(dtype) for w in (wg, wu))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-6)
+    torch.testing.assert_close(swiglu_dot(x, wg, wu, knobs=knobs), silu_mul(g, u), **tol)
+
+
 def _fast_path_taken(monkeypatch, x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether :func:`linear` takes the Triton kernel for these inputs (forced onto the CPU)."""
     import hymba.ops.linear_triton as lt

@@ -3,6 +3,7 @@ and against its own portable paths."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -63,27 +64,39 @@ def test_long_input_fast_paths_match_portable_paths(model, monkeypatch):
         assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_decode_matches_reference_decode(fixture_dir, monkeypatch, dtype):
-    """Prefill + 150 decode steps (well past window + meta tokens) with the fused Triton kernels
-    (RMSNorm, rotary, conv/SSM step, decode attention) against HYMBA_TRITON=0, on the same tokens:
-    every step's logits agree."""
+def _decode_logits(m, ids: torch.Tensor, triton: str, monkeypatch) -> torch.Tensor:
+    """Logits of a 40-token prefill and then one decode step per remaining token, (batch, steps,
+    vocab) in float32, with HYMBA_TRITON set to ``triton``."""
     from hymba.cache import HybridCache, meta_prefix
     from hymba.generation import forward_step
 
+    monkeypatch.setenv("HYMBA_TRITON", triton)
+    dtype = m.lm_head.weight.dtype
+    cache = HybridCache(m.config, ids.shape[0], ids.shape[1] + 10, dtype=dtype, device="cuda").reset(meta_prefix(m))
+    with torch.no_grad():
+        steps = [forward_step(m, ids[:, :40], cache)[:, -1]]
+        steps += [forward_step(m, ids[:, t : t + 1], cache)[:, -1] for t in range(40, ids.shape[1])]
+        return m.lm_head(torch.stack(steps, 1)).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_matches_reference_decode(fixture_dir, monkeypatch, dtype):
+    """Prefill + 150 decode steps (well past window + meta tokens) with the fused Triton kernels
+    (RMSNorm, rotary, conv/SSM step, decode attention, GEMV) against HYMBA_TRITON=0 on the same
+    tokens. In float32 every step's logits agree; in bfloat16 both paths round in different
+    places, so each is compared with a float32 run of the same (bf16) weights, and the fused path
+    must be about as accurate as the reference path."""
     m = HymbaForCausalLM.from_pretrained(fixture_dir, dtype=dtype, device="cuda").eval()
     ids = torch.randint(0, m.config.vocab_size, (3, 190), device="cuda")
-    runs = []
-    for switch in ("1", "0"):
-        monkeypatch.setenv("HYMBA_TRITON", switch)
-        cache = HybridCache(m.config, 3, 200, dtype=dtype, device="cuda").reset(meta_prefix(m))
-        with torch.no_grad():
-            steps = [forward_step(m, ids[:, :40], cache)[:, -1]]
-            steps += [forward_step(m, ids[:, t : t + 1], cache)[:, -1] for t in range(40, 190)]
-            runs.append(m.lm_head(torch.stack(steps, 1)).float())
-    fused, reference = runs
-    tol = 1e-4 if dtype == torch.float32 else 0.05 * reference.abs().max().item()
-    err = (fused - reference).abs()
-    step_err = err.amax(dim=(0, 2))
-    assert err.max().item() <= tol, (f"max error {err.max().item():.3g} > {tol:.3g}; first bad step "
-                                     f"{int((step_err > tol).nonzero()[0])}, per-step max {step_err.tolist()[:60]}")
+    fused, reference = (_decode_logits(m, ids, switch, monkeypatch) for switch in ("1", "0"))
+    if dtype == torch.float32:
+        err = (fused - reference).abs()
+        step_err = err.amax(dim=(0, 2))
+        assert err.max().item() <= 1e-4, (f"max error {err.max().item():.3g}; first bad step "
+                                          f"{int((step_err > 1e-4).nonzero()[0])}, per-step max {step_err.tolist()[:60]}")
+        return
+    exact = _decode_logits(copy.deepcopy(m).float(), ids, "0", monkeypatch)
+    rel_fused, rel_reference = ((run - exact).norm().item() / exact.norm().item() for run in (fused, reference))
+    assert rel_reference < 0.1, f"the bf16 reference decode is off by {rel_reference:.3g}"
+    assert rel_fused <= 1.5 * rel_reference + 1e-3, (
+        f"relative error against float32: fused {rel_fused:.3g}, reference {rel_reference:.3g}")

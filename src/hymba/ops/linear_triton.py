@@ -118,3 +118,149 @@ def swiglu_triton(x: Tensor, gate_weight: Tensor, up_weight: Tensor, block_k: in
     """``F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` in one kernel, under the same
     conditions as :func:`linear_triton`."""
     return _launch(x, gate_weight, up_weight, None, block_k, waves, num_warps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-core form: the same products through tl.dot, whose operand loads Triton pipelines
+# (cp.async, NUM_STAGES deep), for 1 to a few hundred rows, optionally split along K.
+
+
+@triton.jit
+def _dot_kernel(
+    x_ptr, w_ptr, w2_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split, splits, sx_m, sw_n, sw2_n,
+    sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = pid_m * BM + tl.arange(0, BM)
+    n = pid_n * BN + tl.arange(0, BN)
+    cols = tl.arange(0, BK)
+    row_ok, n_ok = rows < M, n < N
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(K, k_begin + k_per_split)
+    x_ptrs = x_ptr + rows[:, None] * sx_m + (k_begin + cols)[None, :]
+    w_ptrs = w_ptr + n.to(tl.int64)[:, None] * sw_n + (k_begin + cols)[None, :]
+    w2_ptrs = w2_ptr + n.to(tl.int64)[:, None] * sw2_n + (k_begin + cols)[None, :]
+    acc = tl.zeros((BM, BN), tl.float32)
+    acc2 = tl.zeros((BM, BN), tl.float32)
+    for k0 in range(k_begin, k_end, BK):
+        if EVEN:  # K splits into whole blocks and N into whole tiles: no masks but the rows'
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+        else:
+            k_ok = (k0 + cols < k_end)[None, :]
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok, other=0.0, eviction_policy="evict_first")
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=PREC)
+        if GATED:
+            if EVEN:
+                w2 = tl.load(w2_ptrs, eviction_policy="evict_first")
+            else:
+                w2 = tl.load(w2_ptrs, mask=n_ok[:, None] & k_ok, other=0.0, eviction_policy="evict_first")
+            acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=PREC)
+        x_ptrs += BK
+        w_ptrs += BK
+        w2_ptrs += BK
+    out_mask = row_ok[:, None] & n_ok[None, :]
+    if SPLIT:  # float32 partial sums, added up by _split_sum_kernel
+        plane = M * N
+        part = part_ptr + pid_k * plane + rows[:, None] * N + n[None, :]
+        tl.store(part, acc, mask=out_mask)
+        if GATED:
+            tl.store(part + splits * plane, acc2, mask=out_mask)
+    else:
+        y = _epilogue(acc, acc2, bias_ptr, n, n_ok, y_ptr.dtype.element_ty, HAS_BIAS, GATED)
+        tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
+
+
+@triton.jit
+def _epilogue(acc, acc2, bias_ptr, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
+              GATED: tl.constexpr):
+    """The output from the float32 sums: plus the bias, or the SwiGLU gate with the reference's
+    roundings of both products and of the SiLU."""
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        g = y.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        u = acc2.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        y = act * u
+    return y.to(out_ty, fp_downcast_rounding="rtne")
+
+
+@triton.jit
+def _split_sum_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, sy_m, BN: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, GATED: tl.constexpr):
+    row = tl.program_id(1)
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    n_ok = n < N
+    plane = M * N
+    acc = tl.zeros((1, BN), tl.float32)
+    acc2 = tl.zeros((1, BN), tl.float32)
+    for s in range(splits):
+        p = part_ptr + s * plane + row * N + n[None, :]
+        acc += tl.load(p, mask=n_ok[None, :], other=0.0)
+        if GATED:
+            acc2 += tl.load(p + splits * plane, mask=n_ok[None, :], other=0.0)
+    y = _epilogue(acc, acc2, bias_ptr, n, n_ok, y_ptr.dtype.element_ty, HAS_BIAS, GATED)
+    tl.store(y_ptr + row * sy_m + n[None, :], y, mask=n_ok[None, :])
+
+
+def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
+    """Tile sizes, warps, stages and K split for ``m`` rows times an (n, k) weight."""
+    bm = min(128, max(16, triton.next_power_of_2(m)))
+    bn = 64 if m <= 64 else 128
+    bk = 128 if m <= 64 else 64
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    split = max(1, min(sms // tiles, k // (4 * bk)))
+    return dict(bm=bm, bn=bn, bk=bk, split=split, num_warps=4, num_stages=4)
+
+
+def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
+                knobs: dict | None) -> Tensor:
+    *lead, k = x.shape
+    n = weight.shape[0]
+    rows = x.reshape(-1, k)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    m = rows.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if not (m and n):
+        return y.view(*lead, n)
+    cfg = dot_config(m, n, k, weight2 is not None, num_sms(x.device))
+    cfg.update(knobs or {})
+    bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg["split"]), bk) * bk
+    split = triton.cdiv(k, k_per_split)
+    even = k % bk == 0 and n % bn == 0 and split * k_per_split == k
+    part = y
+    if split > 1:
+        part = torch.empty((2 if weight2 is not None else 1) * split, m, n, dtype=torch.float32,
+                           device=x.device)
+    w2 = weight if weight2 is None else weight2
+    b = weight if bias is None else bias
+    _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
+        rows, weight, w2, b, y, part, m, n, k, k_per_split, split, rows.stride(0), weight.stride(0),
+        w2.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk, SPLIT=split > 1, EVEN=even,
+        HAS_BIAS=bias is not None, GATED=weight2 is not None,
+        PREC="ieee" if x.dtype == torch.float32 else None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        sum_bn = min(1024, triton.next_power_of_2(n))
+        _split_sum_kernel[(triton.cdiv(n, sum_bn), m)](
+            part, b, y, m, n, split, y.stride(0), BN=sum_bn, HAS_BIAS=bias is not None,
+            GATED=weight2 is not None, num_warps=4,
+        )
+    return y.view(*lead, n)
+
+
+def linear_dot(x: Tensor, weight: Tensor, bias: Tensor | None = None, knobs: dict | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` through tensor-core tiles (see :func:`dot_config`)."""
+    return _launch_dot(x, weight, None, bias, knobs)
+
+
+def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None) -> Tensor:
+    """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel."""
+    return _launch_dot(x, gate_weight, up_weight, None, knobs)
