@@ -1,13 +1,14 @@
-"""Few-row linear layers on one GPU: the Triton kernel against cuBLAS at Hymba-1.5B's decode shapes.
+"""Decode-step linear layers on one GPU: the Triton kernels against cuBLAS at Hymba-1.5B's shapes.
 
-    python benchmarks/linear_gpu.py [--rows 1 2 4] [--sweep] [--json out.json]
+    python benchmarks/linear_gpu.py [--rows 1 4 32 128] [--sweep] [--json out.json]
 
 For every weight of a decode step (bf16; the gate and up projections as one fused SwiGLU call
-against two cuBLAS products and the gate) and 1, 2 or 4 activation rows, each implementation is
-timed inside a CUDA graph of at least 40 calls (this host cannot launch small kernels as fast as the GPU
-runs them), cycling through enough weight copies to defeat the 60 MB L2, so the weights come from
-HBM as in a real step. Bandwidth = weight bytes / time. ``--sweep`` also times the kernel's knob
-grid and reports the best setting per shape. Outputs are checked against float64 products.
+against two cuBLAS products and the gate) and 1 to 128 activation rows, cuBLAS, the matrix-vector
+kernel (up to four rows, not the SwiGLU) and the tensor-core kernel are each timed inside a CUDA
+graph of at least 40 calls (this host cannot launch small kernels as fast as the GPU runs them),
+cycling through enough weight copies to defeat the 60 MB L2, so the weights come from
+HBM as in a real step. Bandwidth = weight bytes / time. ``--sweep`` also times the tensor-core
+kernel's knob grid and reports the best setting per shape. Outputs are checked against float64 products.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 import triton
 from graph_timing import L2_DEFEAT_BYTES, graph_time
 
-from hymba.ops.linear_triton import dot_config, linear_dot, linear_triton, swiglu_dot, swiglu_triton
+from hymba.ops.linear_triton import dot_config, linear_dot, linear_triton, swiglu_dot
 from hymba.ops.norm import silu_mul
 
 # name, in features, out features, calls per decode step (32 layers; lm_head once)
@@ -74,7 +75,7 @@ def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
         return F.linear(x, weights(i)[0])
 
     def gemv(i: int) -> torch.Tensor:
-        return (swiglu_triton if gated else linear_triton)(x, *weights(i))
+        return linear_triton(x, *weights(i))
 
     def dot(i: int, knobs: dict | None = None) -> torch.Tensor:
         return (swiglu_dot if gated else linear_dot)(x, *weights(i), knobs=knobs)
@@ -83,9 +84,10 @@ def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
         want = silu_mul(*(F.linear(x.double(), w.double()).bfloat16() for w in weights(0)))
     else:
         want = F.linear(x.double(), weights(0)[0].double())
-    err = max((f(0).double() - want.double()).abs().max().item() for f in (gemv, dot))
+    with_gemv = rows <= 4 and not gated
+    err = max((f(0).double() - want.double()).abs().max().item() for f in ((gemv, dot) if with_gemv else (dot,)))
     result = dict(shape=name, rows=rows, k=k, n=n, bytes=nbytes, cublas_us=graph_time(cublas, calls) * 1e6,
-                  gemv_us=graph_time(gemv, calls) * 1e6 if rows <= 4 else None,
+                  gemv_us=graph_time(gemv, calls) * 1e6 if with_gemv else None,
                   dot_us=graph_time(dot, calls) * 1e6, max_err=err)
     best = dict(dot_config(rows, n, k, gated, torch.cuda.get_device_properties(0).multi_processor_count),
                 us=result["dot_us"])

@@ -34,6 +34,7 @@ CASES = [  # b, hq, hkv, dqk, dv, P, S, ring, limit
     (2, 4, 2, 32, 64, 0, 70, True, 64),  # no prefix
     (130, 8, 1, 16, 16, 5, 65, False, None),  # many rows: no split
     (1, 6, 3, 24, 40, 3, 1100, False, None),  # odd head dims, many splits
+    (150, 4, 2, 16, 16, 4, 100, True, 90),  # many rows on a ring: the crowded-ring knobs
 ]
 
 

@@ -1,4 +1,5 @@
-"""Few-row linear layers: the Triton matrix-vector kernel against F.linear, and the dispatch."""
+"""Decode-step linear layers: the Triton matrix-vector and tensor-core kernels against F.linear,
+and the dispatch between them and cuBLAS."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hymba.ops.linear import linear, swiglu
+from hymba.ops.linear import kernel_for, linear, swiglu
 from hymba.ops.norm import silu_mul
 
 # (leading shape of x, in features, out features): one to four rows, widths that are and are not
@@ -33,24 +34,6 @@ def test_triton_linear_matches_f_linear(lead, k, n, bias, dtype, triton_device):
     want = F.linear(x.double(), w.double(), None if b is None else b.double())
     assert got.shape == (*lead, n) and got.dtype == dtype
     torch.testing.assert_close(got.double(), want, **_tolerance(dtype))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("lead,k,n", SHAPES)
-def test_triton_swiglu_matches_unfused(lead, k, n, dtype, triton_device):
-    from hymba.ops.linear_triton import swiglu_triton
-
-    x = torch.randn(*lead, k, device=triton_device).to(dtype)
-    wg, wu = ((torch.randn(n, k, device=triton_device) / k**0.5).to(dtype) for _ in range(2))
-    got = swiglu_triton(x, wg, wu)
-    # exact products rounded to the dtype, then the unfused gate. Three roundings compound, and
-    # Triton's CPU interpreter rounds to bf16 by truncation: allow four bf16 steps
-    g, u = (F.linear(x.double(), w.double()).to(dtype) for w in (wg, wu))
-    want = silu_mul(g, u)
-    assert got.shape == (*lead, n) and got.dtype == dtype
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-5, atol=2**-5)
-    torch.testing.assert_close(got, want, **tol)
 
 
 @pytest.mark.gpu
@@ -118,31 +101,29 @@ def test_dot_swiglu_matches_unfused(rows, k, n, knobs, dtype, triton_device):
     torch.testing.assert_close(swiglu_dot(x, wg, wu, knobs=knobs), silu_mul(g, u), **tol)
 
 
-def _fast_path_taken(monkeypatch, x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether :func:`linear` takes the Triton kernel for these inputs (forced onto the CPU)."""
-    import hymba.ops.linear_triton as lt
+def test_dispatch_rules():
+    def kernel(rows: int, k: int, n: int, gated: bool = False, **kw) -> str | None:
+        x, w = torch.randn(rows, k, **kw), torch.randn(n, k, **kw)
+        return kernel_for(x, w, w) if gated else kernel_for(x, w)
 
-    monkeypatch.setenv("HYMBA_TRITON", "force")
-    taken = []
-    monkeypatch.setattr(lt, "linear_triton", lambda x, w, b=None: taken.append(1) or F.linear(x, w, b))
-    linear(x, w)
-    return bool(taken)
-
-
-def test_dispatch_rules(monkeypatch):
-    pytest.importorskip("triton")
-    w = torch.randn(6, 8)  # a short row: the kernel beats cuBLAS for one row
-    assert _fast_path_taken(monkeypatch, torch.randn(1, 8), w)
-    assert not _fast_path_taken(monkeypatch, torch.randn(2, 8), w)  # cuBLAS is faster for 2-4 rows
-    wide = torch.randn(16384, 8)  # except for very wide outputs (the LM head)
-    assert _fast_path_taken(monkeypatch, torch.randn(4, 8), wide)
-    assert not _fast_path_taken(monkeypatch, torch.randn(5, 8), wide)  # a matrix product: cuBLAS
-    assert not _fast_path_taken(monkeypatch, torch.randn(1, 1024), torch.randn(4096, 1024))  # in_proj-like
-    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8).double(), w.double())  # float64
-    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), torch.randn(8, 6).t())  # column stride
-    assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), w.requires_grad_())  # autograd
+    # one row (Hymba-1.5B's decode weights): the LM head and the SwiGLU on tensor cores, short
+    # rows and few long rows as matrix-vector products, the input and x projections on cuBLAS
+    assert kernel(1, 1600, 32001) == "dot" and kernel(1, 1600, 5504, gated=True) == "dot"
+    assert kernel(1, 100, 3200) == kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == "gemv"
+    assert kernel(1, 1600, 8960) is None and kernel(1, 3200, 132) is None
+    # two to four rows: tensor cores but for the input projection
+    assert kernel(4, 3200, 132) == kernel(2, 100, 3200) == kernel(3, 5504, 1600) == "dot"
+    assert kernel(4, 1600, 8960) is None
+    # up to 128 rows: the SwiGLU, the LM head and very narrow outputs; then cuBLAS
+    assert kernel(128, 1600, 5504, gated=True) == kernel(32, 1600, 32001) == kernel(128, 3200, 132) == "dot"
+    assert kernel(128, 5504, 1600) is None and kernel(129, 1600, 32001) is None
+    x, w = torch.randn(1, 8), torch.randn(16384, 8)
+    assert kernel_for(x, w) == "dot"
+    assert kernel_for(x.double(), w.double()) == "dot"  # use_triton() keeps float64 away
+    assert kernel_for(x, w.bfloat16()) is None  # mixed dtypes
+    assert kernel_for(x, torch.randn(8, 16384).t()) is None  # column stride
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not _fast_path_taken(monkeypatch, torch.randn(1, 8), w.detach())  # autocast
+        assert kernel_for(x, w) is None  # autocast
 
 
 def test_cpu_is_f_linear_and_keeps_autograd():

@@ -20,11 +20,15 @@ from .decode_attention import DecodeKeys
 from .triton_gate import num_sms
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
-# splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py.
+# splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py. A ring store with
+# more (row, K/V head) programs than two per SM takes smaller blocks and one more stage
+# (CROWDED_RING), so that about five programs stay resident per SM instead of two: its programs are
+# short (a window of keys), and with two resident the last wave ran part-empty (b=128: 74 -> 70 us).
 BLOCK_N = 128
 NUM_WARPS = 4
 NUM_STAGES = 2
 WAVES = 2
+CROWDED_RING = dict(block_n=32, num_stages=3)
 
 
 @triton.jit
@@ -132,12 +136,17 @@ def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, 
 
 def decode_attention_triton(
     q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
-    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, waves: int = WAVES,
+    block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int | None = None,
+    waves: int = WAVES,
 ) -> Tensor:
     """Same as :func:`hymba.ops.decode_attention.decode_attention` (one query per row); the
-    keyword arguments are the kernel's tuning knobs."""
+    keyword arguments are the kernel's tuning knobs (None: BLOCK_N and NUM_STAGES, or
+    CROWDED_RING's)."""
     b, hq, lq, dqk = q.shape
     hkv, S, dv = k.shape[1], k.shape[2], v.shape[3]
+    crowded = keys.slot_pos is not None and b * hkv > 2 * num_sms(q.device)
+    block_n = block_n or (CROWDED_RING["block_n"] if crowded else BLOCK_N)
+    num_stages = num_stages or (CROWDED_RING["num_stages"] if crowded else NUM_STAGES)
     P = prefix_k.shape[2]
     if lq != 1:
         raise ValueError(f"decode attention takes one query per row, got {lq}")

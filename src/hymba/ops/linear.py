@@ -1,6 +1,6 @@
-"""Linear layers as functions: ``F.linear``, and for a decode step's few rows on CUDA a Triton
-matrix-vector kernel for the shapes where it reads the weights faster than cuBLAS (plus the
-SwiGLU MLP's gate and up products fused in one pass)."""
+"""Linear layers as functions: ``F.linear``, and for a decode step's rows on CUDA the Triton
+kernels (matrix-vector, tensor-core tiles) for the shapes where they read the weights faster than
+cuBLAS, plus the SwiGLU MLP's gate and up products fused in one pass."""
 
 from __future__ import annotations
 
@@ -12,38 +12,50 @@ from .norm import silu_mul
 from .triton_gate import use_triton
 
 
-def _triton_wins(x: Tensor, *weights: Tensor) -> bool:
-    """Whether the Triton kernel beats cuBLAS here, as measured on an H200 inside CUDA graphs
-    (``benchmarks/linear_gpu.py``, benchmarks/RESULTS.md): for one row, the fused SwiGLU, short
-    rows (K <= 512: cuBLAS adds a split-K reduction kernel), few long rows (1024 <= N <= K: the
-    output and down projections) and very wide outputs (N >= 16384: the LM head); for two to four
-    rows only the very wide outputs. Weights in x's dtype with unit column stride, no autocast
-    (which would change the product's dtype)."""
+def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
+    """Which Triton kernel beats cuBLAS for this product (``"gemv"``, ``"dot"``) or None, as
+    measured on an H200 inside CUDA graphs at Hymba-1.5B's decode shapes
+    (``benchmarks/linear_gpu.py``, benchmarks/RESULTS.md). One row: the tensor-core kernel for the
+    fused SwiGLU and very wide outputs (N >= 16384, the LM head); the matrix-vector kernel for short
+    rows (K <= 512: cuBLAS adds a split-K reduction kernel) and few long rows (1024 <= N <= K: the
+    output and down projections). Two to four rows: the tensor-core kernel unless a long row
+    (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the tensor-core
+    kernel for the fused SwiGLU, very wide outputs and very narrow ones (N <= 256, split along K).
+    Weights in x's dtype with unit column stride, no autocast (which would change the product's
+    dtype)."""
     if torch.is_autocast_enabled(x.device.type):
-        return False
+        return None
     if not all(w.dtype == x.dtype and w.stride(-1) == 1 for w in weights):
-        return False
+        return None
     rows, (n, k) = x.numel() // max(1, x.shape[-1]), weights[0].shape
+    gated, wide = len(weights) == 2, n >= 16384
     if rows == 1:
-        return len(weights) == 2 or k <= 512 or 1024 <= n <= k or n >= 16384
-    return 1 < rows <= 4 and n >= 16384
+        if gated or wide:
+            return "dot"
+        return "gemv" if k <= 512 or 1024 <= n <= k else None
+    if rows <= 4:
+        return None if 512 < k < n < 16384 and not gated else "dot"
+    return "dot" if rows <= 128 and (gated or wide or n <= 256) else None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``: a Triton kernel for a decode step's few rows on CUDA without
-    autograd, where it is faster than cuBLAS; cuBLAS otherwise."""
-    if use_triton(x, weight, bias) and _triton_wins(x, weight) and (bias is None or bias.dtype == x.dtype):
-        from .linear_triton import linear_triton
+    """``F.linear(x, weight, bias)``: a Triton kernel for a decode step's rows on CUDA without
+    autograd, where it is faster than cuBLAS (:func:`kernel_for`); cuBLAS otherwise."""
+    if use_triton(x, weight, bias) and (bias is None or bias.dtype == x.dtype):
+        kernel = kernel_for(x, weight)
+        if kernel is not None:
+            from . import linear_triton
 
-        return linear_triton(x, weight, bias)
+            run = linear_triton.linear_triton if kernel == "gemv" else linear_triton.linear_dot
+            return run(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
     """``silu(x Wgᵀ) · (x Wuᵀ)``, the SwiGLU MLP before its down projection (one kernel under the
     conditions of :func:`linear`, with the same roundings as the unfused form)."""
-    if use_triton(x, gate_weight, up_weight) and _triton_wins(x, gate_weight, up_weight):
-        from .linear_triton import swiglu_triton
+    if use_triton(x, gate_weight, up_weight) and kernel_for(x, gate_weight, up_weight) is not None:
+        from .linear_triton import swiglu_dot
 
-        return swiglu_triton(x, gate_weight, up_weight)
+        return swiglu_dot(x, gate_weight, up_weight)
     return silu_mul(F.linear(x, gate_weight), F.linear(x, up_weight))

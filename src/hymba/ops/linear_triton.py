@@ -1,11 +1,15 @@
-"""Matrix-vector products for a few rows (decode at small batch) in Triton, inference only.
+"""Linear layers for a decode step's rows (1 to 128) in Triton, inference only.
 
-For one activation row cuBLAS reads some of a decode step's weights slowly (the output and down
-projections at 1.3-1.8 TB/s on an H200; short rows through a split-K kernel plus a reduction
-kernel). Here each program owns ``BN`` output features: it streams their weight
-rows once, ``BK`` columns at a time, multiplies them with every activation row in float32 and sums
-at the end. The gated form computes SiLU(x Wgᵀ) · (x Wuᵀ) (the SwiGLU MLP's first half) in one
-pass, with the reference's roundings of both products and of the SiLU.
+cuBLAS reads some of a decode step's weights slowly at these shapes (an H200 measures 1.3-1.8
+TB/s for the output and down projections at one row, 0.8 TB/s for the LM head at 32-128 rows).
+Two kernels, chosen by :func:`hymba.ops.linear.kernel_for`:
+
+- a matrix-vector kernel: each program owns ``BN`` output features and streams their weight rows
+  once, ``BK`` columns at a time, multiplying them with every activation row in float32;
+- a tensor-core kernel (``tl.dot``, whose operand loads Triton pipelines): (rows x weight rows)
+  tiles, optionally split along K with a second kernel adding the float32 partial sums, and a
+  fused SwiGLU form computing SiLU(x Wgᵀ) · (x Wuᵀ) with the reference's roundings of both
+  products and of the SiLU.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from torch import Tensor
 
 from .triton_gate import num_sms
 
-# Tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step (None: 512 for
-# rows of 2048 or more, else 128), the least number of programs to aim for (as a multiple of the
-# SM count) and warps. (Pipeline stages would change nothing: Triton pipelines only loads that
-# feed a dot, so the kernel prefetches the next tile itself.)
+# Matrix-vector tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step
+# (None: 512 for rows of 2048 or more, else 128), the least number of programs to aim for (as a
+# multiple of the SM count) and warps. (Pipeline stages would change nothing: Triton pipelines
+# only loads that feed a dot, so the kernel prefetches the next tile itself.)
 BLOCK_K = None
 WAVES = 4
 NUM_WARPS = 4
@@ -28,21 +32,16 @@ TILE = 4096
 
 
 @triton.jit
-def _weight_tiles(w_rows, w2_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
-    """The (BN, BK) weight tiles at column ``k0`` (zeros past K; the second one only if GATED)."""
+def _weight_tile(w_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr):
+    """The (BN, BK) weight tile at column ``k0`` (zeros past K)."""
     mask = n_ok[:, None] & (k0 < K) if EVEN_K else n_ok[:, None] & (k0 + cols < K)[None, :]
-    w = tl.load(w_rows + k0, mask=mask, other=0.0, eviction_policy="evict_first")
-    w2 = w
-    if GATED:
-        w2 = tl.load(w2_rows + k0, mask=mask, other=0.0, eviction_policy="evict_first")
-    return w, w2
+    return tl.load(w_rows + k0, mask=mask, other=0.0, eviction_policy="evict_first")
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, w2_ptr, bias_ptr, y_ptr, M, N, K, sx_m, sw_n, sw2_n, sy_m,
-    ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, y_ptr, M, N, K, sx_m, sw_n, sy_m,
+    ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -50,41 +49,37 @@ def _gemv_kernel(
     row_ok = rows < M
     cols = tl.arange(0, BK)
     w_rows = w_ptr + n.to(tl.int64)[:, None] * sw_n + cols[None, :]
-    w2_rows = w2_ptr + n.to(tl.int64)[:, None] * sw2_n + cols[None, :]
     x_rows = x_ptr + rows[:, None] * sx_m + cols[None, :]
     acc = tl.zeros((ROWS, BN, BK), tl.float32)
-    acc2 = tl.zeros((ROWS, BN, BK), tl.float32)
     # the weights of the next step are loaded before this step's products (a prefetch the
     # compiler does not do by itself for loads that feed no dot)
-    w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, cols, 0, K, EVEN_K, GATED)
+    w = _weight_tile(w_rows, n_ok, cols, 0, K, EVEN_K)
     for k0 in range(0, K, BK):
         x_mask = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k0 + cols < K)[None, :]
         x = tl.load(x_rows + k0, mask=x_mask, other=0.0).to(tl.float32)[:, None, :]
-        w_now, w2_now = w, w2
-        w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, cols, k0 + BK, K, EVEN_K, GATED)
+        w_now = w
+        w = _weight_tile(w_rows, n_ok, cols, k0 + BK, K, EVEN_K)
         acc += w_now.to(tl.float32)[None, :, :] * x
-        if GATED:
-            acc2 += w2_now.to(tl.float32)[None, :, :] * x
     y = tl.sum(acc, axis=2)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out_ty = y_ptr.dtype.element_ty
-    if GATED:  # the reference rounds both products and the SiLU to the output dtype
-        g = y.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        u = tl.sum(acc2, axis=2).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        y = act * u
-    tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y.to(out_ty, fp_downcast_rounding="rtne"),
+    tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-            block_k: int | None, waves: int, num_warps: int) -> Tensor:
+def _rows(x: Tensor) -> Tensor:
+    """``x`` as a (rows, features) matrix with unit column stride."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int | None = BLOCK_K,
+                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
+    """``F.linear(x, weight, bias)`` by the matrix-vector kernel, for a few rows of ``x`` (at most
+    four is sensible) and a weight with unit column stride; the keyword arguments are its knobs."""
     *lead, k = x.shape
     n = weight.shape[0]
-    rows = x.reshape(-1, k)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = _rows(x)
     m = rows.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m and n:
@@ -94,35 +89,18 @@ def _launch(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | No
         bk = min(block_k, max(16, triton.next_power_of_2(k)))
         # the widest block of output features that still gives every SM ``waves`` programs, with
         # at most TILE float32 accumulators per program (32 a thread at 4 warps)
-        most = max(1, TILE // (bk * rows_p * (1 if weight2 is None else 2)))
+        most = max(1, TILE // (bk * rows_p))
         per_program = max(1, n // (waves * num_sms(x.device)))
         bn = min(1 << (per_program.bit_length() - 1), most)
         _gemv_kernel[(triton.cdiv(n, bn),)](
-            rows, weight, weight if weight2 is None else weight2, weight if bias is None else bias, y,
-            m, n, k, rows.stride(0), weight.stride(0), weight.stride(0) if weight2 is None else weight2.stride(0),
+            rows, weight, weight if bias is None else bias, y, m, n, k, rows.stride(0), weight.stride(0),
             y.stride(0), ROWS=rows_p, BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None,
-            GATED=weight2 is not None, num_warps=num_warps,
+            num_warps=num_warps,
         )
     return y.view(*lead, n)
 
 
-def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int | None = BLOCK_K,
-                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
-    """``F.linear(x, weight, bias)`` for a few rows of ``x`` (at most four is sensible) and a weight
-    with unit column stride; the keyword arguments are the kernel's tuning knobs."""
-    return _launch(x, weight, None, bias, block_k, waves, num_warps)
-
-
-def swiglu_triton(x: Tensor, gate_weight: Tensor, up_weight: Tensor, block_k: int | None = BLOCK_K,
-                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
-    """``F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` in one kernel, under the same
-    conditions as :func:`linear_triton`."""
-    return _launch(x, gate_weight, up_weight, None, block_k, waves, num_warps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tensor-core form: the same products through tl.dot, whose operand loads Triton pipelines
-# (cp.async, NUM_STAGES deep), for 1 to a few hundred rows, optionally split along K.
+# Tensor-core kernel: knobs chosen by dot_config.
 
 
 @triton.jit
@@ -208,22 +186,29 @@ def _split_sum_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, sy_m, BN: tl.cons
 
 
 def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
-    """Tile sizes, warps, stages and K split for ``m`` rows times an (n, k) weight."""
+    """Tile sizes, warps, stages and K split for ``m`` rows times an (n, k) weight, as measured
+    best on an H200 at Hymba-1.5B's decode shapes (``benchmarks/linear_gpu.py --sweep``): up to 64
+    rows 64 x 128 weight tiles (3 stages for the very wide LM head, else 4); 128 rows 64 x 64 tiles
+    on 8 warps, or 128 x 64 on 4 warps and 3 stages for the LM head. K is split until the programs
+    fill the GPU, keeping at least two blocks of K per split."""
     bm = min(128, max(16, triton.next_power_of_2(m)))
-    bn = 64 if m <= 64 else 128
-    bk = 128 if m <= 64 else 64
-    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    split = max(1, min(sms // tiles, k // (4 * bk)))
-    return dict(bm=bm, bn=bn, bk=bk, split=split, num_warps=4, num_stages=4)
+    wide = n >= 16384
+    if bm <= 64:
+        cfg = dict(bn=64, bk=128, num_warps=4, num_stages=3 if wide else 4)
+    elif wide and not gated:
+        cfg = dict(bn=128, bk=64, num_warps=4, num_stages=3)
+    else:
+        cfg = dict(bn=64, bk=64, num_warps=8, num_stages=4)
+    tiles = triton.cdiv(n, cfg["bn"]) * triton.cdiv(m, bm)
+    split = max(1, min(sms // tiles, k // (2 * cfg["bk"])))
+    return dict(cfg, bm=bm, split=split)
 
 
 def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
                 knobs: dict | None) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
-    rows = x.reshape(-1, k)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = _rows(x)
     m = rows.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if not (m and n):
