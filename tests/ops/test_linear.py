@@ -101,6 +101,32 @@ def test_dot_swiglu_matches_unfused(rows, k, n, knobs, dtype, triton_device):
     torch.testing.assert_close(swiglu_dot(x, wg, wu, knobs=knobs), silu_mul(g, u), **tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel,rows,knobs", [("gemv", 1, None), ("gemv", 3, None), ("dot", 1, dict(split=1)),
+                                               ("dot", 4, dict(split=3)), ("dot", 70, None)])
+def test_residual_added_after_rounding(kernel, rows, knobs, dtype, triton_device):
+    """``linear(..., residual)`` = residual + the product rounded to the dtype, in the epilogue of
+    either kernel (the dot kernel's direct and split-K forms)."""
+    from hymba.ops.linear_triton import linear_dot, linear_triton
+
+    if triton_device == "cpu" and dtype == torch.bfloat16 and kernel == "dot":
+        pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
+    x, w, b = _dot_inputs(rows, 384, 200, dtype, triton_device, True)
+    res = torch.randn(rows, 2, 200, device=triton_device).to(dtype)[:, 1]  # strided rows
+    got = linear_triton(x, w, b, res) if kernel == "gemv" else linear_dot(x, w, b, res, knobs=knobs)
+    want = res.double() + F.linear(x.double(), w.double(), b.double()).to(dtype).double()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-6)
+    torch.testing.assert_close(got.double(), want, **tol)
+    with pytest.raises(ValueError, match="residual"):
+        linear_triton(x, w, b, res[:, :100])
+
+
+def test_cpu_residual_is_added():
+    x, w, res = torch.randn(2, 8), torch.randn(6, 8), torch.randn(2, 6)
+    torch.testing.assert_close(linear(x, w, None, res), res + F.linear(x, w))
+
+
 def test_dispatch_rules():
     def kernel(rows: int, k: int, n: int, gated: bool = False, **kw) -> str | None:
         x, w = torch.randn(rows, k, **kw), torch.randn(n, k, **kw)
@@ -114,9 +140,10 @@ def test_dispatch_rules():
     # two to four rows: tensor cores but for the input projection
     assert kernel(4, 3200, 132) == kernel(2, 100, 3200) == kernel(3, 5504, 1600) == "dot"
     assert kernel(4, 1600, 8960) is None
-    # up to 128 rows: the SwiGLU, the LM head and very narrow outputs; then cuBLAS
-    assert kernel(128, 1600, 5504, gated=True) == kernel(32, 1600, 32001) == kernel(128, 3200, 132) == "dot"
-    assert kernel(128, 5504, 1600) is None and kernel(129, 1600, 32001) is None
+    # up to 128 rows: the SwiGLU and the LM head; then cuBLAS
+    assert kernel(128, 1600, 5504, gated=True) == kernel(32, 1600, 32001) == "dot"
+    assert kernel(128, 5504, 1600) is None and kernel(128, 3200, 132) is None
+    assert kernel(129, 1600, 32001) is None
     x, w = torch.randn(1, 8), torch.randn(16384, 8)
     assert kernel_for(x, w) == "dot"
     assert kernel_for(x.double(), w.double()) == "dot"  # use_triton() keeps float64 away

@@ -42,12 +42,19 @@ class MLP(nn.Module):
         self.up_proj = Linear(h, m, bias=False)
         self.down_proj = Linear(m, h, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.gated:
-            if type(self.gate_proj) is Linear and type(self.up_proj) is Linear:  # not wrapped (adapters)
-                return self.down_proj(ops.swiglu(x, self.gate_proj.weight, self.up_proj.weight))
-            return self.down_proj(ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(F.relu(self.up_proj(x)).square())
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The MLP of ``x``, plus ``residual`` if given (added in the down projection's kernel)."""
+        if not self.gated:
+            act = F.relu(self.up_proj(x)).square()
+        elif type(self.gate_proj) is Linear and type(self.up_proj) is Linear:  # not wrapped (adapters)
+            act = ops.swiglu(x, self.gate_proj.weight, self.up_proj.weight)
+        else:
+            act = ops.silu_mul(self.gate_proj(x), self.up_proj(x))
+        if residual is None:
+            return self.down_proj(act)
+        if type(self.down_proj) is Linear:
+            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual)
+        return residual + self.down_proj(act)
 
 
 def rope_base(config: HymbaConfig) -> float:

@@ -20,7 +20,7 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     rows (K <= 512: cuBLAS adds a split-K reduction kernel) and few long rows (1024 <= N <= K: the
     output and down projections). Two to four rows: the tensor-core kernel unless a long row
     (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the tensor-core
-    kernel for the fused SwiGLU, very wide outputs and very narrow ones (N <= 256, split along K).
+    kernel for the fused SwiGLU and very wide outputs.
     Weights in x's dtype with unit column stride, no autocast (which would change the product's
     dtype)."""
     if torch.is_autocast_enabled(x.device.type):
@@ -35,20 +35,23 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
         return "gemv" if k <= 512 or 1024 <= n <= k else None
     if rows <= 4:
         return None if 512 < k < n < 16384 and not gated else "dot"
-    return "dot" if rows <= 128 and (gated or wide or n <= 256) else None
+    return "dot" if rows <= 128 and (gated or wide) else None
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``: a Triton kernel for a decode step's rows on CUDA without
-    autograd, where it is faster than cuBLAS (:func:`kernel_for`); cuBLAS otherwise."""
-    if use_triton(x, weight, bias) and (bias is None or bias.dtype == x.dtype):
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, plus ``residual`` (added to the product rounded to x's dtype,
+    as ``residual + F.linear(...)`` does): a Triton kernel for a decode step's rows on CUDA
+    without autograd, where it is faster than cuBLAS (:func:`kernel_for`; the residual added in its
+    epilogue); cuBLAS otherwise."""
+    if use_triton(x, weight, bias, residual) and all(t is None or t.dtype == x.dtype for t in (bias, residual)):
         kernel = kernel_for(x, weight)
         if kernel is not None:
             from . import linear_triton
 
             run = linear_triton.linear_triton if kernel == "gemv" else linear_triton.linear_dot
-            return run(x, weight, bias)
-    return F.linear(x, weight, bias)
+            return run(x, weight, bias, residual)
+    y = F.linear(x, weight, bias)
+    return y if residual is None else residual + y
 
 
 def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:

@@ -40,8 +40,9 @@ def _weight_tile(w_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, M, N, K, sx_m, sw_n, sy_m,
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, M, N, K, sx_m, sw_n, sr_m, sy_m,
     ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
 ):
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -63,8 +64,12 @@ def _gemv_kernel(
     y = tl.sum(acc, axis=2)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
-             mask=row_ok[:, None] & n_ok[None, :])
+    out_mask = row_ok[:, None] & n_ok[None, :]
+    y = y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    if HAS_RES:  # the product rounded, then the residual added and rounded, as the reference does
+        res = tl.load(res_ptr + rows[:, None] * sr_m + n[None, :], mask=out_mask, other=0.0)
+        y = (y.to(tl.float32) + res.to(tl.float32)).to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -73,14 +78,25 @@ def _rows(x: Tensor) -> Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k: int | None = BLOCK_K,
-                  waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
-    """``F.linear(x, weight, bias)`` by the matrix-vector kernel, for a few rows of ``x`` (at most
-    four is sensible) and a weight with unit column stride; the keyword arguments are its knobs."""
+def _residual(residual: Tensor | None, m: int, n: int) -> Tensor | None:
+    """The residual as an (m, n) matrix with unit column stride (None stays None)."""
+    if residual is None:
+        return None
+    if residual.numel() != m * n or residual.shape[-1] != n:
+        raise ValueError(f"the residual has shape {tuple(residual.shape)}, the product ({m}, {n}) rows")
+    return _rows(residual)
+
+
+def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+                  block_k: int | None = BLOCK_K, waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
+    """``F.linear(x, weight, bias)`` (plus ``residual``) by the matrix-vector kernel, for a few
+    rows of ``x`` (at most four is sensible) and a weight with unit column stride; the keyword
+    arguments are its knobs."""
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x)
     m = rows.shape[0]
+    res = _residual(residual, m, n)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m and n:
         rows_p = triton.next_power_of_2(m)
@@ -93,21 +109,24 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, block_k
         per_program = max(1, n // (waves * num_sms(x.device)))
         bn = min(1 << (per_program.bit_length() - 1), most)
         _gemv_kernel[(triton.cdiv(n, bn),)](
-            rows, weight, weight if bias is None else bias, y, m, n, k, rows.stride(0), weight.stride(0),
-            y.stride(0), ROWS=rows_p, BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None,
+            rows, weight, weight if bias is None else bias, y if res is None else res, y, m, n, k,
+            rows.stride(0), weight.stride(0), 0 if res is None else res.stride(0), y.stride(0), ROWS=rows_p,
+            BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None, HAS_RES=res is not None,
             num_warps=num_warps,
         )
     return y.view(*lead, n)
 
 
-# Tensor-core kernel: knobs chosen by dot_config.
+# Tensor-core kernel: knobs chosen by dot_config; its pipeline buffers (stages - 1 of them) kept
+# within SHARED_BYTES (an H100 or H200 SM has 227 KB, and the epilogue needs some).
+SHARED_BYTES = 192 * 1024
 
 
 @triton.jit
 def _dot_kernel(
-    x_ptr, w_ptr, w2_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split, splits, sx_m, sw_n, sw2_n,
-    sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
+    x_ptr, w_ptr, w2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, splits, sx_m, sw_n,
+    sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -147,15 +166,16 @@ def _dot_kernel(
         if GATED:
             tl.store(part + splits * plane, acc2, mask=out_mask)
     else:
-        y = _epilogue(acc, acc2, bias_ptr, n, n_ok, y_ptr.dtype.element_ty, HAS_BIAS, GATED)
+        y = _epilogue(acc, acc2, bias_ptr, res_ptr + rows[:, None] * sr_m + n[None, :], out_mask, n, n_ok,
+                      y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, GATED)
         tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
 
 
 @triton.jit
-def _epilogue(acc, acc2, bias_ptr, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
-              GATED: tl.constexpr):
-    """The output from the float32 sums: plus the bias, or the SwiGLU gate with the reference's
-    roundings of both products and of the SiLU."""
+def _epilogue(acc, acc2, bias_ptr, res_ptrs, out_mask, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
+              HAS_RES: tl.constexpr, GATED: tl.constexpr):
+    """The output from the float32 sums: plus the bias, or the SwiGLU gate, with the reference's
+    roundings (of both products and of the SiLU; of the product before a residual is added)."""
     y = acc
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -164,12 +184,16 @@ def _epilogue(acc, acc2, bias_ptr, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.c
         u = acc2.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
         act = (g / (1.0 + tl.exp(-g))).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
         y = act * u
-    return y.to(out_ty, fp_downcast_rounding="rtne")
+    y = y.to(out_ty, fp_downcast_rounding="rtne")
+    if HAS_RES:
+        res = tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+        y = (y.to(tl.float32) + res).to(out_ty, fp_downcast_rounding="rtne")
+    return y
 
 
 @triton.jit
-def _split_sum_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, sy_m, BN: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, GATED: tl.constexpr):
+def _split_sum_kernel(part_ptr, bias_ptr, res_ptr, y_ptr, M, N, splits, sr_m, sy_m, BN: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr):
     row = tl.program_id(1)
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -181,7 +205,8 @@ def _split_sum_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, sy_m, BN: tl.cons
         acc += tl.load(p, mask=n_ok[None, :], other=0.0)
         if GATED:
             acc2 += tl.load(p + splits * plane, mask=n_ok[None, :], other=0.0)
-    y = _epilogue(acc, acc2, bias_ptr, n, n_ok, y_ptr.dtype.element_ty, HAS_BIAS, GATED)
+    y = _epilogue(acc, acc2, bias_ptr, res_ptr + row * sr_m + n[None, :], n_ok[None, :], n, n_ok,
+                  y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, GATED)
     tl.store(y_ptr + row * sy_m + n[None, :], y, mask=n_ok[None, :])
 
 
@@ -205,17 +230,21 @@ def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
 
 
 def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-                knobs: dict | None) -> Tensor:
+                residual: Tensor | None, knobs: dict | None) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x)
     m = rows.shape[0]
+    res = _residual(residual, m, n)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if not (m and n):
         return y.view(*lead, n)
     cfg = dot_config(m, n, k, weight2 is not None, num_sms(x.device))
     cfg.update(knobs or {})
     bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
+    # no more stages than fit in shared memory (float32 operands take twice bf16's)
+    stage_bytes = (bm + (1 if weight2 is None else 2) * bn) * bk * x.element_size()
+    stages = min(cfg["num_stages"], 1 + SHARED_BYTES // stage_bytes)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg["split"]), bk) * bk
     split = triton.cdiv(k, k_per_split)
     even = k % bk == 0 and n % bn == 0 and split * k_per_split == k
@@ -226,26 +255,28 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
     w2 = weight if weight2 is None else weight2
     b = weight if bias is None else bias
     _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
-        rows, weight, w2, b, y, part, m, n, k, k_per_split, split, rows.stride(0), weight.stride(0),
-        w2.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk, SPLIT=split > 1, EVEN=even,
-        HAS_BIAS=bias is not None, GATED=weight2 is not None,
+        rows, weight, w2, b, y if res is None else res, y, part, m, n, k, k_per_split, split, rows.stride(0),
+        weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk,
+        SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
         PREC="ieee" if x.dtype == torch.float32 else None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1:
         sum_bn = min(1024, triton.next_power_of_2(n))
         _split_sum_kernel[(triton.cdiv(n, sum_bn), m)](
-            part, b, y, m, n, split, y.stride(0), BN=sum_bn, HAS_BIAS=bias is not None,
-            GATED=weight2 is not None, num_warps=4,
+            part, b, y if res is None else res, y, m, n, split, 0 if res is None else res.stride(0), y.stride(0),
+            BN=sum_bn, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None, num_warps=4,
         )
     return y.view(*lead, n)
 
 
-def linear_dot(x: Tensor, weight: Tensor, bias: Tensor | None = None, knobs: dict | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` through tensor-core tiles (see :func:`dot_config`)."""
-    return _launch_dot(x, weight, None, bias, knobs)
+def linear_dot(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+               knobs: dict | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` (plus ``residual``) through tensor-core tiles (see
+    :func:`dot_config`; ``knobs`` overrides it)."""
+    return _launch_dot(x, weight, None, bias, residual, knobs)
 
 
 def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None) -> Tensor:
     """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel."""
-    return _launch_dot(x, gate_weight, up_weight, None, knobs)
+    return _launch_dot(x, gate_weight, up_weight, None, None, knobs)
