@@ -13,9 +13,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .scan.triton import _softplus
-from .triton_gate import num_sms
 
 BLOCK_D = 64
+# The state update's tile: sequences (at least 16, for the Δ projection's tensor-core product),
+# channels, warps.
+STATE_ROWS = 16
+STATE_BLOCK_D = 16
+STATE_WARPS = 8
 
 
 @triton.jit
@@ -64,38 +68,36 @@ def causal_conv1d_update_triton(
 def _state_step_kernel(
     state_ptr, u_ptr, dt_ptr, w_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
     batch, d, R, ss_b, ss_d, su_b, sdt_b, sw_d, sB_b, sC_b, sz_b, sy_b,
-    N: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, ROWS: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, ROWS: tl.constexpr, PREC: tl.constexpr,
 ):
+    """One program: ROWS sequences x BD channels. Δ = dt Wᵀ for the whole tile by one tensor-core
+    product, then the state update on (ROWS, BD, N) at once."""
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     offs_d = tl.program_id(0) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, N)
     offs_r = tl.arange(0, RP)
-    keep = offs_d < d
-    # this block's parameters, loaded once for ROWS sequences: the Δ projection's rows, A, D, bias
-    w = tl.load(w_ptr + offs_d[:, None] * sw_d + offs_r[None, :], mask=keep[:, None] & (offs_r < R)[None, :],
-                other=0.0).to(tl.float32)
+    row_ok, keep = rows < batch, offs_d < d
+    tile = row_ok[:, None] & keep[None, :]
+    r64 = rows.to(tl.int64)
+    dt_low = tl.load(dt_ptr + r64[:, None] * sdt_b + offs_r[None, :], mask=row_ok[:, None] & (offs_r < R)[None, :],
+                     other=0.0)
+    w = tl.load(w_ptr + offs_d[:, None] * sw_d + offs_r[None, :], mask=keep[:, None] & (offs_r < R)[None, :], other=0.0)
+    # Δ = dt_proj(dt), rounded to the activations' dtype as F.linear's output is
+    delta = tl.dot(dt_low, tl.trans(w), input_precision=PREC)
+    delta = delta.to(dt_low.dtype, fp_downcast_rounding="rtne").to(tl.float32)
+    dt = _softplus(delta + tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)[None, :])
+    u = tl.load(u_ptr + r64[:, None] * su_b + offs_d[None, :], mask=tile, other=0.0).to(tl.float32)
     A = -tl.exp(tl.load(A_log_ptr + offs_d[:, None] * N + offs_n[None, :], mask=keep[:, None], other=0.0).to(tl.float32))
-    bias = tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
-    for i in range(ROWS):
-        b = tl.program_id(1) * ROWS + i
-        if b < batch:
-            b = b.to(tl.int64)
-            u = tl.load(u_ptr + b * su_b + offs_d, mask=keep, other=0.0).to(tl.float32)
-            dt_low = tl.load(dt_ptr + b * sdt_b + offs_r, mask=offs_r < R, other=0.0)
-            # Δ = dt_proj(dt), rounded to the activations' dtype as F.linear's output is
-            delta = tl.sum(w * dt_low.to(tl.float32)[None, :], axis=1)
-            delta = delta.to(dt_low.dtype, fp_downcast_rounding="rtne").to(tl.float32)
-            dt = _softplus(delta + bias)
-            Bv = tl.load(B_ptr + b * sB_b + offs_n).to(tl.float32)
-            Cv = tl.load(C_ptr + b * sC_b + offs_n).to(tl.float32)
-            s_ptrs = state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :]
-            s = tl.load(s_ptrs, mask=keep[:, None], other=0.0).to(tl.float32)
-            s = tl.exp(dt[:, None] * A) * s + (dt * u)[:, None] * Bv[None, :]
-            tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=keep[:, None])
-            y = tl.sum(s * Cv[None, :], axis=1) + u * Dv
-            z = tl.load(z_ptr + b * sz_b + offs_d, mask=keep, other=0.0).to(tl.float32)
-            y = y * (z / (1.0 + tl.exp(-z)))
-            tl.store(y_ptr + b * sy_b + offs_d, y.to(y_ptr.dtype.element_ty), mask=keep)
+    Bv = tl.load(B_ptr + r64[:, None] * sB_b + offs_n[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + r64[:, None] * sC_b + offs_n[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    s_ptrs = state_ptr + r64[:, None, None] * ss_b + offs_d[None, :, None] * ss_d + offs_n[None, None, :]
+    s = tl.load(s_ptrs, mask=tile[:, :, None], other=0.0).to(tl.float32)
+    s = tl.exp(dt[:, :, None] * A[None, :, :]) * s + (dt * u)[:, :, None] * Bv[:, None, :]
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=tile[:, :, None])
+    y = tl.sum(s * Cv[:, None, :], axis=2) + u * tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)[None, :]
+    z = tl.load(z_ptr + r64[:, None] * sz_b + offs_d[None, :], mask=tile, other=0.0).to(tl.float32)
+    y = y * (z / (1.0 + tl.exp(-z)))
+    tl.store(y_ptr + r64[:, None] * sy_b + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=tile)
 
 
 def ssm_decode_step_triton(
@@ -112,14 +114,11 @@ def ssm_decode_step_triton(
         if t.stride(-1) != 1:
             raise ValueError("u, dt, dt_weight, z, B and C need a contiguous last dimension")
     y = torch.empty(b, d, dtype=u.dtype, device=u.device)
-    blocks = triton.cdiv(d, BLOCK_D)
-    # several sequences per program once there are enough programs, so that the block's
-    # parameters (the Δ projection's rows above all) are read fewer times
-    share = max(1, b * blocks // (4 * num_sms(u.device)))
-    rows = min(8, 1 << (share.bit_length() - 1))
-    _state_step_kernel[(blocks, triton.cdiv(b, rows))](
-        state, u, dt, dt_weight, A_log.contiguous(), B, C, D, z, delta_bias, y, b, d, r,
-        state.stride(0), state.stride(1), u.stride(0), dt.stride(0), dt_weight.stride(0), B.stride(0),
-        C.stride(0), z.stride(0), y.stride(0), N=n, BD=BLOCK_D, RP=max(16, triton.next_power_of_2(r)), ROWS=rows,
-    )
+    if b and d:
+        _state_step_kernel[(triton.cdiv(d, STATE_BLOCK_D), triton.cdiv(b, STATE_ROWS))](
+            state, u, dt, dt_weight, A_log.contiguous(), B, C, D, z, delta_bias, y, b, d, r,
+            state.stride(0), state.stride(1), u.stride(0), dt.stride(0), dt_weight.stride(0), B.stride(0),
+            C.stride(0), z.stride(0), y.stride(0), N=n, BD=STATE_BLOCK_D, RP=max(16, triton.next_power_of_2(r)),
+            ROWS=STATE_ROWS, PREC="ieee" if u.dtype == torch.float32 else None, num_warps=STATE_WARPS,
+        )
     return y
