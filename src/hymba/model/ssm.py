@@ -77,5 +77,5 @@ class MambaBranch(nn.Module):
         xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
         dt, B, C = self._project(xc)
         return ops.ssm_decode_step(
-            ssm_state, xc, dt, self.dt_proj.weight, self.A_log, B, C, self.D, z, self.dt_proj.bias
+            ssm_state, xc, ops.linear(dt, self.dt_proj.weight), self.A_log, B, C, self.D, z, self.dt_proj.bias
         )

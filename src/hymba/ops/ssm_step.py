@@ -52,21 +52,18 @@ def selective_state_update(
 
 
 def ssm_decode_step(
-    state: Tensor, u: Tensor, dt: Tensor, dt_weight: Tensor, A_log: Tensor, B: Tensor, C: Tensor,
-    D: Tensor, z: Tensor, delta_bias: Tensor,
+    state: Tensor, u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    delta_bias: Tensor,
 ) -> Tensor:
-    """The SSM branch's decode update from its parameters as stored: Δ = ``F.linear(dt,
-    dt_weight)`` (the low-rank Δ through dt_proj, without its bias), then
-    :func:`selective_state_update` with A = -exp(A_log), softplus Δ, the D skip and the SiLU gate.
-    On CUDA it is one Triton kernel that also computes Δ and converts the parameters; otherwise
-    the reference above."""
+    """The SSM branch's decode update from its parameters as stored (A = -exp(A_log)):
+    :func:`selective_state_update` with softplus Δ, the D skip and the SiLU gate. On CUDA it is
+    one Triton kernel that also converts the parameters; otherwise the reference above."""
     n = state.shape[-1]
-    if n & (n - 1) == 0 and use_triton(u, state, dt, dt_weight, A_log, B, C, D, z, delta_bias) \
-            and dt_weight.dtype == dt.dtype:
+    if n & (n - 1) == 0 and use_triton(u, state, delta, A_log, B, C, D, z, delta_bias):
         from .ssm_step_triton import ssm_decode_step_triton
 
-        return ssm_decode_step_triton(state, u, dt, dt_weight, A_log, B, C, D, z, delta_bias)
+        return ssm_decode_step_triton(state, u, delta, A_log, B, C, D, z, delta_bias)
     return selective_state_update(
-        state, u, F.linear(dt, dt_weight), -torch.exp(A_log.float()), B, C, D.float(), z,
-        delta_bias=delta_bias.float(), delta_softplus=True,
+        state, u, delta, -torch.exp(A_log.float()), B, C, D.float(), z, delta_bias=delta_bias.float(),
+        delta_softplus=True,
     )

@@ -1,8 +1,8 @@
 """The SSM branch's decode step in Triton: the conv update and the state update, one kernel each.
 
-Both work on a batch of single tokens, in place on the cache's conv and SSM state, with programs
-over blocks of channels (and sequences). Between the two sit the x_proj matmul and the Δ/B/C
-norms, which stay in PyTorch; the state update also computes the Δ projection (dt_proj).
+Both work on a batch of single tokens, in place on the cache's conv and SSM state, with one
+program per (sequence, block of channels). Between the two sit the x_proj matmul and the Δ/B/C
+norms, which stay in PyTorch.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from torch import Tensor
 from .scan.triton import _softplus
 
 BLOCK_D = 64
-# The state update's tile: sequences (at least 16, for the Δ projection's tensor-core product),
-# channels, warps.
-STATE_ROWS = 16
-STATE_BLOCK_D = 16
-STATE_WARPS = 8
 
 
 @triton.jit
@@ -66,59 +61,47 @@ def causal_conv1d_update_triton(
 
 @triton.jit
 def _state_step_kernel(
-    state_ptr, u_ptr, dt_ptr, w_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-    batch, d, R, ss_b, ss_d, su_b, sdt_b, sw_d, sB_b, sC_b, sz_b, sy_b,
-    N: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, ROWS: tl.constexpr, PREC: tl.constexpr,
+    state_ptr, u_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, d,
+    ss_b, ss_d, su_b, sdt_b, sB_b, sC_b, sz_b, sy_b,
+    N: tl.constexpr, BD: tl.constexpr,
 ):
-    """One program: ROWS sequences x BD channels. Δ = dt Wᵀ for the whole tile by one tensor-core
-    product, then the state update on (ROWS, BD, N) at once."""
-    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-    offs_d = tl.program_id(0) * BD + tl.arange(0, BD)
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, N)
-    offs_r = tl.arange(0, RP)
-    row_ok, keep = rows < batch, offs_d < d
-    tile = row_ok[:, None] & keep[None, :]
-    r64 = rows.to(tl.int64)
-    dt_low = tl.load(dt_ptr + r64[:, None] * sdt_b + offs_r[None, :], mask=row_ok[:, None] & (offs_r < R)[None, :],
-                     other=0.0)
-    w = tl.load(w_ptr + offs_d[:, None] * sw_d + offs_r[None, :], mask=keep[:, None] & (offs_r < R)[None, :], other=0.0)
-    # Δ = dt_proj(dt), rounded to the activations' dtype as F.linear's output is
-    delta = tl.dot(dt_low, tl.trans(w), input_precision=PREC)
-    delta = delta.to(dt_low.dtype, fp_downcast_rounding="rtne").to(tl.float32)
-    dt = _softplus(delta + tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)[None, :])
-    u = tl.load(u_ptr + r64[:, None] * su_b + offs_d[None, :], mask=tile, other=0.0).to(tl.float32)
+    keep = offs_d < d
+    u = tl.load(u_ptr + b * su_b + offs_d, mask=keep, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * sdt_b + offs_d, mask=keep, other=0.0).to(tl.float32)
+    dt = _softplus(dt + tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32))
     A = -tl.exp(tl.load(A_log_ptr + offs_d[:, None] * N + offs_n[None, :], mask=keep[:, None], other=0.0).to(tl.float32))
-    Bv = tl.load(B_ptr + r64[:, None] * sB_b + offs_n[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + r64[:, None] * sC_b + offs_n[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    s_ptrs = state_ptr + r64[:, None, None] * ss_b + offs_d[None, :, None] * ss_d + offs_n[None, None, :]
-    s = tl.load(s_ptrs, mask=tile[:, :, None], other=0.0).to(tl.float32)
-    s = tl.exp(dt[:, :, None] * A[None, :, :]) * s + (dt * u)[:, :, None] * Bv[:, None, :]
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=tile[:, :, None])
-    y = tl.sum(s * Cv[:, None, :], axis=2) + u * tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)[None, :]
-    z = tl.load(z_ptr + r64[:, None] * sz_b + offs_d[None, :], mask=tile, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * sB_b + offs_n).to(tl.float32)
+    Cv = tl.load(C_ptr + b * sC_b + offs_n).to(tl.float32)
+    s_ptrs = state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :]
+    s = tl.load(s_ptrs, mask=keep[:, None], other=0.0).to(tl.float32)
+    s = tl.exp(dt[:, None] * A) * s + (dt * u)[:, None] * Bv[None, :]
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=keep[:, None])
+    y = tl.sum(s * Cv[None, :], axis=1) + u * tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + b * sz_b + offs_d, mask=keep, other=0.0).to(tl.float32)
     y = y * (z / (1.0 + tl.exp(-z)))
-    tl.store(y_ptr + r64[:, None] * sy_b + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=tile)
+    tl.store(y_ptr + b * sy_b + offs_d, y.to(y_ptr.dtype.element_ty), mask=keep)
 
 
 def ssm_decode_step_triton(
-    state: Tensor, u: Tensor, dt: Tensor, dt_weight: Tensor, A_log: Tensor, B: Tensor, C: Tensor,
-    D: Tensor, z: Tensor, delta_bias: Tensor,
+    state: Tensor, u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    delta_bias: Tensor,
 ) -> Tensor:
-    """Same as :func:`hymba.ops.ssm_step.ssm_decode_step` (Δ = dt_proj(dt), softplus Δ, A =
-    -exp(A_log), D skip, SiLU gate), in one kernel; ``state`` (b, d, n) is updated in place."""
+    """Same as :func:`hymba.ops.ssm_step.ssm_decode_step` (softplus Δ, A = -exp(A_log), D skip,
+    SiLU gate), in one kernel; ``state`` (b, d, n) is updated in place."""
     b, d = u.shape
-    n, r = state.shape[-1], dt.shape[-1]
+    n = state.shape[-1]
     if state.stride(-1) != 1 or A_log.stride(-1) != 1:
         raise ValueError("the SSM state and A_log need a contiguous last dimension")
-    for t in (u, dt, dt_weight, z, B, C):
+    for t in (u, delta, z, B, C):
         if t.stride(-1) != 1:
-            raise ValueError("u, dt, dt_weight, z, B and C need a contiguous last dimension")
+            raise ValueError("u, delta, z, B and C need a contiguous last dimension")
     y = torch.empty(b, d, dtype=u.dtype, device=u.device)
-    if b and d:
-        _state_step_kernel[(triton.cdiv(d, STATE_BLOCK_D), triton.cdiv(b, STATE_ROWS))](
-            state, u, dt, dt_weight, A_log.contiguous(), B, C, D, z, delta_bias, y, b, d, r,
-            state.stride(0), state.stride(1), u.stride(0), dt.stride(0), dt_weight.stride(0), B.stride(0),
-            C.stride(0), z.stride(0), y.stride(0), N=n, BD=STATE_BLOCK_D, RP=max(16, triton.next_power_of_2(r)),
-            ROWS=STATE_ROWS, PREC="ieee" if u.dtype == torch.float32 else None, num_warps=STATE_WARPS,
-        )
+    _state_step_kernel[(b, triton.cdiv(d, BLOCK_D))](
+        state, u, delta, A_log.contiguous(), B, C, D, z, delta_bias, y, d,
+        state.stride(0), state.stride(1), u.stride(0), delta.stride(0), B.stride(0), C.stride(0),
+        z.stride(0), y.stride(0), N=n, BD=BLOCK_D,
+    )
     return y
