@@ -106,20 +106,55 @@ def test_dot_swiglu_matches_unfused(rows, k, n, knobs, dtype, triton_device):
 @pytest.mark.parametrize("kernel,rows,knobs", [("gemv", 1, None), ("gemv", 3, None), ("dot", 1, dict(split=1)),
                                                ("dot", 4, dict(split=3)), ("dot", 70, None)])
 def test_residual_added_after_rounding(kernel, rows, knobs, dtype, triton_device):
-    """``linear(..., residual)`` = residual + the product rounded to the dtype, in the epilogue of
-    either kernel (the dot kernel's direct and split-K forms)."""
+    """``linear(..., residual)`` = the product rounded to the dtype, plus the residual, rounded:
+    bit for bit, with integer inputs whose float32 sums are exact but need more than bf16's 8
+    bits, so that adding the residual before rounding would differ."""
     from hymba.ops.linear_triton import linear_dot, linear_triton
 
-    if triton_device == "cpu" and dtype == torch.bfloat16 and kernel == "dot":
-        pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
-    x, w, b = _dot_inputs(rows, 384, 200, dtype, triton_device, True)
-    res = torch.randn(rows, 2, 200, device=triton_device).to(dtype)[:, 1]  # strided rows
+    if triton_device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter rounds to bf16 by truncation; runs on the GPU")
+    g = torch.Generator().manual_seed(1)
+    ints = lambda *s: torch.randint(-9, 10, s, generator=g).to(triton_device, dtype)  # noqa: E731
+    x, w, b = ints(rows, 384), ints(200, 384), ints(200)
+    res = (torch.randn(rows, 2, 200, generator=g) * 3).to(triton_device, dtype)[:, 1]  # fractions, strided
     got = linear_triton(x, w, b, res) if kernel == "gemv" else linear_dot(x, w, b, res, knobs=knobs)
-    want = res.double() + F.linear(x.double(), w.double(), b.double()).to(dtype).double()
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-6)
-    torch.testing.assert_close(got.double(), want, **tol)
+    product = F.linear(x.double(), w.double(), b.double()).to(dtype)  # exact, then rounded once
+    want = (res.float() + product.float()).to(dtype)
+    assert torch.equal(got, want)
     with pytest.raises(ValueError, match="residual"):
         linear_triton(x, w, b, res[:, :100])
+
+
+@pytest.mark.gpu
+def test_linear_falls_back_where_the_kernels_do_not_fit(monkeypatch, triton_device):
+    """Inputs the kernels do not take go to F.linear (with its broadcasting and its errors)."""
+    if triton_device == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")
+    dev = triton_device
+    x, w = torch.randn(2, 64, device=dev), torch.randn(32, 64, device=dev)
+    res_row = torch.randn(32, device=dev)  # broadcast over the rows
+    torch.testing.assert_close(linear(x, w, None, res_row), res_row + F.linear(x, w))
+    res_3d = torch.randn(2, 2, 32, device=dev)  # broadcasts to (2, 2, 32)
+    assert linear(x[:, None], w, None, res_3d).shape == (2, 2, 32)
+    bias = torch.randn(32, 2, device=dev)[:, 0]  # strided bias
+    torch.testing.assert_close(linear(x, w, bias), F.linear(x, w, bias))
+    assert linear(torch.randn(2, 0, device=dev), torch.randn(8, 0, device=dev)).abs().sum() == 0  # K = 0
+    with pytest.raises(RuntimeError):  # in-features that do not match, as F.linear says
+        linear(x, torch.randn(32, 48, device=dev))
+    assert swiglu(x, w, torch.randn(32, 64, device=dev)).shape == (2, 32)
+    with pytest.raises(RuntimeError):
+        swiglu(x, w, torch.randn(16, 64, device=dev))  # gate and up of different widths
+
+
+@pytest.mark.gpu
+def test_dot_no_rows_or_features(triton_device):
+    from hymba.ops.linear_triton import linear_dot, swiglu_dot
+
+    w = torch.randn(8, 16, device=triton_device)
+    assert linear_dot(torch.randn(0, 16, device=triton_device), w).shape == (0, 8)
+    assert swiglu_dot(torch.randn(2, 16, device=triton_device), w[:0], w[:0]).shape == (2, 0)
+    with pytest.raises(ValueError, match="width"):
+        linear_dot(torch.randn(2, 12, device=triton_device), w)
 
 
 def test_cpu_residual_is_added():

@@ -82,7 +82,7 @@ def _decode_logits(m, ids: torch.Tensor, triton: str, monkeypatch) -> torch.Tens
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_decode_matches_reference_decode(fixture_dir, monkeypatch, dtype):
     """Prefill + 150 decode steps (well past window + meta tokens) with the fused Triton kernels
-    (RMSNorm, rotary, conv/SSM step, decode attention, GEMV) against HYMBA_TRITON=0 on the same
+    (RMSNorm, rotary, conv/SSM step, decode attention, linear layers) against HYMBA_TRITON=0 on the same
     tokens. In float32 every step's logits agree; in bfloat16 both paths round in different
     places, so each is compared with a float32 run of the same (bf16) weights, and the fused path
     must be about as accurate as the reference path."""

@@ -4,6 +4,8 @@ cuBLAS, plus the SwiGLU MLP's gate and up products fused in one pass."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,16 +21,19 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     fused SwiGLU and very wide outputs (N >= 16384, the LM head); the matrix-vector kernel for short
     rows (K <= 512: cuBLAS adds a split-K reduction kernel) and few long rows (1024 <= N <= K: the
     output and down projections). Two to four rows: the tensor-core kernel unless a long row
-    (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the tensor-core
-    kernel for the fused SwiGLU and very wide outputs.
-    Weights in x's dtype with unit column stride, no autocast (which would change the product's
-    dtype)."""
-    if torch.is_autocast_enabled(x.device.type):
+    (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the
+    tensor-core kernel for the fused SwiGLU and very wide outputs. Weights of x's width and dtype
+    (and of one shape, gated) with unit column stride, no empty product, no autocast (which would
+    change the product's dtype)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dim() == 0:
         return None
-    if not all(w.dtype == x.dtype and w.stride(-1) == 1 for w in weights):
+    *lead, k = x.shape
+    n = weights[0].shape[0]
+    if not all(w.shape == (n, k) and w.dtype == x.dtype and w.stride(-1) == 1 for w in weights):
         return None
-    rows, (n, k) = x.numel() // max(1, x.shape[-1]), weights[0].shape
-    gated, wide = len(weights) == 2, n >= 16384
+    rows, gated, wide = math.prod(lead), len(weights) == 2, n >= 16384
+    if not (rows and n and k):
+        return None
     if rows == 1:
         if gated or wide:
             return "dot"
@@ -42,8 +47,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
     """``F.linear(x, weight, bias)``, plus ``residual`` (added to the product rounded to x's dtype,
     as ``residual + F.linear(...)`` does): a Triton kernel for a decode step's rows on CUDA
     without autograd, where it is faster than cuBLAS (:func:`kernel_for`; the residual added in its
-    epilogue); cuBLAS otherwise."""
-    if use_triton(x, weight, bias, residual) and all(t is None or t.dtype == x.dtype for t in (bias, residual)):
+    epilogue, if it has the output's shape and dtype); cuBLAS otherwise."""
+    if use_triton(x, weight, bias, residual) and _fits_epilogue(x, weight, bias, residual):
         kernel = kernel_for(x, weight)
         if kernel is not None:
             from . import linear_triton
@@ -52,6 +57,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
             return run(x, weight, bias, residual)
     y = F.linear(x, weight, bias)
     return y if residual is None else residual + y
+
+
+def _fits_epilogue(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
+    """Whether the kernels' epilogue takes this bias (contiguous, one per output feature) and
+    residual (exactly the output's shape, no broadcasting), both in x's dtype."""
+    n = weight.shape[0]
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != (n,) or bias.stride(0) != 1):
+        return False
+    return residual is None or (residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], n))
 
 
 def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:

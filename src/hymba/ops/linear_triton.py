@@ -14,6 +14,8 @@ Two kernels, chosen by :func:`hymba.ops.linear.kernel_for`:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -72,29 +74,46 @@ def _gemv_kernel(
     tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
 
 
-def _rows(x: Tensor) -> Tensor:
-    """``x`` as a (rows, features) matrix with unit column stride."""
-    rows = x.reshape(-1, x.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
+def _matrix(x: Tensor) -> Tensor:
+    """``x`` as a (rows, features) matrix with unit column stride, small enough for the kernels'
+    32-bit row offsets (decode-sized: the weights' offsets are 64-bit)."""
+    *lead, k = x.shape
+    rows = x.reshape(math.prod(lead), k)
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    if rows.shape[0] * max(rows.stride(0), k) >= 2**31:
+        raise ValueError(f"{rows.shape[0]} rows of {k} are too many for these decode kernels")
+    return rows
+
+
+def _rows(x: Tensor, weight: Tensor) -> Tensor:
+    """:func:`_matrix` of ``x``, checked against the weight."""
+    k = x.shape[-1]
+    if k == 0 or weight.shape[-1] != k or weight.stride(-1) != 1:
+        raise ValueError(f"input of width {k} against a weight {tuple(weight.shape)} with column stride "
+                         f"{weight.stride(-1)}: the kernels take width >= 1 and unit column stride")
+    return _matrix(x)
 
 
 def _residual(residual: Tensor | None, m: int, n: int) -> Tensor | None:
-    """The residual as an (m, n) matrix with unit column stride (None stays None)."""
+    """The residual as an (m, n) matrix with unit column stride (None stays None); also checks
+    that an (m, n) output fits the 32-bit row offsets."""
+    if m * n >= 2**31:
+        raise ValueError(f"an output of {m} x {n} is too large for these decode kernels")
     if residual is None:
         return None
     if residual.numel() != m * n or residual.shape[-1] != n:
         raise ValueError(f"the residual has shape {tuple(residual.shape)}, the product ({m}, {n}) rows")
-    return _rows(residual)
+    return _matrix(residual)
 
 
 def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
                   block_k: int | None = BLOCK_K, waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
     """``F.linear(x, weight, bias)`` (plus ``residual``) by the matrix-vector kernel, for a few
-    rows of ``x`` (at most four is sensible) and a weight with unit column stride; the keyword
+    rows of ``x`` (the dispatch uses it for one) and a weight with unit column stride; the keyword
     arguments are its knobs."""
     *lead, k = x.shape
     n = weight.shape[0]
-    rows = _rows(x)
+    rows = _rows(x, weight)
     m = rows.shape[0]
     res = _residual(residual, m, n)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -124,8 +143,8 @@ SHARED_BYTES = 192 * 1024
 
 @triton.jit
 def _dot_kernel(
-    x_ptr, w_ptr, w2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, splits, sx_m, sw_n,
-    sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
+    x_ptr, w_ptr, w2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part, sx_m,
+    sw_n, sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
     EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -160,11 +179,10 @@ def _dot_kernel(
         w2_ptrs += BK
     out_mask = row_ok[:, None] & n_ok[None, :]
     if SPLIT:  # float32 partial sums, added up by _split_sum_kernel
-        plane = M * N
-        part = part_ptr + pid_k * plane + rows[:, None] * N + n[None, :]
+        part = part_ptr + pid_k.to(tl.int64) * plane + rows[:, None] * N + n[None, :]
         tl.store(part, acc, mask=out_mask)
         if GATED:
-            tl.store(part + splits * plane, acc2, mask=out_mask)
+            tl.store(part + up_part, acc2, mask=out_mask)
     else:
         y = _epilogue(acc, acc2, bias_ptr, res_ptr + rows[:, None] * sr_m + n[None, :], out_mask, n, n_ok,
                       y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, GATED)
@@ -174,8 +192,9 @@ def _dot_kernel(
 @triton.jit
 def _epilogue(acc, acc2, bias_ptr, res_ptrs, out_mask, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
               HAS_RES: tl.constexpr, GATED: tl.constexpr):
-    """The output from the float32 sums: plus the bias, or the SwiGLU gate, with the reference's
-    roundings (of both products and of the SiLU; of the product before a residual is added)."""
+    """The output from the float32 sums: plus the bias (callers pass none with GATED), or the
+    SwiGLU gate, with the reference's roundings (of both products and of the SiLU; of the product
+    before a residual is added)."""
     y = acc
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -192,19 +211,19 @@ def _epilogue(acc, acc2, bias_ptr, res_ptrs, out_mask, n, n_ok, out_ty: tl.const
 
 
 @triton.jit
-def _split_sum_kernel(part_ptr, bias_ptr, res_ptr, y_ptr, M, N, splits, sr_m, sy_m, BN: tl.constexpr,
+def _split_sum_kernel(part_ptr, bias_ptr, res_ptr, y_ptr, N, splits, plane, up_part, sr_m, sy_m, BN: tl.constexpr,
                       HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr):
-    row = tl.program_id(1)
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
     n_ok = n < N
-    plane = M * N
     acc = tl.zeros((1, BN), tl.float32)
     acc2 = tl.zeros((1, BN), tl.float32)
-    for s in range(splits):
-        p = part_ptr + s * plane + row * N + n[None, :]
+    p = part_ptr + row * N + n[None, :]
+    for _ in range(splits):
         acc += tl.load(p, mask=n_ok[None, :], other=0.0)
         if GATED:
-            acc2 += tl.load(p + splits * plane, mask=n_ok[None, :], other=0.0)
+            acc2 += tl.load(p + up_part, mask=n_ok[None, :], other=0.0)
+        p += plane
     y = _epilogue(acc, acc2, bias_ptr, res_ptr + row * sr_m + n[None, :], n_ok[None, :], n, n_ok,
                   y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, GATED)
     tl.store(y_ptr + row * sy_m + n[None, :], y, mask=n_ok[None, :])
@@ -233,7 +252,9 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
                 residual: Tensor | None, knobs: dict | None) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
-    rows = _rows(x)
+    rows = _rows(x, weight)
+    if weight2 is not None and weight2.shape != weight.shape:
+        raise ValueError(f"gate weight {tuple(weight.shape)} and up weight {tuple(weight2.shape)} differ")
     m = rows.shape[0]
     res = _residual(residual, m, n)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -255,16 +276,18 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
     w2 = weight if weight2 is None else weight2
     b = weight if bias is None else bias
     _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
-        rows, weight, w2, b, y if res is None else res, y, part, m, n, k, k_per_split, split, rows.stride(0),
-        weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk,
+        rows, weight, w2, b, y if res is None else res, y, part, m, n, k, k_per_split, m * n, split * m * n,
+        rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0),
+        BM=bm, BN=bn, BK=bk,
         SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
         PREC="ieee" if x.dtype == torch.float32 else None,
         num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1:
         sum_bn = min(1024, triton.next_power_of_2(n))
-        _split_sum_kernel[(triton.cdiv(n, sum_bn), m)](
-            part, b, y if res is None else res, y, m, n, split, 0 if res is None else res.stride(0), y.stride(0),
+        _split_sum_kernel[(m, triton.cdiv(n, sum_bn))](
+            part, b, y if res is None else res, y, n, split, m * n, split * m * n, 0 if res is None else res.stride(0),
+            y.stride(0),
             BN=sum_bn, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None, num_warps=4,
         )
     return y.view(*lead, n)
