@@ -25,6 +25,7 @@ from graph_timing import L2_DEFEAT_BYTES, graph_time
 
 from hymba.ops.linear_triton import dot_config, linear_dot, linear_triton, swiglu_dot
 from hymba.ops.norm import silu_mul
+from hymba.ops.triton_gate import num_sms
 
 # name, in features, out features, calls per decode step (32 layers; lm_head once)
 SHAPES = [
@@ -38,8 +39,8 @@ CALLS = 40
 def dot_grid(rows: int, n: int, k: int, gated: bool) -> list[dict]:
     """The tensor-core kernel's knob grid for one shape: tiles, stages, warps and K splits aimed
     at one or two waves of programs (and none)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    bm = min(128, max(16, 1 << (rows - 1).bit_length()))
+    sms = num_sms(torch.device("cuda"))
+    bm = dot_config(rows, n, k, gated, sms)["bm"]
     if rows <= 16:
         tiles = [(bm, bn, bk, 4) for bn, bk in itertools.product((32, 64, 128), (128, 256))]
         stages = (3, 5)
@@ -89,8 +90,7 @@ def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
     result = dict(shape=name, rows=rows, k=k, n=n, bytes=nbytes, cublas_us=graph_time(cublas, calls) * 1e6,
                   gemv_us=graph_time(gemv, calls) * 1e6 if with_gemv else None,
                   dot_us=graph_time(dot, calls) * 1e6, max_err=err)
-    best = dict(dot_config(rows, n, k, gated, torch.cuda.get_device_properties(0).multi_processor_count),
-                us=result["dot_us"])
+    best = dict(dot_config(rows, n, k, gated, num_sms(torch.device("cuda"))), us=result["dot_us"])
     for knobs in dot_grid(rows, n, k, gated) if sweep else []:
         try:
             t = graph_time(lambda i, kn=knobs: dot(i, kn), calls) * 1e6

@@ -34,6 +34,27 @@ TILE = 4096
 
 
 @triton.jit
+def _epilogue(acc, acc2, bias_ptr, res_ptrs, out_mask, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
+              HAS_RES: tl.constexpr, GATED: tl.constexpr):
+    """The output from the float32 sums: plus the bias (callers pass none with GATED), or the
+    SwiGLU gate, with the reference's roundings (of both products and of the SiLU; of the product
+    before a residual is added)."""
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        g = y.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        u = acc2.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
+        y = act * u
+    y = y.to(out_ty, fp_downcast_rounding="rtne")
+    if HAS_RES:
+        res = tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+        y = (y.to(tl.float32) + res).to(out_ty, fp_downcast_rounding="rtne")
+    return y
+
+
+@triton.jit
 def _weight_tile(w_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr):
     """The (BN, BK) weight tile at column ``k0`` (zeros past K)."""
     mask = n_ok[:, None] & (k0 < K) if EVEN_K else n_ok[:, None] & (k0 + cols < K)[None, :]
@@ -64,13 +85,9 @@ def _gemv_kernel(
         w = _weight_tile(w_rows, n_ok, cols, k0 + BK, K, EVEN_K)
         acc += w_now.to(tl.float32)[None, :, :] * x
     y = tl.sum(acc, axis=2)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_mask = row_ok[:, None] & n_ok[None, :]
-    y = y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-    if HAS_RES:  # the product rounded, then the residual added and rounded, as the reference does
-        res = tl.load(res_ptr + rows[:, None] * sr_m + n[None, :], mask=out_mask, other=0.0)
-        y = (y.to(tl.float32) + res.to(tl.float32)).to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    y = _epilogue(y, y, bias_ptr, res_ptr + rows[:, None] * sr_m + n[None, :], out_mask, n, n_ok,
+                  y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, False)
     tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
 
 
@@ -86,19 +103,20 @@ def _matrix(x: Tensor) -> Tensor:
 
 
 def _rows(x: Tensor, weight: Tensor) -> Tensor:
-    """:func:`_matrix` of ``x``, checked against the weight."""
-    k = x.shape[-1]
+    """:func:`_matrix` of ``x``, checked against the weight and for an output that fits the
+    32-bit row offsets."""
+    k, n = x.shape[-1], weight.shape[0]
     if k == 0 or weight.shape[-1] != k or weight.stride(-1) != 1:
         raise ValueError(f"input of width {k} against a weight {tuple(weight.shape)} with column stride "
                          f"{weight.stride(-1)}: the kernels take width >= 1 and unit column stride")
-    return _matrix(x)
+    rows = _matrix(x)
+    if rows.shape[0] * n >= 2**31:
+        raise ValueError(f"an output of {rows.shape[0]} x {n} is too large for these decode kernels")
+    return rows
 
 
 def _residual(residual: Tensor | None, m: int, n: int) -> Tensor | None:
-    """The residual as an (m, n) matrix with unit column stride (None stays None); also checks
-    that an (m, n) output fits the 32-bit row offsets."""
-    if m * n >= 2**31:
-        raise ValueError(f"an output of {m} x {n} is too large for these decode kernels")
+    """The residual as an (m, n) matrix with unit column stride (None stays None)."""
     if residual is None:
         return None
     if residual.numel() != m * n or residual.shape[-1] != n:
@@ -187,27 +205,6 @@ def _dot_kernel(
         y = _epilogue(acc, acc2, bias_ptr, res_ptr + rows[:, None] * sr_m + n[None, :], out_mask, n, n_ok,
                       y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, GATED)
         tl.store(y_ptr + rows[:, None] * sy_m + n[None, :], y, mask=out_mask)
-
-
-@triton.jit
-def _epilogue(acc, acc2, bias_ptr, res_ptrs, out_mask, n, n_ok, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
-              HAS_RES: tl.constexpr, GATED: tl.constexpr):
-    """The output from the float32 sums: plus the bias (callers pass none with GATED), or the
-    SwiGLU gate, with the reference's roundings (of both products and of the SiLU; of the product
-    before a residual is added)."""
-    y = acc
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if GATED:
-        g = y.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        u = acc2.to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(out_ty, fp_downcast_rounding="rtne").to(tl.float32)
-        y = act * u
-    y = y.to(out_ty, fp_downcast_rounding="rtne")
-    if HAS_RES:
-        res = tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
-        y = (y.to(tl.float32) + res).to(out_ty, fp_downcast_rounding="rtne")
-    return y
 
 
 @triton.jit
