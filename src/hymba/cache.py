@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import HymbaConfig, LayerSpec
-from .model.attention import SharedKV
+from .model.attention import SharedKV, rotate
 from .model.layout import InputError, SequenceLayout
 from .ops.decode_attention import DecodeKeys
 from .ops.kv_store import store_kv_step, write_slots
@@ -52,7 +52,10 @@ class _MetaRecorder:
         self.d_conv = d_conv
         self.prefix = MetaPrefix({}, {}, {}, {})
 
-    def update_kv(self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
+    def update_kv(
+        self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout, rotary: tuple[Tensor, Tensor] | None
+    ) -> SharedKV:
+        k = rotate(k, rotary)
         self.prefix.k[spec.kv_slot], self.prefix.v[spec.kv_slot] = k, v
         return SharedKV(k, v, layout.positions, None)
 
@@ -207,11 +210,14 @@ class HybridCache:
 
     # ------------------------------------------------------------------------------------
     # Hooks called by the model
-    def update_kv(self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout) -> SharedKV:
-        """Store a producer's new K/V (b, Hkv, L, d) and return what its queries attend over."""
+    def update_kv(
+        self, spec: LayerSpec, k: Tensor, v: Tensor, layout: SequenceLayout, rotary: tuple[Tensor, Tensor] | None
+    ) -> SharedKV:
+        """Store a producer's new K/V (b, Hkv, L, d), k before its rotary embedding ``rotary``
+        (cos, sin), and return what its queries attend over."""
         if k.shape[2] == 1:
-            return self._decode_kv(spec.kv_slot, k, v, layout.positions)
-        return self._prefill_kv(spec.kv_slot, k, v, layout)
+            return self._decode_kv(spec.kv_slot, k, v, layout.positions, rotary)
+        return self._prefill_kv(spec.kv_slot, rotate(k, rotary), v, layout)
 
     def conv_state(self, layer: int) -> Tensor:
         return self.conv[layer]
@@ -233,8 +239,9 @@ class HybridCache:
         self.ssm[layer].copy_(ssm_state)
 
     # ------------------------------------------------------------------------------------
-    def _decode_kv(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> SharedKV:
-        """One token per row at positions ``pos`` (b, 1): write in place; visibility by position."""
+    def _decode_kv(self, slot: int, k: Tensor, v: Tensor, pos: Tensor, rotary: tuple[Tensor, Tensor] | None) -> SharedKV:
+        """One token per row at positions ``pos`` (b, 1): rotate k and write in place; visibility
+        by position."""
         m, window = self.num_meta, self.window[slot]
         if window is None:
             ring = None
@@ -245,7 +252,7 @@ class HybridCache:
             used = ring.shape[1]
             limit = window - 1 if self.swa_decode == "reference" else window
             keys = DecodeKeys(pos, ring, first_pos=m, limit=limit)
-        store_kv_step(self.k[slot], self.v[slot], k, v, pos, m, ring)
+        store_kv_step(self.k[slot], self.v[slot], k, v, pos, m, ring, rotary)
         kv = (self.k[slot][:, :, :used], self.v[slot][:, :, :used])
         prefix = (self.meta_k[slot], self.meta_v[slot])
         return SharedKV(*kv, None, None, prefix=prefix, decode=keys)

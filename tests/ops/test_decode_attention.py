@@ -8,6 +8,7 @@ import torch
 
 from hymba.ops.decode_attention import DecodeKeys, decode_attention
 from hymba.ops.prefix_attention import attention_with_prefix
+from hymba.ops.rotary import apply_rotary_reference
 
 
 def _case(dev, dtype, b, hq, hkv, dqk, dv, P, S, ring, limit, seed=0):
@@ -52,6 +53,24 @@ def test_triton_matches_reference(case, dtype, triton_device):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     assert got.dtype == dtype and got.shape == want.shape
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1]])
+def test_triton_rotates_the_query(case, per_row, triton_device):
+    from hymba.ops.decode_attention_triton import decode_attention_triton
+
+    q, pk, pv, k, v, keys = _case(triton_device, torch.float32, *case)
+    b, d = q.shape[0], q.shape[-1]
+    angles = torch.rand(b if per_row else 1, 1, 1, d // 2, device=triton_device) * 40
+    cos, sin = (f(torch.cat([angles, angles], -1)) for f in (torch.cos, torch.sin))
+    got = decode_attention_triton(q, pk, pv, k, v, keys, (cos, sin))
+    rotated = apply_rotary_reference(q.double(), cos.double(), sin.double())
+    want = attention_with_prefix(rotated, pk.double(), pv.double(), k.double(), v.double(), keys.mask(k.shape[2]))
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="cos/sin"):
+        decode_attention_triton(q, pk, pv, k, v, keys, (cos[..., :-2], sin[..., :-2]))
 
 
 def test_reference_mask_semantics():

@@ -42,7 +42,7 @@ def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
     assert err < tol, f"relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("L", [256, 200])  # 200 is padded to 256 inside
+@pytest.mark.parametrize("L", [256, 200])  # 200: a partial last block
 def test_flex_gradients_match_sdpa(L):
     q, k, v = qkv(1, 8, 2, L, 32, 64, torch.float32, seed=1)
     grads = []
@@ -54,7 +54,7 @@ def test_flex_gradients_match_sdpa(L):
         assert ((a - b).norm() / b.norm()).item() < 1e-4
 
 
-def test_lengths_of_one_bucket_share_one_compilation():
+def test_lengths_share_one_compilation_and_the_query_layout():
     def heads(L: int, h: int, d: int, seed: int) -> torch.Tensor:
         # (b, L, h·d) split into heads, as the attention branch hands them over: strided views
         g = torch.Generator(device="cuda").manual_seed(seed)
@@ -63,12 +63,13 @@ def test_lengths_of_one_bucket_share_one_compilation():
     def inputs(L: int):
         return heads(L, 4, 32, 1), heads(L, 2, 32, 2), heads(L, 2, 64, 3)
 
-    flex_attention_swa(*inputs(200), 48, 4)  # compiles bucket 256
+    flex_attention_swa(*inputs(200), 48, 4)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for L in (131, 256, 229):
+        for L in (131, 256, 229, 1000):
             out = flex_attention_swa(*inputs(L), 48, 4)
             ref = sdpa_reference(*inputs(L), 48, 4, 0)
             assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
+            assert out.transpose(1, 2).is_contiguous()  # (b, L, H, d_v) in memory, as q
 
 
 def test_attention_dispatches_to_flex(monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hymba.ops.kv_store import store_kv_step, store_kv_step_reference
+from hymba.ops.rotary import apply_rotary_reference
 
 
 def stores(b, hkv, slots, dqk, dv, dtype, device):
@@ -36,6 +37,26 @@ def test_triton_matches_reference(ring, dtype, triton_device):
     torch.testing.assert_close(vs, want[1], rtol=0, atol=0)
     if ring:
         assert rp.equal(want[2]) and int(rp[2, 30 % slots]) == m + 30
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_rotates_the_keys_it_stores(per_row, dtype, triton_device):
+    from hymba.ops.kv_store_triton import store_kv_step_triton
+
+    device, b, hkv, slots, m, d = triton_device, 3, 2, 6, 4, 16
+    ks, vs = stores(b, hkv, slots, d, 8, dtype, device)
+    k, v = torch.randn(b, hkv, 1, d, device=device).to(dtype), torch.randn(b, hkv, 1, 8, device=device).to(dtype)
+    angles = torch.rand(b if per_row else 1, 1, 1, d // 2, device=device) * 40
+    cos, sin = (f(torch.cat([angles, angles], -1)).to(dtype) for f in (torch.cos, torch.sin))
+    pos = torch.tensor([[m + 1], [m + 3], [m + 5]], device=device)
+    want_k = ks.clone()
+    rotated = apply_rotary_reference(k.float(), cos.float(), sin.float())
+    store_kv_step_reference(want_k, vs.clone(), rotated, v, pos, m)
+    store_kv_step_triton(ks, vs, k, v, pos, m, None, (cos, sin))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ks.float(), want_k.float(), rtol=tol, atol=tol)
 
 
 def test_reference_writes_the_slots_of_the_positions():

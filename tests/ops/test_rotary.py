@@ -25,7 +25,10 @@ def test_triton_matches_reference(b, h, length, d, per_row, dtype, triton_device
     got, want = apply_rotary_triton(x, cos, sin), apply_rotary_reference(x.float(), cos.float(), sin.float())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert got.dtype == dtype and got.shape == x.shape
+    assert got.transpose(1, 2).is_contiguous()  # the projection's (b, L, H, d) order, not copied back
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    dense = apply_rotary_triton(x.contiguous(), cos, sin)
+    assert dense.is_contiguous() and torch.equal(dense, got)
 
 
 def test_rotation_keeps_norms_and_autograd_uses_the_reference():

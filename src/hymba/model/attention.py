@@ -30,6 +30,11 @@ class SharedKV:
     decode: DecodeKeys | None = None
 
 
+def rotate(x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Heads ``x`` with their rotary embedding (none for ``rotary=None``)."""
+    return x if rotary is None else ops.apply_rotary(x, *rotary)
+
+
 class AttentionBranch(nn.Module):
     def __init__(self, config: HymbaConfig, spec: LayerSpec) -> None:
         super().__init__()
@@ -53,25 +58,25 @@ class AttentionBranch(nn.Module):
         shared: SharedKV | None = None,
     ) -> tuple[Tensor, SharedKV]:
         """``q``: (b, L, Hq·d_qk); ``k``/``v`` for a K/V-computing layer, else ``shared`` from the
-        producer. Returns the output (b, L, Hq·d_v) and the K/V for consumers."""
+        producer. Returns the output (b, L, Hq·d_v) and the K/V for consumers.
+
+        Q and K get their rotary embedding here, or, at a decode step, inside the kernels that
+        attend (q) and store the new K/V in the cache (k)."""
+        rotary = layout.rotary if self.use_rope else None
         q = self._heads(q, self.num_heads, self.qk_dim)
-        if self.use_rope:
-            q = ops.apply_rotary(q, layout.cos, layout.sin)
         if self.spec.computes_kv:
             k = self._heads(k, self.num_kv_heads, self.qk_dim)
             v = self._heads(v, self.num_kv_heads, self.v_dim)
-            if self.use_rope:
-                k = ops.apply_rotary(k, layout.cos, layout.sin)
             if layout.cache is not None:
-                shared = layout.cache.update_kv(self.spec, k, v, layout)
+                shared = layout.cache.update_kv(self.spec, k, v, layout, rotary)
             else:
-                shared = SharedKV(k, v, layout.positions, layout.token_valid)
+                shared = SharedKV(rotate(k, rotary), v, layout.positions, layout.token_valid)
         assert shared is not None, "a K/V consumer needs its producer's K/V"
         if shared.decode is not None:
-            out = ops.decode_attention(q, *shared.prefix, shared.k, shared.v, shared.decode)
+            out = ops.decode_attention(q, *shared.prefix, shared.k, shared.v, shared.decode, rotary)
         else:
             out = ops.attention(
-                q, shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
+                rotate(q, rotary), shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
                 layout.num_meta, shared.k_valid, q_start=layout.start,
             )
         b, _, length, _ = out.shape

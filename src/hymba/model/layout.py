@@ -36,6 +36,11 @@ class SequenceLayout:
     cache: Any = None
     start: int | None = None
 
+    @property
+    def rotary(self) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin), or None for a model without rotary embeddings."""
+        return None if self.cos is None else (self.cos, self.sin)
+
 
 def left_padding(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
     """Number of leading pad tokens per row, or None if no row is left-padded.

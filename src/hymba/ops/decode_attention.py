@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .prefix_attention import attention_with_prefix
+from .rotary import apply_rotary
 from .triton_gate import use_triton
 
 
@@ -42,14 +43,19 @@ class DecodeKeys:
 
 
 def decode_attention(
-    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
+    rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """softmax over [prefix keys (all visible), cached keys (visible per ``keys``)] of
     q kᵀ / sqrt(d), times V. ``q``: (b, Hq, 1, d_qk); ``prefix_k/v``: (1 or b, Hkv, P, d);
-    ``k/v``: (b, Hkv, S, d) as stored. One Triton kernel (plus a merge of key splits) on CUDA
-    without autograd; otherwise the reference. Returns (b, Hq, 1, d_v) in q's dtype."""
-    if q.shape[2] == 1 and use_triton(q, prefix_k, prefix_v, k, v):
+    ``k/v``: (b, Hkv, S, d) as stored; ``rotary``: (cos, sin) of each row's position, (1 or b,
+    1, 1, d_qk), to rotate q by first (:func:`hymba.ops.apply_rotary`). One Triton kernel (plus
+    a merge of key splits) on CUDA without autograd; otherwise the reference. Returns
+    (b, Hq, 1, d_v) in q's dtype."""
+    if q.shape[2] == 1 and (rotary is None or q.shape[-1] % 2 == 0) and use_triton(q, prefix_k, prefix_v, k, v):
         from .decode_attention_triton import decode_attention_triton
 
-        return decode_attention_triton(q, prefix_k, prefix_v, k, v, keys)
+        return decode_attention_triton(q, prefix_k, prefix_v, k, v, keys, rotary)
+    if rotary is not None:
+        q = apply_rotary(q, *rotary)
     return attention_with_prefix(q, prefix_k, prefix_v, k, v, keys.mask(k.shape[2]))

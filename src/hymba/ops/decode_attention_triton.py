@@ -4,7 +4,8 @@ One program per (row, K/V head, split of the cached keys) handles all query head
 group at once (padded to 16 rows for the tensor cores), walks its keys in blocks with an online
 softmax in float32, and decides each key's visibility from positions (:class:`DecodeKeys`). The
 first split also covers the always-visible prefix (the meta tokens). A second kernel merges the
-splits. Splits are chosen so that small batches still fill the GPU.
+splits. Splits are chosen so that small batches still fill the GPU. The query's rotary embedding
+can be applied on the way in (one kernel fewer per layer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .decode_attention import DecodeKeys
+from .rotary_triton import rotary_rows, rotate_half_split
 from .triton_gate import num_sms
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
@@ -51,13 +53,13 @@ def _attend_block(q, k_ptrs, v_ptrs, inside, valid, dq_ok, dv_ok, m, l, acc, sca
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, pk_ptr, pv_ptr, k_ptr, v_ptr, pos_ptr, slot_pos_ptr,
+    q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, k_ptr, v_ptr, pos_ptr, slot_pos_ptr,
     out_ptr, part_acc_ptr, part_ml_ptr,
     Hkv, G, P, S, keys_per_split, first_pos, limit, scale,
-    sq_b, sq_h, spk_b, spk_h, spk_n, spv_b, spv_h, spv_n,
+    sq_b, sq_h, sc_b, spk_b, spk_h, spk_n, spv_b, spv_h, spv_n,
     sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, ssp_b, so_b, so_h,
     DQK: tl.constexpr, DV: tl.constexpr, GP: tl.constexpr, DQK_P: tl.constexpr, DV_P: tl.constexpr,
-    RING: tl.constexpr, HAS_LIMIT: tl.constexpr, SPLIT: tl.constexpr, BN: tl.constexpr,
+    ROPE: tl.constexpr, RING: tl.constexpr, HAS_LIMIT: tl.constexpr, SPLIT: tl.constexpr, BN: tl.constexpr,
     PREC: tl.constexpr,
 ):
     bh = tl.program_id(0)
@@ -70,8 +72,11 @@ def _decode_kernel(
     row_ok = rows < G
     dq_ok = dq < DQK
     dv_ok = dv < DV
-    q = tl.load(q_ptr + b * sq_b + (h * G + rows)[:, None] * sq_h + dq[None, :],
-                mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
+    q_rows = q_ptr + b * sq_b + (h * G + rows)[:, None] * sq_h
+    q_mask = row_ok[:, None] & dq_ok[None, :]
+    q = tl.load(q_rows + dq[None, :], mask=q_mask, other=0.0)
+    if ROPE:  # the query's rotary embedding, as ops.apply_rotary computes it
+        q = rotate_half_split(q, q_rows, dq, DQK, cos_ptr + b * sc_b, sin_ptr + b * sc_b, q_mask)
     pos = tl.load(pos_ptr + b)
     m = tl.full((GP,), float("-inf"), tl.float32)
     l = tl.zeros((GP,), tl.float32)
@@ -136,12 +141,13 @@ def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, 
 
 def decode_attention_triton(
     q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
+    rotary: tuple[Tensor, Tensor] | None = None,
     block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int | None = None,
     waves: int = WAVES,
 ) -> Tensor:
     """Same as :func:`hymba.ops.decode_attention.decode_attention` (one query per row); the
-    keyword arguments are the kernel's tuning knobs (None: BLOCK_N and NUM_STAGES, or
-    CROWDED_RING's)."""
+    keyword arguments after ``rotary`` are the kernel's tuning knobs (None: BLOCK_N and
+    NUM_STAGES, or CROWDED_RING's)."""
     b, hq, lq, dqk = q.shape
     hkv, S, dv = k.shape[1], k.shape[2], v.shape[3]
     crowded = keys.slot_pos is not None and b * hkv > 2 * num_sms(q.device)
@@ -153,6 +159,7 @@ def decode_attention_triton(
     for t in (q, prefix_k, prefix_v, k, v):
         if t.stride(-1) != 1:
             raise ValueError("q, K and V need a contiguous last dimension")
+    cos, sin, sc_b = rotary_rows(rotary, b, dqk) if rotary is not None else (q, q, 0)
     g = hq // hkv
     gp, dqk_p, dv_p = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dv))
     # enough programs for about two waves of the GPU, but no split shorter than one block
@@ -171,14 +178,14 @@ def decode_attention_triton(
     pk_b = prefix_k.stride(0) if prefix_k.shape[0] > 1 else 0
     pv_b = prefix_v.stride(0) if prefix_v.shape[0] > 1 else 0
     _decode_kernel[(b * hkv, splits)](
-        q, prefix_k, prefix_v, k, v, pos, slot_pos, out, part_acc, part_ml,
+        q, cos, sin, prefix_k, prefix_v, k, v, pos, slot_pos, out, part_acc, part_ml,
         hkv, g, P, S, keys_per_split, keys.first_pos, keys.limit if keys.limit is not None else 0,
         1.0 / math.sqrt(dqk),
-        q.stride(0), q.stride(1), pk_b, prefix_k.stride(1), prefix_k.stride(2),
+        q.stride(0), q.stride(1), sc_b, pk_b, prefix_k.stride(1), prefix_k.stride(2),
         pv_b, prefix_v.stride(1), prefix_v.stride(2),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         slot_pos.stride(0), out.stride(0), out.stride(1),
-        DQK=dqk, DV=dv, GP=gp, DQK_P=dqk_p, DV_P=dv_p, RING=keys.slot_pos is not None,
+        DQK=dqk, DV=dv, GP=gp, DQK_P=dqk_p, DV_P=dv_p, ROPE=rotary is not None, RING=keys.slot_pos is not None,
         HAS_LIMIT=keys.limit is not None, SPLIT=splits > 1, BN=block_n,
         PREC="ieee" if q.dtype == torch.float32 else None, num_warps=num_warps, num_stages=num_stages,
     )

@@ -3,12 +3,11 @@
 Same semantics as :func:`hymba.ops.attention.attention_mask` for self-attention over one unpadded
 sequence whose positions are ``offset + index``.
 
-The compiled kernel is specialised to its input shapes, so every new sequence length would compile
-again (seconds each), and past dynamo's recompile limit FlexAttention silently falls back to an
-unfused implementation that materialises the whole score matrix. To keep the number of shapes
-small, sequences are padded at the end to a bucket length (:func:`bucket_length`); the padded
-queries see no key, so their blocks are skipped and cost nothing but the copy. Block masks are
-built once per (length, bucket, window, meta tokens, offset) and cached.
+The kernel is compiled with dynamic shapes, so one compilation serves every sequence length and
+batch size (1 apart: size-1 dimensions are specialised); the inputs are not padded or copied.
+Block masks are built once per (length, window, meta tokens, offset) and cached. The output keeps
+the query's memory layout, so a query that is a (b, L, H, d) view transposed to (b, H, L, d)
+gives an output that transposes back to (b, L, H·d) without a copy.
 """
 
 from __future__ import annotations
@@ -16,14 +15,24 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-# Distinct shapes one process may compile (dynamo's default is 8; buckets keep the real count low).
+# Distinct graphs one process may compile (dynamo's default is 8): masks of global and
+# sliding-window layers, batch 1 and > 1, with and without autograd.
 RECOMPILE_LIMIT = 64
 # the setting's name since torch 2.7; ``cache_size_limit`` before
 _LIMIT_SETTING = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+# Forward tiles by (qk head dim, v head dim, dtype), measured on an H200 with
+# benchmarks/flex_gpu.py: inductor's sm_90 default for a 64-wide query head (128 x 128 tiles on 4
+# warps) does not leave room for Hymba's 128-wide value head (8K prefill: global layer 1.38 ->
+# 1.03 ms, sliding-window layer 0.50 -> 0.35 ms). Other shapes and GPUs keep the defaults. The
+# "fwd_" prefix (torch >= 2.6) leaves the backward's tiles alone.
+_SM90_FWD_TILES = {
+    (64, 128, torch.bfloat16): dict(fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_stages=3, fwd_num_warps=4),
+}
+_PREFIXED_OPTIONS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 6)
 
 _compiled_flex = None
 
@@ -31,43 +40,35 @@ _compiled_flex = None
 def _flex():
     global _compiled_flex
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
     return _compiled_flex
 
 
-def bucket_length(length: int) -> int:
-    """``length`` rounded up to a multiple of 128 and of 1/8 of the next power of two: at most 25%
-    padding, and four buckets per doubling of the length above 1024."""
-    step = max(128, (1 << (length - 1).bit_length()) // 8)
-    return -(-length // step) * step
+def kernel_options(q: Tensor, v: Tensor) -> dict:
+    """The measured forward tiles for this shape and GPU, or none (inductor's defaults)."""
+    if not _PREFIXED_OPTIONS or torch.cuda.get_device_capability(q.device) != (9, 0):
+        return {}
+    return dict(_SM90_FWD_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
 
 
 @lru_cache(maxsize=64)
-def _block_mask(length: int, padded: int, window: int | None, num_meta: int, offset: int, device: str):
-    # The real length is a captured tensor, not a Python constant, so that the compiled kernel does
-    # not guard on it: one compilation serves every length of a bucket.
-    real = torch.tensor(length, device=device)
-
+def _block_mask(length: int, window: int | None, num_meta: int, offset: int, device: str):
     def mask_mod(b, h, q_idx, kv_idx):
-        allowed = (kv_idx <= q_idx) & (q_idx < real)
+        causal = kv_idx <= q_idx
         if window is None:
-            return allowed
-        q = q_idx + offset
-        k = kv_idx + offset
-        return allowed & ((q - k <= window) | (k < num_meta))
+            return causal
+        return causal & ((q_idx - kv_idx <= window) | (kv_idx + offset < num_meta))
 
-    return create_block_mask(mask_mod, None, None, padded, padded, device=device)
+    return create_block_mask(mask_mod, None, None, length, length, device=device)
 
 
 def flex_attention_swa(
     q: Tensor, k: Tensor, v: Tensor, window: int | None, num_meta: int, offset: int = 0
 ) -> Tensor:
-    """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v)."""
-    length = q.shape[2]
-    padded = bucket_length(length)
-    # contiguous either way: the compiled kernel is specialised to strides too
-    q, k, v = (F.pad(t, (0, 0, 0, padded - length)) if padded != length else t.contiguous() for t in (q, k, v))
-    mask = _block_mask(length, padded, window, num_meta, offset, str(q.device))
+    """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v); any strides
+    with a unit last one. Returns (b, Hq, L, d_v) in q's memory layout."""
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    mask = _block_mask(q.shape[2], window, num_meta, offset, str(q.device))
     with torch._dynamo.config.patch(**{_LIMIT_SETTING: RECOMPILE_LIMIT}):
-        out = _flex()(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-    return out[:, :, :length]
+        return _flex()(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
+                       kernel_options=kernel_options(q, v))

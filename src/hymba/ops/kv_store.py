@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .rotary import apply_rotary
 from .triton_gate import use_triton
 
 
@@ -20,9 +21,11 @@ def write_slots(store: Tensor, index: Tensor, new: Tensor) -> None:
 
 def store_kv_step_reference(
     k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
-    ring_pos: Tensor | None = None,
+    ring_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
 ) -> None:
     """Reference of :func:`store_kv_step`."""
+    if rotary is not None:
+        k = apply_rotary(k, *rotary)
     index = pos - first_pos
     if ring_pos is not None:
         index = index % ring_pos.shape[1]
@@ -33,13 +36,15 @@ def store_kv_step_reference(
 
 def store_kv_step(
     k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
-    ring_pos: Tensor | None = None,
+    ring_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
 ) -> None:
     """Write ``k`` (b, Hkv, 1, d_qk) and ``v`` (b, Hkv, 1, d_v) of positions ``pos`` (b, 1) into
-    the stores (b, Hkv, slots, d), in place; with ``ring_pos`` (b, slots) the stores are rings.
-    One Triton kernel on CUDA without autograd, else the reference's scatters."""
-    if k.shape[2] == 1 and use_triton(k, v, k_store, v_store):
+    the stores (b, Hkv, slots, d), in place; with ``ring_pos`` (b, slots) the stores are rings;
+    with ``rotary`` = (cos, sin) the keys get their rotary embedding first
+    (:func:`hymba.ops.apply_rotary`). One Triton kernel on CUDA without autograd, else the
+    reference's scatters."""
+    if k.shape[2] == 1 and (rotary is None or k.shape[-1] % 2 == 0) and use_triton(k, v, k_store, v_store):
         from .kv_store_triton import store_kv_step_triton
 
-        return store_kv_step_triton(k_store, v_store, k, v, pos, first_pos, ring_pos)
-    return store_kv_step_reference(k_store, v_store, k, v, pos, first_pos, ring_pos)
+        return store_kv_step_triton(k_store, v_store, k, v, pos, first_pos, ring_pos, rotary)
+    return store_kv_step_reference(k_store, v_store, k, v, pos, first_pos, ring_pos, rotary)

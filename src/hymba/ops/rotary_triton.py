@@ -11,6 +11,29 @@ ROWS = 16
 
 
 @triton.jit
+def rotate_half_split(x, rows_ptr, cols, D: tl.constexpr, cos_row, sin_row, mask):
+    """``x``, a (rows, D_P) tile loaded from ``rows_ptr + cols``, times its rotary embedding:
+    x·cos + [-x2, x1]·sin in float32, rounded to x's dtype. ``cos_row``/``sin_row``: the row's
+    tables (D values); ``mask``: which elements of the tile exist. For kernels that rotate heads
+    on the way in (decode attention, the K/V store)."""
+    first = cols < D // 2
+    partner = tl.load(rows_ptr + tl.where(first, cols + D // 2, cols - D // 2)[None, :], mask=mask, other=0.0)
+    c = tl.load(cos_row + cols, mask=cols < D, other=0.0).to(tl.float32)
+    s = tl.load(sin_row + cols, mask=cols < D, other=0.0).to(tl.float32)
+    swapped = tl.where(first[None, :], -partner.to(tl.float32), partner.to(tl.float32))
+    return (x.to(tl.float32) * c[None, :] + swapped * s[None, :]).to(x.dtype)
+
+
+def rotary_rows(rotary: tuple[Tensor, Tensor], b: int, d: int) -> tuple[Tensor, Tensor, int]:
+    """The (cos, sin) of one position per row, (1 or b, 1, 1, d), as a kernel reads them:
+    contiguous, with the row stride (0 when one row serves all)."""
+    cos, sin = (t.contiguous() for t in rotary)
+    if cos.shape != sin.shape or cos.dim() != 4 or cos.shape[1:] != (1, 1, d) or cos.shape[0] not in (1, b):
+        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit {b} rows of one position, head dim {d}")
+    return cos, sin, cos.stride(0) if cos.shape[0] > 1 else 0
+
+
+@triton.jit
 def _rotary_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr, H, L, half,
     sx_b, sx_h, sx_l, sc_b, sc_l, so_b, so_h, so_l,
@@ -37,15 +60,20 @@ def _rotary_kernel(
 
 
 def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`; returns a contiguous tensor in
-    the promoted dtype of x and cos."""
+    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`, in the promoted dtype of x and
+    cos. Heads that are a transposed (b, L, H, d) view, as split from a projection, come back in
+    that memory order (so attention's output can keep it), others contiguous."""
     b, h, length, d = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()
     if cos.shape != sin.shape or cos.shape[-2:] != (length, d) or cos.shape[0] not in (1, b):
         raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit x of shape {tuple(x.shape)}")
-    out = torch.empty(b, h, length, d, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    like = dict(dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    if x.stride(1) < x.stride(2):
+        out = torch.empty(b, length, h, d, **like).transpose(1, 2)
+    else:
+        out = torch.empty(b, h, length, d, **like)
     half = d // 2
     sc_b = cos.stride(0) if cos.shape[0] > 1 else 0
     _rotary_kernel[(b * h, triton.cdiv(length, ROWS))](
