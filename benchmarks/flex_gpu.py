@@ -2,12 +2,13 @@
 
     python benchmarks/flex_gpu.py [--length 8320] [--backward] [--json out.json]
 
-25 query heads over 5 K/V heads (d_qk 64, d_v 128), bf16, batch 1, the heads split out of one
-projection as the model does it (strided views). For a global (causal) layer and a
+25 query heads over 5 K/V heads (d_qk 64, d_v 128), bf16, batch 1, contiguous heads (as
+``hymba.ops.flex`` passes K and V), compiled for dynamic lengths. For a global (causal) layer and a
 sliding-window layer (window 1,024, 128 meta tokens always visible) it times the forward (and
 with ``--backward`` forward + backward) with inductor's default tiles, the library's choice
 (``hymba.ops.flex.kernel_options``) and a few others; each setting is checked against the
-default's output. Times: CUDA events around 10 back-to-back calls (so the host's dispatch
+default's output. ``--layouts`` instead times q/k/v contiguous against views of the projection,
+compiled with dynamic and static shapes. Times: CUDA events around 10 back-to-back calls (so the host's dispatch
 overlaps the GPU), median of 5; TFLOP/s counts the visible (query, key) pairs.
 """
 
@@ -52,11 +53,17 @@ def time_ms(fn) -> float:
     return sorted(times)[2]
 
 
-def inputs(length: int, grad: bool):
+LAYOUTS = ("contiguous", "q view", "k/v views", "all views")
+
+
+def inputs(length: int, grad: bool, layout: str = "contiguous"):
+    """q, k, v as (b, H, L, d): contiguous, or views of one (b, L, H·d) projection (``layout``)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, length, (HQ + HKV) * DQK + HKV * DV, generator=g, device="cuda", dtype=torch.bfloat16)
     q, k, v = x.split([HQ * DQK, HKV * DQK, HKV * DV], dim=-1)
     heads = [t.view(1, length, -1, d).transpose(1, 2) for t, d in ((q, DQK), (k, DQK), (v, DV))]
+    keep = {"contiguous": (), "q view": (0,), "k/v views": (1, 2), "all views": (0, 1, 2)}[layout]
+    heads = [t if i in keep else t.contiguous() for i, t in enumerate(heads)]
     if grad:
         heads = [t.detach().requires_grad_(True) for t in heads]
     return heads
@@ -66,11 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=8320, help="internal positions (8K prompt + 128 meta)")
     parser.add_argument("--backward", action="store_true", help="also time forward + backward")
+    parser.add_argument("--layouts", action="store_true",
+                        help="compare memory layouts of q/k/v (contiguous or projection views) instead of tiles")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    compiled = torch.compile(flex_attention, dynamic=True)
+    torch._dynamo.config.recompile_limit = 256  # every setting below is its own compilation
     q, k, v = inputs(args.length, grad=False)
     chosen = flex.kernel_options(q, v)
+    if args.layouts:
+        return compare_layouts(args, chosen)
+    compiled = torch.compile(flex_attention, dynamic=True)
     settings = [("default", {}), ("library", chosen)] + [
         (f"fwd {m}x{n} s{s} w{w}", dict(fwd_BLOCK_M=m, fwd_BLOCK_N=n, fwd_num_stages=s, fwd_num_warps=w))
         for m, n, s, w in FWD_TILES
@@ -113,6 +125,28 @@ def main() -> None:
             tflops = flops / row["forward_ms"] / 1e9
             both_ms = f"{row['fwd_bwd_ms']:.3f}" if "fwd_bwd_ms" in row else "-"
             print(f"| {layer} | {name} | {row['forward_ms']:.3f} | {tflops:.0f} | {both_ms} | {row['diff']:.1e} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                                             length=args.length, rows=rows), indent=1))
+
+
+def compare_layouts(args, chosen: dict) -> None:
+    """Forward time by q/k/v layout, with dynamic and static compilation, default and chosen tiles."""
+    rows = []
+    print(f"| layer | layout | compile | tiles | forward ms |\n|{' --- |' * 5}")
+    for layer, window in (("global", None), ("sliding window", WINDOW)):
+        mask = flex._block_mask(args.length, window, META, 0, "cuda")
+        for layout in LAYOUTS:
+            q, k, v = inputs(args.length, grad=False, layout=layout)
+            for dynamic in (True, False):
+                compiled = torch.compile(flex_attention, dynamic=dynamic)
+                for name, opts in (("default", {}), ("library", chosen)):
+                    fwd = lambda o=opts, c=compiled, mask=mask, q=q, k=k, v=v: c(  # noqa: E731
+                        q, k, v, block_mask=mask, enable_gqa=True, kernel_options=o)
+                    ms = time_ms(fwd)
+                    kind = "dynamic" if dynamic else "static"
+                    rows.append(dict(layer=layer, layout=layout, compile=kind, tiles=name, forward_ms=ms))
+                    print(f"| {layer} | {layout} | {kind} | {name} | {ms:.3f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                                              length=args.length, rows=rows), indent=1))

@@ -63,7 +63,8 @@ def test_lengths_share_one_compilation_and_the_query_layout():
     def inputs(L: int):
         return heads(L, 4, 32, 1), heads(L, 2, 32, 2), heads(L, 2, 64, 3)
 
-    flex_attention_swa(*inputs(200), 48, 4)
+    flex_attention_swa(*inputs(200), 48, 4)  # compiled for this length
+    flex_attention_swa(*inputs(150), 48, 4)  # a second length: compiled once for dynamic lengths
     with torch._dynamo.config.patch(error_on_recompile=True):
         for L in (131, 256, 229, 1000):
             out = flex_attention_swa(*inputs(L), 48, 4)

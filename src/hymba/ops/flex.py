@@ -3,11 +3,13 @@
 Same semantics as :func:`hymba.ops.attention.attention_mask` for self-attention over one unpadded
 sequence whose positions are ``offset + index``.
 
-The kernel is compiled with dynamic shapes, so one compilation serves every sequence length and
-batch size (1 apart: size-1 dimensions are specialised); the inputs are not padded or copied.
-Block masks are built once per (length, window, meta tokens, offset) and cached. The output keeps
-the query's memory layout, so a query that is a (b, L, H, d) view transposed to (b, H, L, d)
-gives an output that transposes back to (b, L, H·d) without a copy.
+Compilation follows torch.compile's automatic dynamic shapes: the first shape is compiled for
+itself (the fastest kernel), a second length recompiles once with dynamic lengths, and that
+serves every later length; inputs are never padded. Block masks are built once per (length,
+window, meta tokens, offset) and cached. The output keeps the query's memory layout, so a query
+that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output that transposes back to
+(b, L, H·d) without a copy. K and V are made contiguous: compiled for dynamic lengths, strided
+K/V views of the projection ran 2-3x slower (``benchmarks/flex_gpu.py --layouts``).
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 # Distinct graphs one process may compile (dynamo's default is 8): masks of global and
-# sliding-window layers, batch 1 and > 1, with and without autograd.
+# sliding-window layers, static and dynamic lengths, batch 1 and > 1, with and without autograd.
 RECOMPILE_LIMIT = 64
 # the setting's name since torch 2.7; ``cache_size_limit`` before
 _LIMIT_SETTING = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
-# Forward tiles by (qk head dim, v head dim, dtype), measured on an H200 with
-# benchmarks/flex_gpu.py: inductor's sm_90 default for a 64-wide query head (128 x 128 tiles on 4
-# warps) does not leave room for Hymba's 128-wide value head (8K prefill: global layer 1.38 ->
-# 1.03 ms, sliding-window layer 0.50 -> 0.35 ms). Other shapes and GPUs keep the defaults. The
-# "fwd_" prefix (torch >= 2.6) leaves the backward's tiles alone.
-_SM90_FWD_TILES = {
-    (64, 128, torch.bfloat16): dict(fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_stages=3, fwd_num_warps=4),
+# Tiles by (qk head dim, v head dim, dtype), measured on an H200 with benchmarks/flex_gpu.py:
+# inductor's sm_90 defaults for a 64-wide query head (forward 128 x 128 tiles on 4 warps) do not
+# leave room for Hymba's 128-wide value head (8K tokens, forward: global layer 1.54 -> 0.97 ms,
+# sliding-window layer 0.61 -> 0.33 ms; forward + backward 5.76 -> 4.98 and 3.36 -> 2.72 ms).
+# Other shapes and GPUs keep the defaults. The "fwd_"/"bwd_" prefixes need torch >= 2.6.
+_SM90_TILES = {
+    (64, 128, torch.bfloat16): dict(
+        fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_stages=3, fwd_num_warps=4,
+        bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64, bwd_num_stages=3, bwd_num_warps=4,
+    ),
 }
 _PREFIXED_OPTIONS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 6)
 
@@ -40,15 +45,15 @@ _compiled_flex = None
 def _flex():
     global _compiled_flex
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 
 def kernel_options(q: Tensor, v: Tensor) -> dict:
-    """The measured forward tiles for this shape and GPU, or none (inductor's defaults)."""
+    """The measured tiles for this shape and GPU, or none (inductor's defaults)."""
     if not _PREFIXED_OPTIONS or torch.cuda.get_device_capability(q.device) != (9, 0):
         return {}
-    return dict(_SM90_FWD_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
+    return dict(_SM90_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
 
 
 @lru_cache(maxsize=64)
@@ -65,9 +70,11 @@ def _block_mask(length: int, window: int | None, num_meta: int, offset: int, dev
 def flex_attention_swa(
     q: Tensor, k: Tensor, v: Tensor, window: int | None, num_meta: int, offset: int = 0
 ) -> Tensor:
-    """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v); any strides
-    with a unit last one. Returns (b, Hq, L, d_v) in q's memory layout."""
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v), any strides.
+    Returns (b, Hq, L, d_v) in q's memory layout."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    k, v = k.contiguous(), v.contiguous()
     mask = _block_mask(q.shape[2], window, num_meta, offset, str(q.device))
     with torch._dynamo.config.patch(**{_LIMIT_SETTING: RECOMPILE_LIMIT}):
         return _flex()(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
