@@ -195,12 +195,18 @@ class HybridCache:
 
     def layout(self, num_tokens: int, num_new: Tensor | None = None) -> SequenceLayout:
         """Layout for ``num_tokens`` new tokens per row; ``num_new`` (b,) says how many of them
-        are real when rows are right-padded (None: all)."""
+        are real when rows are right-padded (None: all). A prompt of several unpadded tokens into
+        a fresh cache gets the same 1-D positions on every row, so that its attention can run as
+        one sequence after the meta tokens (FlexAttention on CUDA)."""
         self.check_room(num_tokens)
+        self._num_new = num_new
+        m = self.num_meta
+        if self.extent == 0 and num_new is None and num_tokens > 1:
+            return SequenceLayout(torch.arange(m, m + num_tokens, device=self.lengths.device), None, m,
+                                  cache=self, start=m)
         steps = torch.arange(num_tokens, device=self.lengths.device)
         valid = None if num_new is None else steps[None] < num_new[:, None]
-        self._num_new = num_new
-        return SequenceLayout(self.lengths[:, None] + steps, valid, self.num_meta, cache=self)
+        return SequenceLayout(self.lengths[:, None] + steps, valid, m, cache=self)
 
     def advance(self, num_tokens: int) -> None:
         """Mark the tokens given to the last :meth:`layout` call as stored."""
@@ -261,6 +267,14 @@ class HybridCache:
         """Several tokens per row: attend over meta + stored + new keys, then store the new ones."""
         b, m, window = k.shape[0], self.num_meta, self.window[slot]
         pos, valid = layout.positions, layout.token_valid
+        if pos.dim() == 1:  # a fresh cache, rows alike: the meta tokens and the prompt are one sequence
+            shared = SharedKV(
+                torch.cat([self.meta_k[slot].expand(b, -1, -1, -1), k], 2),
+                torch.cat([self.meta_v[slot].expand(b, -1, -1, -1), v], 2),
+                torch.arange(m + pos.shape[0], device=pos.device), None,
+            )
+            self._store_new(slot, k, v, pos.expand(b, -1))
+            return shared
         if valid is None:
             valid = torch.ones_like(pos, dtype=torch.bool)
         keys = [self.meta_k[slot].expand(b, -1, -1, -1)]
@@ -284,12 +298,16 @@ class HybridCache:
             torch.cat(keys + [k], 2), torch.cat(values + [v], 2),
             torch.cat(key_pos + [pos], 1), torch.cat(key_valid + [valid], 1),
         )
-        if window is None:
-            write_slots(self.k[slot], pos - m, k)
-            write_slots(self.v[slot], pos - m, v)
+        self._store_new(slot, k, v, pos)
+        return shared
+
+    def _store_new(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> None:
+        """Keep a prefill's new K/V (b, Hkv, L, d) at positions ``pos`` (b, L)."""
+        if self.window[slot] is None:
+            write_slots(self.k[slot], pos - self.num_meta, k)
+            write_slots(self.v[slot], pos - self.num_meta, v)
         else:
             self._fill_ring(slot, k, v, pos)
-        return shared
 
     def _fill_ring(self, slot: int, k: Tensor, v: Tensor, pos: Tensor) -> None:
         """Put each row's newest real tokens into their ring slots (older ones are overwritten)."""

@@ -64,6 +64,36 @@ def test_long_input_fast_paths_match_portable_paths(model, monkeypatch):
         assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
 
 
+def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch):
+    """A generation prefill of > 128 tokens attends with FlexAttention over meta + prompt; its
+    logits equal the forward without a cache, and its cache equals the SDPA path's."""
+    from hymba.cache import HybridCache, meta_prefix
+    from hymba.generation import forward_step
+    from hymba.ops import flex
+
+    ids = torch.randint(0, model.config.vocab_size, (2, 300), device="cuda")
+    calls = []
+    real = flex.flex_attention_swa
+    monkeypatch.setattr(flex, "flex_attention_swa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def prefill():
+        cache = HybridCache(model.config, 2, 310, device="cuda").reset(meta_prefix(model))
+        with torch.no_grad():
+            return model.lm_head(forward_step(model, ids, cache)).float(), cache
+
+    fast, fast_cache = prefill()
+    assert calls, "the prefill did not run FlexAttention"
+    monkeypatch.setenv("HYMBA_ATTN_IMPL", "sdpa")
+    slow, slow_cache = prefill()
+    with torch.no_grad():
+        full = model(ids).logits.float()
+    assert (fast - slow).abs().max().item() <= 1e-4
+    assert (fast - full).abs().max().item() <= 1e-4
+    for slot in fast_cache.k:
+        torch.testing.assert_close(fast_cache.k[slot], slow_cache.k[slot], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast_cache.v[slot], slow_cache.v[slot], rtol=1e-5, atol=1e-5)
+
+
 def _decode_logits(m, ids: torch.Tensor, triton: str, monkeypatch) -> torch.Tensor:
     """Logits of a 40-token prefill and then one decode step per remaining token, (batch, steps,
     vocab) in float32, with HYMBA_TRITON set to ``triton``."""

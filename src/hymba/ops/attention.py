@@ -78,19 +78,16 @@ def attention(
     q_start: int | None = None,
 ) -> Tensor:
     """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA.
-    ``q_start`` is ``q_pos[0]`` as a Python int, if the caller knows it (else it is read from the
-    device, which waits for the GPU)."""
-    if (
-        key_valid is None
-        and q.shape[2] == k.shape[2]
-        and q.shape[2] >= 128
-        and q_pos.dim() == 1
-        and _flex_enabled(q)
-    ):
+
+    1-D ``q_pos``/``k_pos`` are consecutive positions (as the model builds them) with the queries
+    the last keys, e.g. a prompt after the cached meta tokens. ``q_start`` is ``q_pos[0]`` as a
+    Python int, if the caller knows it (else it is read from the device, which waits for the GPU)."""
+    lq, lk = q.shape[2], k.shape[2]
+    if key_valid is None and lk >= lq >= 128 and q_pos.dim() == 1 and k_pos.dim() == 1 and _flex_enabled(q):
         from .flex import flex_attention_swa
 
-        offset = int(q_pos[0]) if q_start is None else q_start
-        return flex_attention_swa(q, k, v, window, num_meta, offset=offset)
+        start = int(q_pos[0]) if q_start is None else q_start
+        return flex_attention_swa(q, k, v, window, num_meta, offset=start - (lk - lq))
     aligned = q_pos is k_pos and q_pos.dim() == 1 and key_valid is None
     if aligned and (window is None or q.shape[2] - 1 <= window):
         return sdpa_attention(q, k, v, None)  # plain causal: no mask to build

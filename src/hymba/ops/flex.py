@@ -1,12 +1,12 @@
 """FlexAttention (CUDA) for Hymba's sliding-window + meta-token mask in prefill and training.
 
 Same semantics as :func:`hymba.ops.attention.attention_mask` for self-attention over one unpadded
-sequence whose positions are ``offset + index``.
+sequence whose keys are at positions ``offset + index`` and whose queries are the last keys.
 
 Compilation follows torch.compile's automatic dynamic shapes: the first shape is compiled for
 itself (the fastest kernel), a second length recompiles once with dynamic lengths, and that
-serves every later length; inputs are never padded. Block masks are built once per (length,
-window, meta tokens, offset) and cached. The output keeps the query's memory layout, so a query
+serves every later length; inputs are never padded. Block masks are built once per (query and
+key lengths, window, meta tokens, offset) and cached. The output keeps the query's memory layout, so a query
 that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output that transposes back to
 (b, L, H·d) without a copy. K and V are made contiguous: compiled for dynamic lengths, strided
 K/V views of the projection ran 2-3x slower (``benchmarks/flex_gpu.py --layouts``).
@@ -51,31 +51,38 @@ def _flex():
 
 def kernel_options(q: Tensor, v: Tensor) -> dict:
     """The measured tiles for this shape and GPU, or none (inductor's defaults)."""
-    if not _PREFIXED_OPTIONS or torch.cuda.get_device_capability(q.device) != (9, 0):
+    if not _PREFIXED_OPTIONS or q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return {}
     return dict(_SM90_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
 
 
 @lru_cache(maxsize=64)
-def _block_mask(length: int, window: int | None, num_meta: int, offset: int, device: str):
+def _block_mask(q_len: int, kv_len: int, window: int | None, num_meta: int, offset: int, device: str):
+    ahead = kv_len - q_len  # query i sits at key index i + ahead
+
     def mask_mod(b, h, q_idx, kv_idx):
-        causal = kv_idx <= q_idx
+        q_at = q_idx + ahead
+        causal = kv_idx <= q_at
         if window is None:
             return causal
-        return causal & ((q_idx - kv_idx <= window) | (kv_idx + offset < num_meta))
+        return causal & ((q_at - kv_idx <= window) | (kv_idx + offset < num_meta))
 
-    return create_block_mask(mask_mod, None, None, length, length, device=device)
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=device)
 
 
 def flex_attention_swa(
     q: Tensor, k: Tensor, v: Tensor, window: int | None, num_meta: int, offset: int = 0
 ) -> Tensor:
-    """``q``: (b, Hq, L, d_qk); ``k``: (b, Hkv, L, d_qk); ``v``: (b, Hkv, L, d_v), any strides.
-    Returns (b, Hq, L, d_v) in q's memory layout."""
+    """``q``: (b, Hq, Lq, d_qk); ``k``: (b, Hkv, Lk, d_qk); ``v``: (b, Hkv, Lk, d_v), any
+    strides, Lq <= Lk. Key j is at position ``offset + j``; the queries are the last Lq keys'
+    positions (self-attention, possibly after a prefix such as cached meta tokens). Returns
+    (b, Hq, Lq, d_v) in q's memory layout."""
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"{q.shape[2]} queries over {k.shape[2]} keys: the queries must be the last keys")
     if q.stride(-1) != 1:
         q = q.contiguous()
     k, v = k.contiguous(), v.contiguous()
-    mask = _block_mask(q.shape[2], window, num_meta, offset, str(q.device))
+    mask = _block_mask(q.shape[2], k.shape[2], window, num_meta, offset, str(q.device))
     with torch._dynamo.config.patch(**{_LIMIT_SETTING: RECOMPILE_LIMIT}):
         return _flex()(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
                        kernel_options=kernel_options(q, v))

@@ -1,0 +1,34 @@
+"""FlexAttention's block mask (run eagerly on CPU) against the SDPA path's boolean mask, including
+queries that are the last keys after a prefix (a prompt after cached meta tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hymba.ops.attention import attention_mask, sdpa_attention
+
+flex = pytest.importorskip("hymba.ops.flex", reason="this torch has no FlexAttention")
+
+
+@pytest.mark.parametrize(
+    "lq, lk, window, num_meta, offset",
+    [(40, 40, None, 0, 0), (40, 40, 8, 4, 0), (30, 38, 8, 8, 0), (30, 38, None, 8, 0), (20, 50, 6, 8, 3)],
+)
+def test_block_mask_matches_the_boolean_mask(monkeypatch, lq, lk, window, num_meta, offset):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(flex, "_compiled_flex", flex_attention)  # eager: no compiler on CPU
+    g = torch.Generator().manual_seed(lq + lk)
+    q, k, v = (torch.randn(1, h, n, d, generator=g) for h, n, d in ((4, lq, 16), (2, lk, 16), (2, lk, 32)))
+    out = flex.flex_attention_swa(q, k, v, window, num_meta, offset)
+    k_pos = torch.arange(offset, offset + lk)
+    q_pos = k_pos[lk - lq :]
+    want = sdpa_attention(q, k, v, attention_mask(q_pos, k_pos, window, num_meta))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_more_queries_than_keys_is_an_error():
+    q, k = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 8, 8)
+    with pytest.raises(ValueError, match="last keys"):
+        flex.flex_attention_swa(q, k, k, None, 0)
