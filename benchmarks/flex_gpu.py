@@ -96,7 +96,7 @@ def main() -> None:
     rows = []
     print(f"| layer | tiles | forward ms | fwd TFLOP/s | fwd+bwd ms | max diff vs default |\n|{' --- |' * 6}")
     for layer, window in (("global", None), ("sliding window", WINDOW)):
-        mask = flex._block_mask(args.length, window, META, 0, "cuda")
+        mask = flex._block_mask(args.length, args.length, window, META, 0, "cuda")
         flops = 2 * HQ * (DQK + DV) * visible_pairs(args.length, window)
         ref = None
         for name, opts in settings:
@@ -135,7 +135,7 @@ def compare_layouts(args, chosen: dict) -> None:
     rows = []
     print(f"| layer | layout | compile | tiles | forward ms |\n|{' --- |' * 5}")
     for layer, window in (("global", None), ("sliding window", WINDOW)):
-        mask = flex._block_mask(args.length, window, META, 0, "cuda")
+        mask = flex._block_mask(args.length, args.length, window, META, 0, "cuda")
         for layout in LAYOUTS:
             q, k, v = inputs(args.length, grad=False, layout=layout)
             for dynamic in (True, False):
