@@ -42,6 +42,18 @@ def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
     assert err < tol, f"relative error {err:.2e}"
 
 
+def test_tuned_tiles_on_hymba_heads():
+    """Hymba-1.5B's heads (25 over 5, d_qk 64, d_v 128) in bf16: the shape with measured tiles."""
+    from hymba.ops.flex import kernel_options
+
+    q, k, v = qkv(1, 25, 5, 300, 64, 128, torch.bfloat16, seed=3)
+    out = flex_attention_swa(q, k, v, 128, 16)
+    ref = sdpa_reference(q, k, v, 128, 16, 0)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert kernel_options(q, v)  # the tuned tiles were passed
+
+
 @pytest.mark.parametrize("L", [256, 200])  # 200: a partial last block
 def test_flex_gradients_match_sdpa(L):
     q, k, v = qkv(1, 8, 2, L, 32, 64, torch.float32, seed=1)

@@ -92,6 +92,12 @@ def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch
     for slot in fast_cache.k:
         torch.testing.assert_close(fast_cache.k[slot], slow_cache.k[slot], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast_cache.v[slot], slow_cache.v[slot], rtol=1e-5, atol=1e-5)
+    for slot in fast_cache.ring_pos:
+        assert fast_cache.ring_pos[slot].equal(slow_cache.ring_pos[slot])
+    nxt = ids[:, :1]
+    with torch.no_grad():  # decoding goes on from either cache alike
+        a, b = (model.lm_head(forward_step(model, nxt, c)).float() for c in (fast_cache, slow_cache))
+    assert (a - b).abs().max().item() <= 1e-4
 
 
 def _decode_logits(m, ids: torch.Tensor, triton: str, monkeypatch) -> torch.Tensor:

@@ -56,8 +56,15 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+# FlexAttention compiled for dynamic lengths had lowering bugs before torch 2.7 (and is measured
+# on 2.11 only); older versions take SDPA.
+_FLEX_TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 7)
+
+
 def _flex_enabled(q: Tensor) -> bool:
     if q.device.type != "cuda" or os.environ.get("HYMBA_ATTN_IMPL", "") == "sdpa":
+        return False
+    if not _FLEX_TORCH:
         return False
     try:
         import torch.nn.attention.flex_attention  # noqa: F401
