@@ -13,22 +13,14 @@ import json
 from pathlib import Path
 
 import torch
+from graph_timing import stream_time
 
 from hymba.ops.conv import causal_conv1d_reference
 from hymba.ops.conv_triton import causal_conv1d_triton
 
 
 def cuda_us(fn, calls: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / calls * 1e3
+    return stream_time(fn, calls, runs=1) * 1e6
 
 
 def main() -> None:

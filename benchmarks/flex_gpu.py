@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from graph_timing import stream_time
 from torch.nn.attention.flex_attention import flex_attention
 
 from hymba.ops import flex
@@ -39,18 +40,7 @@ def visible_pairs(length: int, window: int | None) -> int:
 
 
 def time_ms(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(CALLS):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / CALLS)
-    return sorted(times)[2]
+    return stream_time(fn, CALLS) * 1e3
 
 
 LAYOUTS = ("contiguous", "q view", "k/v views", "all views")

@@ -1,7 +1,9 @@
-"""Timing of short GPU calls inside a CUDA graph, shared by the kernel benchmarks.
+"""Timing of GPU calls for the kernel benchmarks: inside a CUDA graph, or back to back.
 
 This device's host launches small kernels slower than the GPU runs them, so timing eager calls
-measures the host; a graph of many calls replayed at once measures the GPU. Callers cycle through
+measures the host; a graph of many calls replayed at once measures the GPU. Calls that cannot be
+captured (compiled code) or are long enough to hide their launch are timed back to back
+(:func:`stream_time`). Callers cycle through
 copies of their inputs totalling ``L2_DEFEAT_BYTES`` so that every call reads HBM, not the 60 MB
 L2, as it would inside a model step.
 """
@@ -35,6 +37,24 @@ def graph_time(fn: Callable[[int], object], calls: int, runs: int = 5) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+def stream_time(fn: Callable[[], object], calls: int, runs: int = 5) -> float:
+    """Median seconds per call of ``fn`` over ``runs`` timings of ``calls`` back-to-back calls
+    (after three warm-up calls), so that the host's dispatch overlaps the GPU's work."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3 / calls)

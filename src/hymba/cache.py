@@ -267,18 +267,15 @@ class HybridCache:
         """Several tokens per row: attend over meta + stored + new keys, then store the new ones."""
         b, m, window = k.shape[0], self.num_meta, self.window[slot]
         pos, valid = layout.positions, layout.token_valid
+        keys = [self.meta_k[slot].expand(b, -1, -1, -1)]
+        values = [self.meta_v[slot].expand(b, -1, -1, -1)]
         if pos.dim() == 1:  # a fresh cache, rows alike: the meta tokens and the prompt are one sequence
-            shared = SharedKV(
-                torch.cat([self.meta_k[slot].expand(b, -1, -1, -1), k], 2),
-                torch.cat([self.meta_v[slot].expand(b, -1, -1, -1), v], 2),
-                torch.arange(m + pos.shape[0], device=pos.device), None,
-            )
+            key_pos = torch.arange(m + pos.shape[0], device=pos.device)
+            shared = SharedKV(torch.cat(keys + [k], 2), torch.cat(values + [v], 2), key_pos, None)
             self._store_new(slot, k, v, pos.expand(b, -1))
             return shared
         if valid is None:
             valid = torch.ones_like(pos, dtype=torch.bool)
-        keys = [self.meta_k[slot].expand(b, -1, -1, -1)]
-        values = [self.meta_v[slot].expand(b, -1, -1, -1)]
         meta_pos = torch.arange(m, device=pos.device).expand(b, m)
         key_pos, key_valid = [meta_pos], [torch.ones_like(meta_pos, dtype=torch.bool)]
         if self.extent:

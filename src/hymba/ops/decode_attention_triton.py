@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .decode_attention import DecodeKeys
-from .rotary_triton import rotary_rows, rotate_half_split
+from .rotary_triton import rotary_tables, rotate_half_split
 from .triton_gate import num_sms
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
@@ -159,7 +159,7 @@ def decode_attention_triton(
     for t in (q, prefix_k, prefix_v, k, v):
         if t.stride(-1) != 1:
             raise ValueError("q, K and V need a contiguous last dimension")
-    cos, sin, sc_b = rotary_rows(rotary, b, dqk) if rotary is not None else (q, q, 0)
+    cos, sin, sc_b = rotary_tables(rotary, b, 1, dqk) if rotary is not None else (q, q, 0)
     g = hq // hkv
     gp, dqk_p, dv_p = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dv))
     # enough programs for about two waves of the GPU, but no split shorter than one block

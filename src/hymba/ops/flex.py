@@ -30,14 +30,14 @@ _LIMIT_SETTING = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_l
 # inductor's sm_90 defaults for a 64-wide query head (forward 128 x 128 tiles on 4 warps) do not
 # leave room for Hymba's 128-wide value head (8K tokens, forward: global layer 1.54 -> 0.97 ms,
 # sliding-window layer 0.61 -> 0.33 ms; forward + backward 5.76 -> 4.98 and 3.36 -> 2.72 ms).
-# Other shapes and GPUs keep the defaults. The "fwd_"/"bwd_" prefixes need torch >= 2.6.
+# Other shapes and GPUs keep the defaults. The "fwd_"/"bwd_" prefixes need torch >= 2.6 (the
+# attention dispatch takes FlexAttention on torch >= 2.7 only).
 _SM90_TILES = {
     (64, 128, torch.bfloat16): dict(
         fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_stages=3, fwd_num_warps=4,
         bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64, bwd_num_stages=3, bwd_num_warps=4,
     ),
 }
-_PREFIXED_OPTIONS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 6)
 
 _compiled_flex = None
 
@@ -51,7 +51,7 @@ def _flex():
 
 def kernel_options(q: Tensor, v: Tensor) -> dict:
     """The measured tiles for this shape and GPU, or none (inductor's defaults)."""
-    if not _PREFIXED_OPTIONS or q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return {}
     return dict(_SM90_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
 

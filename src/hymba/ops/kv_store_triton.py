@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .rotary_triton import rotary_rows, rotate_half_split
+from .rotary_triton import rotary_tables, rotate_half_split
 
 
 @triton.jit
@@ -52,7 +52,7 @@ def store_kv_step_triton(
     if k_store.stride(-1) != 1 or v_store.stride(-1) != 1:
         raise ValueError("the K/V stores must have unit stride in their last dimension")
     ring = ring_pos if ring_pos is not None else pos  # a placeholder pointer when there is no ring
-    cos, sin, sc_b = rotary_rows(rotary, b, dqk) if rotary is not None else (k, k, 0)
+    cos, sin, sc_b = rotary_tables(rotary, b, 1, dqk) if rotary is not None else (k, k, 0)
     _store_kv_kernel[(b * hkv,)](
         k, v, cos, sin, k_store, v_store, pos, ring, hkv, k_store.shape[2], first_pos,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), sc_b,

@@ -24,12 +24,12 @@ def rotate_half_split(x, rows_ptr, cols, D: tl.constexpr, cos_row, sin_row, mask
     return (x.to(tl.float32) * c[None, :] + swapped * s[None, :]).to(x.dtype)
 
 
-def rotary_rows(rotary: tuple[Tensor, Tensor], b: int, d: int) -> tuple[Tensor, Tensor, int]:
-    """The (cos, sin) of one position per row, (1 or b, 1, 1, d), as a kernel reads them:
-    contiguous, with the row stride (0 when one row serves all)."""
+def rotary_tables(rotary: tuple[Tensor, Tensor], b: int, length: int, d: int) -> tuple[Tensor, Tensor, int]:
+    """(cos, sin) of shape (1 or b, 1, length, d) as the kernels read them: contiguous, with the
+    row stride (0 when one row serves all)."""
     cos, sin = (t.contiguous() for t in rotary)
-    if cos.shape != sin.shape or cos.dim() != 4 or cos.shape[1:] != (1, 1, d) or cos.shape[0] not in (1, b):
-        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit {b} rows of one position, head dim {d}")
+    if cos.shape != sin.shape or cos.dim() != 4 or cos.shape[1:] != (1, length, d) or cos.shape[0] not in (1, b):
+        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit {b} rows of {length} positions, head dim {d}")
     return cos, sin, cos.stride(0) if cos.shape[0] > 1 else 0
 
 
@@ -66,16 +66,13 @@ def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     b, h, length, d = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    cos, sin = cos.contiguous(), sin.contiguous()
-    if cos.shape != sin.shape or cos.shape[-2:] != (length, d) or cos.shape[0] not in (1, b):
-        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not fit x of shape {tuple(x.shape)}")
+    cos, sin, sc_b = rotary_tables((cos, sin), b, length, d)
     like = dict(dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
     if x.stride(1) < x.stride(2):
         out = torch.empty(b, length, h, d, **like).transpose(1, 2)
     else:
         out = torch.empty(b, h, length, d, **like)
     half = d // 2
-    sc_b = cos.stride(0) if cos.shape[0] > 1 else 0
     _rotary_kernel[(b * h, triton.cdiv(length, ROWS))](
         x, cos, sin, out, h, length, half,
         x.stride(0), x.stride(1), x.stride(2), sc_b, cos.stride(2), out.stride(0), out.stride(1), out.stride(2),
