@@ -56,3 +56,75 @@ def test_state_step(b, d, n, dtype, triton_device):
     assert got.dtype == dtype
     torch.testing.assert_close(got, want, **_tol(dtype))
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+
+
+def _mamba_weights(d, n, r, k, norms, conv_bias, dtype, dev):
+    from hymba.ops.ssm_step import MambaStepWeights
+
+    g = lambda *s: torch.randn(*s, device=dev)  # noqa: E731
+    return MambaStepWeights(
+        conv_weight=(g(d, k) * 0.5).to(dtype), conv_bias=(g(d) * 0.1).to(dtype) if conv_bias else None,
+        x_proj_weight=(g(r + 2 * n, d) / d**0.5).to(dtype),
+        norm_weights=tuple((1 + 0.1 * g(m)).to(dtype) for m in (r, n, n)) if norms else None, eps=1e-6,
+        dt_weight=(g(d, r) / r**0.5).to(dtype), dt_bias=g(d) * 0.5 - 1, A_log=g(d, n) * 0.5, D=g(d),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,d,n,r,norms,conv_bias", [
+    (1, 64, 16, 4, True, True), (3, 130, 16, 9, False, True), (2, 100, 8, 7, True, False), (4, 200, 16, 13, True, True),
+])
+def test_fused_mamba_step(b, d, n, r, norms, conv_bias, dtype, triton_device, monkeypatch):
+    """The two-kernel SSM branch step against the stages one by one (PyTorch references in
+    float32 on the same values), over several steps (the conv shift and the states carried), d not
+    a multiple of the block. In bfloat16 the kernels round where the stages store their outputs,
+    so the bound is on the relative error of the whole step."""
+    from hymba.ops.ssm_step import MambaStepWeights, mamba_decode_step_unfused
+    from hymba.ops.ssm_step_triton import mamba_decode_step_triton
+
+    dev = triton_device
+    w = _mamba_weights(d, n, r, 4, norms, conv_bias, dtype, dev)
+    w32 = MambaStepWeights(*(t.float() if isinstance(t, torch.Tensor) else t for t in w))
+    w32 = w32._replace(norm_weights=tuple(t.float() for t in w.norm_weights) if norms else None)
+    conv, ssm = torch.randn(b, d, 4, device=dev).to(dtype), torch.randn(b, d, n, device=dev)
+    ref_conv, ref_ssm = conv.to(torch.float32, copy=True), ssm.clone()
+    monkeypatch.setenv("HYMBA_TRITON", "0")  # the stages' references
+    for _ in range(3):
+        proj = torch.randn(b, 3 * d, device=dev).to(dtype)
+        x, z = proj[:, :d], proj[:, 2 * d:]  # strided rows, as split from the fused projection
+        got = mamba_decode_step_triton(x, z, conv, ssm, w)
+        want = mamba_decode_step_unfused(x.float(), z.float(), ref_conv, ref_ssm, w32)
+        assert got.dtype == dtype and got.shape == (b, d)
+        torch.testing.assert_close(conv.float(), ref_conv, rtol=0, atol=0)
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, want, **_tol(dtype))
+            torch.testing.assert_close(ssm, ref_ssm, **_tol(dtype))
+        else:
+            assert (got.float() - want).norm() / want.norm() < 0.03
+            assert (ssm - ref_ssm).norm() / ref_ssm.norm() < 0.03
+
+
+def test_fused_mamba_step_dispatch(triton_device, monkeypatch):
+    """ops.mamba_decode_step takes the fused kernels up to FUSED_MAX_ROWS rows and the stages for
+    more; both give the references' result."""
+    import hymba.ops.ssm_step_triton as fused
+    from hymba.ops.ssm_step import FUSED_MAX_ROWS, mamba_decode_step, mamba_decode_step_unfused
+
+    dev = triton_device
+    if dev == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")
+    calls = []
+    kernel = fused.mamba_decode_step_triton
+    monkeypatch.setattr(fused, "mamba_decode_step_triton", lambda *a: calls.append(a[0].shape[0]) or kernel(*a))
+    w = _mamba_weights(64, 16, 4, 4, True, True, torch.float32, dev)
+    for b in (2, FUSED_MAX_ROWS + 1):
+        x, z = torch.randn(2, b, 64, device=dev)
+        conv, ssm = torch.randn(b, 64, 4, device=dev), torch.randn(b, 64, 16, device=dev)
+        ref_conv, ref_ssm = conv.clone(), ssm.clone()
+        got = mamba_decode_step(x, z, conv, ssm, w)
+        with monkeypatch.context() as m:
+            m.setenv("HYMBA_TRITON", "0")
+            want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+        torch.testing.assert_close(got, want, **_tol(torch.float32))
+        torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
+    assert calls == [2]

@@ -74,8 +74,9 @@ class MambaBranch(nn.Module):
 
     def _step(self, x: Tensor, z: Tensor, weight: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One token (b, d_inner) through the conv and the SSM, updating both states in place."""
-        xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
-        dt, B, C = self._project(xc)
-        return ops.ssm_decode_step(
-            ssm_state, xc, ops.linear(dt, self.dt_proj.weight), self.A_log, B, C, self.D, z, self.dt_proj.bias
+        norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm) if self.inner_norms else None
+        weights = ops.MambaStepWeights(
+            weight, self.conv1d.bias, self.x_proj.weight, tuple(m.weight for m in norms) if norms else None,
+            norms[0].eps if norms else 0.0, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
         )
+        return ops.mamba_decode_step(x, z, conv_state, ssm_state, weights)

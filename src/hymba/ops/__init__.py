@@ -16,7 +16,7 @@ from .norm import (
 from .prefix_attention import attention_with_prefix
 from .rotary import apply_rotary, apply_rotary_reference
 from .scan import selective_scan, selective_scan_chunked, selective_scan_reference
-from .ssm_step import selective_state_update, ssm_decode_step
+from .ssm_step import MambaStepWeights, mamba_decode_step, selective_state_update, ssm_decode_step
 
 __all__ = [
     "attention",
@@ -40,6 +40,8 @@ __all__ = [
     "selective_scan_reference",
     "selective_state_update",
     "ssm_decode_step",
+    "MambaStepWeights",
+    "mamba_decode_step",
     "store_kv_step",
     "linear",
     "swiglu",

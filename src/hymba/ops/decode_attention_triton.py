@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .decode_attention import DecodeKeys
+from .pdl_triton import pdl_launch, wait_for_producers
 from .rotary_triton import rotary_tables, rotate_half_split
 from .triton_gate import num_sms
 
@@ -60,8 +61,9 @@ def _decode_kernel(
     sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, ssp_b, so_b, so_h,
     DQK: tl.constexpr, DV: tl.constexpr, GP: tl.constexpr, DQK_P: tl.constexpr, DV_P: tl.constexpr,
     ROPE: tl.constexpr, RING: tl.constexpr, HAS_LIMIT: tl.constexpr, SPLIT: tl.constexpr, BN: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_producers(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = (bh // Hkv).to(tl.int64)
@@ -120,8 +122,9 @@ def _decode_kernel(
 
 @triton.jit
 def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, Hkv, G, num_splits, so_b, so_h,
-                  DV: tl.constexpr, GP: tl.constexpr, DV_P: tl.constexpr, SPLITS_P: tl.constexpr):
+                  DV: tl.constexpr, GP: tl.constexpr, DV_P: tl.constexpr, SPLITS_P: tl.constexpr, PDL: tl.constexpr):
     """One query head: combine its per-split (max, sum, weighted values) in one pass."""
+    wait_for_producers(PDL)
     bh = tl.program_id(0)
     row = tl.program_id(1)
     b = (bh // Hkv).to(tl.int64)
@@ -187,9 +190,11 @@ def decode_attention_triton(
         slot_pos.stride(0), out.stride(0), out.stride(1),
         DQK=dqk, DV=dv, GP=gp, DQK_P=dqk_p, DV_P=dv_p, ROPE=rotary is not None, RING=keys.slot_pos is not None,
         HAS_LIMIT=keys.limit is not None, SPLIT=splits > 1, BN=block_n,
-        PREC="ieee" if q.dtype == torch.float32 else None, num_warps=num_warps, num_stages=num_stages,
+        PREC="ieee" if q.dtype == torch.float32 else None, **pdl_launch(q.device), num_warps=num_warps,
+        num_stages=num_stages,
     )
     if splits > 1:
         _merge_kernel[(b * hkv, g)](part_acc, part_ml, out, hkv, g, splits, out.stride(0), out.stride(1),
-                                    DV=dv, GP=gp, DV_P=dv_p, SPLITS_P=triton.next_power_of_2(splits), num_warps=4)
+                                    DV=dv, GP=gp, DV_P=dv_p, SPLITS_P=triton.next_power_of_2(splits),
+                                    **pdl_launch(q.device), num_warps=4)
     return out

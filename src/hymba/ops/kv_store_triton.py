@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .pdl_triton import pdl_launch, wait_for_producers
 from .rotary_triton import rotary_tables, rotate_half_split
 
 
@@ -15,8 +16,9 @@ def _store_kv_kernel(
     k_ptr, v_ptr, cos_ptr, sin_ptr, ks_ptr, vs_ptr, pos_ptr, ring_ptr, Hkv, slots, first_pos,
     sk_b, sk_h, sv_b, sv_h, sc_b, sks_b, sks_h, sks_n, svs_b, svs_h, svs_n, sp_b, sr_b,
     DQK: tl.constexpr, DV: tl.constexpr, DQK_P: tl.constexpr, DV_P: tl.constexpr, ROPE: tl.constexpr,
-    RING: tl.constexpr,
+    RING: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_producers(PDL)
     bh = tl.program_id(0)
     b = (bh // Hkv).to(tl.int64)
     h = (bh % Hkv).to(tl.int64)
@@ -59,5 +61,5 @@ def store_kv_step_triton(
         k_store.stride(0), k_store.stride(1), k_store.stride(2),
         v_store.stride(0), v_store.stride(1), v_store.stride(2), pos.stride(0), ring.stride(0),
         DQK=dqk, DV=dv, DQK_P=triton.next_power_of_2(dqk), DV_P=triton.next_power_of_2(dv),
-        ROPE=rotary is not None, RING=ring_pos is not None, num_warps=1,
+        ROPE=rotary is not None, RING=ring_pos is not None, **pdl_launch(k.device), num_warps=1,
     )

@@ -17,10 +17,10 @@ from .triton_gate import use_triton
 def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     """Which Triton kernel beats cuBLAS for this product (``"gemv"``, ``"dot"``) or None, as
     measured on an H200 inside CUDA graphs at Hymba-1.5B's decode shapes
-    (``benchmarks/linear_gpu.py``, benchmarks/RESULTS.md). One row: the tensor-core kernel for the
-    fused SwiGLU and very wide outputs (N >= 16384, the LM head); the matrix-vector kernel for short
-    rows (K <= 512: cuBLAS adds a split-K reduction kernel) and few long rows (1024 <= N <= K: the
-    output and down projections). Two to four rows: the tensor-core kernel unless a long row
+    (``benchmarks/linear_gpu.py``, benchmarks/RESULTS.md; the Triton kernels launched with PDL,
+    which lets each start while the previous kernel ends, a cuBLAS kernel not). One row: the
+    matrix-vector kernel for short rows (K <= 512), the tensor-core kernel for the rest. Two to four
+    rows: the tensor-core kernel unless a long row
     (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the
     tensor-core kernel for the fused SwiGLU and very wide outputs. Weights of x's width and dtype
     (and of one shape, gated) with unit column stride, no empty product, no autocast (which would
@@ -35,9 +35,7 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     if not (rows and n and k):
         return None
     if rows == 1:
-        if gated or wide:
-            return "dot"
-        return "gemv" if k <= 512 or 1024 <= n <= k else None
+        return "gemv" if k <= 512 and not (gated or wide) else "dot"
     if rows <= 4:
         return None if 512 < k < n < 16384 and not gated else "dot"
     return "dot" if rows <= 128 and (gated or wide) else None

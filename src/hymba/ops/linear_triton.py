@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .pdl_triton import pdl_launch, wait_for_producers
 from .triton_gate import num_sms
 
 # Matrix-vector tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step
@@ -65,7 +66,7 @@ def _weight_tile(w_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr):
 def _gemv_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, M, N, K, sx_m, sw_n, sr_m, sy_m,
     ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    HAS_RES: tl.constexpr, PDL: tl.constexpr,
 ):
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -76,8 +77,10 @@ def _gemv_kernel(
     x_rows = x_ptr + rows[:, None] * sx_m + cols[None, :]
     acc = tl.zeros((ROWS, BN, BK), tl.float32)
     # the weights of the next step are loaded before this step's products (a prefetch the
-    # compiler does not do by itself for loads that feed no dot)
+    # compiler does not do by itself for loads that feed no dot); with PDL the first one while the
+    # previous kernel finishes
     w = _weight_tile(w_rows, n_ok, cols, 0, K, EVEN_K)
+    wait_for_producers(PDL)
     for k0 in range(0, K, BK):
         x_mask = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k0 + cols < K)[None, :]
         x = tl.load(x_rows + k0, mask=x_mask, other=0.0).to(tl.float32)[:, None, :]
@@ -149,7 +152,7 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residua
             rows, weight, weight if bias is None else bias, y if res is None else res, y, m, n, k,
             rows.stride(0), weight.stride(0), 0 if res is None else res.stride(0), y.stride(0), ROWS=rows_p,
             BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None, HAS_RES=res is not None,
-            num_warps=num_warps,
+            **pdl_launch(x.device), num_warps=num_warps,
         )
     return y.view(*lead, n)
 
@@ -164,6 +167,7 @@ def _dot_kernel(
     x_ptr, w_ptr, w2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part, sx_m,
     sw_n, sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
     EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -175,6 +179,7 @@ def _dot_kernel(
     x_ptrs = x_ptr + rows[:, None] * sx_m + (k_begin + cols)[None, :]
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * sw_n + (k_begin + cols)[None, :]
     w2_ptrs = w2_ptr + n.to(tl.int64)[:, None] * sw2_n + (k_begin + cols)[None, :]
+    wait_for_producers(PDL)
     acc = tl.zeros((BM, BN), tl.float32)
     acc2 = tl.zeros((BM, BN), tl.float32)
     for k0 in range(k_begin, k_end, BK):
@@ -209,7 +214,8 @@ def _dot_kernel(
 
 @triton.jit
 def _split_sum_kernel(part_ptr, bias_ptr, res_ptr, y_ptr, N, splits, plane, up_part, sr_m, sy_m, BN: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -277,7 +283,7 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
         rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0),
         BM=bm, BN=bn, BK=bk,
         SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
-        PREC="ieee" if x.dtype == torch.float32 else None,
+        PREC="ieee" if x.dtype == torch.float32 else None, **pdl_launch(x.device),
         num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1:
@@ -285,7 +291,8 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
         _split_sum_kernel[(m, triton.cdiv(n, sum_bn))](
             part, b, y if res is None else res, y, n, split, m * n, split * m * n, 0 if res is None else res.stride(0),
             y.stride(0),
-            BN=sum_bn, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None, num_warps=4,
+            BN=sum_bn, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
+            **pdl_launch(x.device), num_warps=4,
         )
     return y.view(*lead, n)
 

@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .pdl_triton import pdl_launch, wait_for_producers
+
 
 @triton.jit
 def _normed_part(x32, w_ptr, cols, lo, hi, eps, x_dtype):
@@ -28,14 +30,15 @@ def _rows(x: Tensor) -> Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _row_launch(width: int) -> dict:
-    """Block and warps of a one-row-per-program kernel over rows of ``width`` columns."""
+def _row_launch(width: int, device: torch.device) -> dict:
+    """Block, warps and PDL of a one-row-per-program kernel over rows of ``width`` columns."""
     block = triton.next_power_of_2(width)
-    return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)))
+    return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)), **pdl_launch(device))
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out, eps, BLOCK: tl.constexpr):
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=0.0)
@@ -51,14 +54,15 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     out = torch.empty(rows.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     if rows.shape[0]:
         _rms_norm_kernel[(rows.shape[0],)](
-            rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d),
+            rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d, x.device),
         )
     return out.view(shape)
 
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, n_cols, stride_x, stride_d, stride_sum,
-                         stride_out, eps, BLOCK: tl.constexpr):
+                         stride_out, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     keep = cols < n_cols
@@ -81,14 +85,15 @@ def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float) ->
     if xr.shape[0]:
         _add_rms_norm_kernel[(xr.shape[0],)](
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
-            out.stride(0), eps, **_row_launch(d),
+            out.stride(0), eps, **_row_launch(d, x.device),
         )
     return total.view(shape), out.view(shape)
 
 
 @triton.jit
 def _mean_of_norms_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, n_cols, stride_a, stride_b, stride_out, eps,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     keep = cols < n_cols
@@ -111,14 +116,15 @@ def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: T
     if ar.shape[0]:
         _mean_of_norms_kernel[(ar.shape[0],)](
             ar, br, weight_a.contiguous(), weight_b.contiguous(), out, d, ar.stride(0), br.stride(0),
-            out.stride(0), eps, **_row_launch(d),
+            out.stride(0), eps, **_row_launch(d, a.device),
         )
     return out.view(shape)
 
 
 @triton.jit
 def _rms_norm_parts_kernel(x_ptr, w1_ptr, w2_ptr, w3_ptr, out_ptr, s1, s2, s3, stride_x, stride_out, eps,
-                           BLOCK: tl.constexpr):
+                           BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     width = s1 + s2 + s3
@@ -143,13 +149,14 @@ def rms_norm_parts_triton(x: Tensor, sizes: tuple[int, int, int], weights: tuple
     if rows.shape[0]:
         _rms_norm_parts_kernel[(rows.shape[0],)](
             rows, *(w.contiguous() for w in weights), out, *sizes, rows.stride(0), out.stride(0), eps,
-            BLOCK=triton.next_power_of_2(width),
+            BLOCK=triton.next_power_of_2(width), **pdl_launch(x.device),
         )
     return out.view(shape).split(list(sizes), -1)
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_producers(PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     keep = offs < n
     g = tl.load(g_ptr + offs, mask=keep, other=0.0)
@@ -166,5 +173,5 @@ def silu_mul_triton(gate: Tensor, up: Tensor) -> Tensor:
     n = gate.numel()
     block = 1024
     if n:
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4)
+        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4, **pdl_launch(gate.device))
     return out

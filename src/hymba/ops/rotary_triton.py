@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .pdl_triton import pdl_launch, wait_for_producers
+
 ROWS = 16
 
 
@@ -37,8 +39,9 @@ def rotary_tables(rotary: tuple[Tensor, Tensor], b: int, length: int, d: int) ->
 def _rotary_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr, H, L, half,
     sx_b, sx_h, sx_l, sc_b, sc_l, so_b, so_h, so_l,
-    ROWS: tl.constexpr, HALF_P: tl.constexpr,
+    ROWS: tl.constexpr, HALF_P: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_producers(PDL)
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -76,6 +79,6 @@ def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     _rotary_kernel[(b * h, triton.cdiv(length, ROWS))](
         x, cos, sin, out, h, length, half,
         x.stride(0), x.stride(1), x.stride(2), sc_b, cos.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        ROWS=ROWS, HALF_P=triton.next_power_of_2(half),
+        ROWS=ROWS, HALF_P=triton.next_power_of_2(half), **pdl_launch(x.device),
     )
     return out

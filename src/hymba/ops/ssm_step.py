@@ -1,4 +1,5 @@
-"""One step of the selective scan on a stored state (the decode-time SSM update).
+"""One step of the selective scan on a stored state (the decode-time SSM update), and the whole
+SSM branch's decode step (conv, x_proj, Δ/B/C norms, dt_proj, state update).
 
 Same recurrence as :func:`hymba.ops.scan.reference.selective_scan_reference` for a single time
 step; the state is updated in place so a decode loop never reallocates it.
@@ -6,12 +7,21 @@ step; the state is updated in place so a decode loop never reallocates it.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conv import causal_conv1d_update
+from .linear import linear
+from .norm import rms_norm_parts
 from .scan.reference import compute_dtype
 from .triton_gate import use_triton
+
+# Up to this many rows the SSM branch's decode step runs as two fused kernels on CUDA (each
+# program re-reads its share of the x_proj and dt_proj weights, cheap for a few rows only).
+FUSED_MAX_ROWS = 4
 
 
 def selective_state_update(
@@ -67,3 +77,48 @@ def ssm_decode_step(
         state, u, delta, -torch.exp(A_log.float()), B, C, D.float(), z, delta_bias=delta_bias.float(),
         delta_softplus=True,
     )
+
+
+class MambaStepWeights(NamedTuple):
+    """The SSM branch's parameters as a decode step uses them."""
+
+    conv_weight: Tensor  # (d_inner, d_conv), oldest tap first
+    conv_bias: Tensor | None  # (d_inner,)
+    x_proj_weight: Tensor  # (dt_rank + 2 d_state, d_inner)
+    norm_weights: tuple[Tensor, Tensor, Tensor] | None  # the Δ, B, C RMSNorm weights, if any
+    eps: float
+    dt_weight: Tensor  # (d_inner, dt_rank)
+    dt_bias: Tensor  # (d_inner,), added in float32 before the softplus
+    A_log: Tensor  # (d_inner, d_state)
+    D: Tensor  # (d_inner,)
+
+
+def mamba_decode_step(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, w: MambaStepWeights) -> Tensor:
+    """One token per row (``x``, ``z``: (b, d_inner)) through the SSM branch: conv update,
+    x_proj, the Δ/B/C norms, dt_proj and :func:`ssm_decode_step`; ``conv_state`` (b, d_inner,
+    d_conv) and ``ssm_state`` (b, d_inner, d_state) are updated in place. On CUDA, for up to
+    FUSED_MAX_ROWS rows with weights in x's dtype, two Triton kernels
+    (:func:`hymba.ops.ssm_step_triton.mamba_decode_step_triton`); otherwise the stages one by one."""
+    weights = [t for t in w if isinstance(t, Tensor)] + list(w.norm_weights or ())
+    n = ssm_state.shape[-1]
+    if (x.shape[0] <= FUSED_MAX_ROWS and n & (n - 1) == 0 and z.dtype == x.dtype
+            and all(t.dtype == x.dtype for t in (w.conv_weight, w.x_proj_weight, w.dt_weight, *(w.norm_weights or ())))
+            and use_triton(x, z, conv_state, ssm_state, *weights)):
+        from .ssm_step_triton import mamba_decode_step_triton
+
+        return mamba_decode_step_triton(x, z, conv_state, ssm_state, w)
+    return mamba_decode_step_unfused(x, z, conv_state, ssm_state, w)
+
+
+def mamba_decode_step_unfused(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, w: MambaStepWeights
+                              ) -> Tensor:
+    """:func:`mamba_decode_step` stage by stage (each stage its own kernel on CUDA, its reference
+    elsewhere)."""
+    xc = causal_conv1d_update(x, conv_state, w.conv_weight, w.conv_bias)
+    proj = linear(xc, w.x_proj_weight)
+    sizes = (w.dt_weight.shape[1], ssm_state.shape[-1], ssm_state.shape[-1])
+    if w.norm_weights is None:
+        dt, B, C = proj.split(list(sizes), dim=-1)
+    else:
+        dt, B, C = rms_norm_parts(proj, sizes, w.norm_weights, w.eps)
+    return ssm_decode_step(ssm_state, xc, linear(dt, w.dt_weight), w.A_log, B, C, w.D, z, w.dt_bias)

@@ -1,8 +1,14 @@
-"""The SSM branch's decode step in Triton: the conv update and the state update, one kernel each.
+"""The SSM branch's decode step in Triton, on a batch of single tokens, in place on the cache's
+conv and SSM state, one program per (sequence, block of channels).
 
-Both work on a batch of single tokens, in place on the cache's conv and SSM state, with one
-program per (sequence, block of channels). Between the two sit the x_proj matmul and the Δ/B/C
-norms, which stay in PyTorch.
+Two forms:
+
+- one kernel per stage: the conv update, then (after the x_proj matmul and the Δ/B/C norms in
+  their own kernels) the state update;
+- for a few rows, the whole branch in two kernels (:func:`mamba_decode_step_triton`): the conv
+  update with each block's share of the x_proj product (float32 partial sums), then the sum of the
+  partial products, the Δ/B/C norms, the dt_proj product and the state update. At one row the five
+  kernels of the first form are latency-bound (≈ 2-5 µs each for ≈ 1.5 MB of weights).
 """
 
 from __future__ import annotations
@@ -12,9 +18,56 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .pdl_triton import pdl_launch, wait_for_producers
 from .scan.triton import _softplus
 
 BLOCK_D = 64
+# the fused form's channels per program and warps (benchmarks/ssm_step_gpu.py)
+FUSED_BLOCK_D = 64
+FUSED_WARPS = 4
+
+
+@triton.jit
+def _conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The conv taps (BD, KP) and bias (BD,) in float32 (zero bias without one)."""
+    w = tl.load(w_ptr + offs_d[:, None] * K + offs_k[None, :], mask=keep_d[:, None] & (offs_k[None, :] < K), other=0.0)
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=keep_d, other=0.0).to(tl.float32)
+    return w.to(tl.float32), bias
+
+
+@triton.jit
+def _conv_update(x, row, offs_k, keep_d, ss_k, w, bias, K: tl.constexpr, SILU: tl.constexpr):
+    """Shift the conv state rows at ``row`` left by one, append ``x``, store them and return the
+    conv output in float32: slot k takes slot k + 1, the last slot takes x."""
+    shifted = tl.load(row + (offs_k[None, :] + 1) * ss_k, mask=keep_d[:, None] & (offs_k[None, :] + 1 < K), other=0.0)
+    new = tl.where(offs_k[None, :] == K - 1, x[:, None].to(shifted.dtype), shifted)
+    tl.store(row + offs_k[None, :] * ss_k, new, mask=keep_d[:, None] & (offs_k[None, :] < K))
+    y = tl.sum(new.to(tl.float32) * w, axis=1) + bias
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    return y
+
+
+@triton.jit
+def _state_params(A_log_ptr, D_ptr, bias_ptr, offs_d, offs_n, keep, N: tl.constexpr):
+    """A = -exp(A_log) (BD, N), D and the Δ bias (BD,), in float32."""
+    A = -tl.exp(tl.load(A_log_ptr + offs_d[:, None] * N + offs_n[None, :], mask=keep[:, None], other=0.0).to(tl.float32))
+    D = tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
+    dt_bias = tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
+    return A, D, dt_bias
+
+
+@triton.jit
+def _state_update(s_ptrs, keep, u, dt, Bv, Cv, A, D, z):
+    """Δ = softplus(dt) (bias included); s ← exp(Δ A) s + Δ B u stored; y = (<s, C> + D u) · SiLU(z)."""
+    dt = _softplus(dt)
+    s = tl.load(s_ptrs, mask=keep[:, None], other=0.0).to(tl.float32)
+    s = tl.exp(dt[:, None] * A) * s + (dt * u)[:, None] * Bv[None, :]
+    tl.store(s_ptrs, s.to(s_ptrs.dtype.element_ty), mask=keep[:, None])
+    y = tl.sum(s * Cv[None, :], axis=1) + u * D
+    return y * (z / (1.0 + tl.exp(-z)))
 
 
 @triton.jit
@@ -22,24 +75,16 @@ def _conv_step_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, d,
     sx_b, sx_d, ss_b, ss_d, ss_k, so_b,
     K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_k = tl.arange(0, KP)
     keep_d = offs_d < d
+    w, bias = _conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
+    wait_for_producers(PDL)  # the weights are read before: they are not written during decoding
     x = tl.load(x_ptr + b * sx_b + offs_d * sx_d, mask=keep_d, other=0.0)
-    row = state_ptr + b * ss_b + offs_d[:, None] * ss_d
-    # shift left by one and append x: slot k takes slot k + 1, the last slot takes x
-    shifted = tl.load(row + (offs_k[None, :] + 1) * ss_k, mask=keep_d[:, None] & (offs_k[None, :] + 1 < K), other=0.0)
-    last = offs_k[None, :] == K - 1
-    new = tl.where(last, x[:, None].to(shifted.dtype), shifted)
-    tl.store(row + offs_k[None, :] * ss_k, new, mask=keep_d[:, None] & (offs_k[None, :] < K))
-    w = tl.load(w_ptr + offs_d[:, None] * K + offs_k[None, :], mask=keep_d[:, None] & (offs_k[None, :] < K), other=0.0)
-    y = tl.sum(new.to(tl.float32) * w.to(tl.float32), axis=1)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_d, mask=keep_d, other=0.0).to(tl.float32)
-    if SILU:
-        y = y / (1.0 + tl.exp(-y))
+    y = _conv_update(x, state_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, SILU)
     tl.store(out_ptr + b * so_b + offs_d, y.to(out_ptr.dtype.element_ty), mask=keep_d)
 
 
@@ -55,6 +100,7 @@ def causal_conv1d_update_triton(
         x, state, weight.contiguous(), bias if bias is not None else weight, out, d,
         x.stride(0), x.stride(1), state.stride(0), state.stride(1), state.stride(2), out.stride(0),
         K=kernel, KP=triton.next_power_of_2(kernel), BD=BLOCK_D, HAS_BIAS=bias is not None, SILU=activation,
+        **pdl_launch(x.device),
     )
     return out
 
@@ -63,25 +109,20 @@ def causal_conv1d_update_triton(
 def _state_step_kernel(
     state_ptr, u_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, d,
     ss_b, ss_d, su_b, sdt_b, sB_b, sC_b, sz_b, sy_b,
-    N: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, N)
     keep = offs_d < d
+    A, D, dt_bias = _state_params(A_log_ptr, D_ptr, bias_ptr, offs_d, offs_n, keep, N)
+    wait_for_producers(PDL)  # the parameters are read before: they are not written during decoding
     u = tl.load(u_ptr + b * su_b + offs_d, mask=keep, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b * sdt_b + offs_d, mask=keep, other=0.0).to(tl.float32)
-    dt = _softplus(dt + tl.load(bias_ptr + offs_d, mask=keep, other=0.0).to(tl.float32))
-    A = -tl.exp(tl.load(A_log_ptr + offs_d[:, None] * N + offs_n[None, :], mask=keep[:, None], other=0.0).to(tl.float32))
+    dt = tl.load(dt_ptr + b * sdt_b + offs_d, mask=keep, other=0.0).to(tl.float32) + dt_bias
     Bv = tl.load(B_ptr + b * sB_b + offs_n).to(tl.float32)
     Cv = tl.load(C_ptr + b * sC_b + offs_n).to(tl.float32)
-    s_ptrs = state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :]
-    s = tl.load(s_ptrs, mask=keep[:, None], other=0.0).to(tl.float32)
-    s = tl.exp(dt[:, None] * A) * s + (dt * u)[:, None] * Bv[None, :]
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=keep[:, None])
-    y = tl.sum(s * Cv[None, :], axis=1) + u * tl.load(D_ptr + offs_d, mask=keep, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + b * sz_b + offs_d, mask=keep, other=0.0).to(tl.float32)
-    y = y * (z / (1.0 + tl.exp(-z)))
+    y = _state_update(state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :], keep, u, dt, Bv, Cv, A, D, z)
     tl.store(y_ptr + b * sy_b + offs_d, y.to(y_ptr.dtype.element_ty), mask=keep)
 
 
@@ -102,6 +143,129 @@ def ssm_decode_step_triton(
     _state_step_kernel[(b, triton.cdiv(d, BLOCK_D))](
         state, u, delta, A_log.contiguous(), B, C, D, z, delta_bias, y, d,
         state.stride(0), state.stride(1), u.stride(0), delta.stride(0), B.stride(0), C.stride(0),
-        z.stride(0), y.stride(0), N=n, BD=BLOCK_D,
+        z.stride(0), y.stride(0), N=n, BD=BLOCK_D, **pdl_launch(u.device),
+    )
+    return y
+
+
+@triton.jit
+def _conv_xproj_kernel(
+    x_ptr, cstate_ptr, cw_ptr, cb_ptr, xw_ptr, xc_ptr, part_ptr, d, R,
+    sx_b, ss_b, ss_d, ss_k, sxw, sxc_b,
+    K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """The conv update of one block of channels, and the block's share of x_proj's product:
+    part[row, block, :R] = W[:, block] · xc[block] in float32."""
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    offs_d = blk * BD + tl.arange(0, BD)
+    offs_k = tl.arange(0, KP)
+    offs_r = tl.arange(0, RP)
+    keep_d = offs_d < d
+    w, bias = _conv_weights(cw_ptr, cb_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
+    xw = tl.load(xw_ptr + offs_r[:, None] * sxw + offs_d[None, :], mask=(offs_r < R)[:, None] & keep_d[None, :],
+                 other=0.0)
+    wait_for_producers(PDL)  # the weights are read before: they are not written during decoding
+    x = tl.load(x_ptr + b * sx_b + offs_d, mask=keep_d, other=0.0)
+    y = _conv_update(x, cstate_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, True)
+    xc = y.to(xc_ptr.dtype.element_ty)  # the conv output, rounded as the unfused kernel stores it
+    tl.store(xc_ptr + b * sxc_b + offs_d, xc, mask=keep_d)
+    part = tl.sum(xw.to(tl.float32) * xc.to(tl.float32)[None, :], axis=1)
+    tl.store(part_ptr + (b * tl.num_programs(1) + blk) * RP + offs_r, part, mask=offs_r < R)
+
+
+@triton.jit
+def _projected(part_rows, cols, blk_ok, col_ok, dtype):
+    """The x_proj output at ``cols``: the blocks' partial sums added, rounded to ``dtype``."""
+    total = tl.sum(tl.load(part_rows + cols[None, :], mask=blk_ok[:, None] & col_ok[None, :], other=0.0), axis=0)
+    return total.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+
+
+@triton.jit
+def _rms_normed(x, w, width, eps, dtype):
+    """RMSNorm of a float32 vector (zeros past ``width``) with weight ``w``, rounded as
+    ``ops.rms_norm_reference`` rounds: the normalised x to ``dtype``, then the product."""
+    inv = tl.math.rsqrt(tl.sum(x * x, axis=0) / width + eps)
+    normed = (x * inv).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+    return (w * normed).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+
+
+@triton.jit
+def _ssm_from_parts_kernel(
+    part_ptr, xc_ptr, z_ptr, state_ptr, dtw_ptr, dtb_ptr, A_log_ptr, D_ptr, nw_dt_ptr, nw_B_ptr, nw_C_ptr,
+    y_ptr, d, blocks, r, eps,
+    sxc_b, sz_b, ss_b, ss_d, sdtw, sy_b,
+    N: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, RDT_P: tl.constexpr, BLOCKS_P: tl.constexpr,
+    NORMS: tl.constexpr, PDL: tl.constexpr,
+):
+    """x_proj's output from the partial sums, the Δ/B/C norms, dt_proj for this block of channels
+    and the state update (the x_proj, dt_proj and norm outputs rounded to the activations' dtype,
+    as the unfused path stores them)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, N)
+    offs_r = tl.arange(0, RDT_P)
+    keep = offs_d < d
+    r_ok = offs_r < r
+    dtype = xc_ptr.dtype.element_ty
+    A, D, dt_bias = _state_params(A_log_ptr, D_ptr, dtb_ptr, offs_d, offs_n, keep, N)
+    dtw = tl.load(dtw_ptr + offs_d[:, None] * sdtw + offs_r[None, :], mask=keep[:, None] & r_ok[None, :],
+                  other=0.0).to(tl.float32)
+    if NORMS:
+        nw_dt = tl.load(nw_dt_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+        nw_B = tl.load(nw_B_ptr + offs_n).to(tl.float32)
+        nw_C = tl.load(nw_C_ptr + offs_n).to(tl.float32)
+    wait_for_producers(PDL)  # the parameters are read before: they are not written during decoding
+    blk = tl.arange(0, BLOCKS_P)
+    part_rows = part_ptr + (b * blocks + blk)[:, None] * RP
+    blk_ok = blk < blocks
+    all_n = offs_n < N
+    dt_in = _projected(part_rows, offs_r, blk_ok, r_ok, dtype)
+    Bv = _projected(part_rows, r + offs_n, blk_ok, all_n, dtype)
+    Cv = _projected(part_rows, r + N + offs_n, blk_ok, all_n, dtype)
+    if NORMS:
+        dt_in = _rms_normed(dt_in, nw_dt, r, eps, dtype)
+        Bv = _rms_normed(Bv, nw_B, N, eps, dtype)
+        Cv = _rms_normed(Cv, nw_C, N, eps, dtype)
+    dt = tl.sum(dtw * dt_in[None, :], axis=1).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+    u = tl.load(xc_ptr + b * sxc_b + offs_d, mask=keep, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + b * sz_b + offs_d, mask=keep, other=0.0).to(tl.float32)
+    y = _state_update(state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :], keep, u, dt + dt_bias,
+                      Bv, Cv, A, D, z)
+    tl.store(y_ptr + b * sy_b + offs_d, y.to(y_ptr.dtype.element_ty), mask=keep)
+
+
+def mamba_decode_step_triton(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, w,
+                             block_d: int = FUSED_BLOCK_D, num_warps: int = FUSED_WARPS) -> Tensor:
+    """Same as :func:`hymba.ops.ssm_step.mamba_decode_step` (``w``: its :class:`MambaStepWeights`)
+    in two kernels; both states are updated in place. ``block_d`` channels a program and
+    ``num_warps`` are the kernels' knobs."""
+    b, d = x.shape
+    n, kernel, r = ssm_state.shape[-1], conv_state.shape[-1], w.dt_weight.shape[1]
+    width = w.x_proj_weight.shape[0]
+    for t in (x, z, ssm_state, w.x_proj_weight, w.dt_weight, w.A_log):
+        if t.stride(-1) != 1:
+            raise ValueError("the fused SSM step needs tensors with a contiguous last dimension")
+    blocks = triton.cdiv(d, block_d)
+    rp = triton.next_power_of_2(width)
+    xc = torch.empty(b, d, dtype=x.dtype, device=x.device)
+    part = torch.empty(b, blocks, rp, dtype=torch.float32, device=x.device)
+    pdl = pdl_launch(x.device)
+    _conv_xproj_kernel[(b, blocks)](
+        x, conv_state, w.conv_weight.contiguous(), w.conv_bias if w.conv_bias is not None else x, w.x_proj_weight,
+        xc, part, d, width,
+        x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), w.x_proj_weight.stride(0),
+        xc.stride(0),
+        K=kernel, KP=triton.next_power_of_2(kernel), BD=block_d, RP=rp, HAS_BIAS=w.conv_bias is not None,
+        num_warps=num_warps, **pdl,
+    )
+    norms = w.norm_weights or (w.dt_bias, w.dt_bias, w.dt_bias)  # placeholders without norms
+    y = torch.empty(b, d, dtype=x.dtype, device=x.device)
+    _ssm_from_parts_kernel[(b, blocks)](
+        part, xc, z, ssm_state, w.dt_weight, w.dt_bias, w.A_log, w.D, *norms, y, d, blocks, r, w.eps,
+        xc.stride(0), z.stride(0), ssm_state.stride(0), ssm_state.stride(1), w.dt_weight.stride(0), y.stride(0),
+        N=n, BD=block_d, RP=rp, RDT_P=triton.next_power_of_2(r), BLOCKS_P=triton.next_power_of_2(blocks),
+        NORMS=w.norm_weights is not None, num_warps=num_warps, **pdl,
     )
     return y

@@ -2,8 +2,9 @@
 
 ``HYMBA_TRITON=0`` forces the pure-PyTorch references of the fused RMSNorm and decode kernels
 (for debugging; the selective scan has its own switch, ``HYMBA_SCAN_IMPL``). ``HYMBA_TRITON=force``
-runs them on any device, which with ``TRITON_INTERPRET=1`` tests them on CPU tensors. Nothing
-here imports Triton on a machine without it.
+runs them on any device, which with ``TRITON_INTERPRET=1`` tests them on CPU tensors.
+``HYMBA_PDL=0`` launches them without programmatic dependent launch (``ops/pdl_triton.py``).
+Nothing here imports Triton on a machine without it.
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def use_triton(x: Tensor, *others: Tensor | None) -> bool:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
         return False
     return triton_importable()
+
+
+@functools.cache
+def _pdl_device(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Whether kernels on ``device`` may use programmatic dependent launch: a CUDA device of
+    compute capability 9.0 or later (Hopper), not Triton's interpreter, not ``HYMBA_PDL=0``."""
+    if device.type != "cuda" or os.environ.get("HYMBA_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return _pdl_device(device.index if device.index is not None else torch.cuda.current_device())

@@ -1,0 +1,37 @@
+"""Programmatic dependent launch (PDL) for the decode kernels, on Hopper and later GPUs.
+
+A CUDA-graph decode step is a chain of ~500 short kernels; between two of them the GPU idles while
+the next one launches and ramps up. With PDL a kernel is launched while its predecessor still runs:
+it does the work that needs none of its predecessor's output (index math, loading weights), then
+waits at :func:`wait_for_producers` for the predecessor to finish and its writes to be visible,
+and lets its own successor launch early in turn.
+
+The rule every kernel launched this way follows: before ``wait_for_producers`` it touches nothing
+but read-only inputs (weights); every other load and every store comes after it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from .triton_gate import pdl_supported
+
+
+@triton.jit
+def wait_for_producers(PDL: tl.constexpr):
+    """Wait until the previous kernel has finished and its writes are visible, then let the next
+    kernel launch (both no-ops without PDL)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """The launch arguments for a kernel with a ``PDL`` constexpr: PDL on for CUDA devices that
+    support it (see :func:`hymba.ops.triton_gate.pdl_supported`), off elsewhere."""
+    on = pdl_supported(device)
+    return dict(PDL=on, launch_pdl=on)
+
