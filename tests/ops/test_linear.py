@@ -167,11 +167,11 @@ def test_dispatch_rules():
         x, w = torch.randn(rows, k, **kw), torch.randn(n, k, **kw)
         return kernel_for(x, w, w) if gated else kernel_for(x, w)
 
-    # one row (Hymba-1.5B's decode weights): short rows as matrix-vector products, the rest on
-    # tensor cores
+    # one row (Hymba-1.5B's decode weights): short rows and few long rows (the output and down
+    # projections) as matrix-vector products, the rest on tensor cores
     assert kernel(1, 1600, 32001) == kernel(1, 1600, 5504, gated=True) == kernel(1, 1600, 8960) == "dot"
-    assert kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == kernel(1, 3200, 132) == "dot"
-    assert kernel(1, 100, 3200) == "gemv"
+    assert kernel(1, 3200, 132) == "dot"
+    assert kernel(1, 100, 3200) == kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == "gemv"
     # two to four rows: tensor cores but for the input projection
     assert kernel(4, 3200, 132) == kernel(2, 100, 3200) == kernel(3, 5504, 1600) == "dot"
     assert kernel(4, 1600, 8960) is None
