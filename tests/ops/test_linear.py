@@ -3,12 +3,16 @@ and the dispatch between them and cuBLAS."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hymba.ops.linear import kernel_for, linear, swiglu
 from hymba.ops.norm import silu_mul
+
+linear_module = importlib.import_module("hymba.ops.linear")  # the module (hymba.ops.linear is also a function)
 
 # (leading shape of x, in features, out features): one to four rows, widths that are and are not
 # multiples of the column block, fewer features than programs, one feature
@@ -162,16 +166,20 @@ def test_cpu_residual_is_added():
     torch.testing.assert_close(linear(x, w, None, res), res + F.linear(x, w))
 
 
-def test_dispatch_rules():
+def test_dispatch_rules(monkeypatch):
     def kernel(rows: int, k: int, n: int, gated: bool = False, **kw) -> str | None:
         x, w = torch.randn(rows, k, **kw), torch.randn(n, k, **kw)
         return kernel_for(x, w, w) if gated else kernel_for(x, w)
 
-    # one row (Hymba-1.5B's decode weights): short rows and few long rows (the output and down
-    # projections) as matrix-vector products, the rest on tensor cores
-    assert kernel(1, 1600, 32001) == kernel(1, 1600, 5504, gated=True) == kernel(1, 1600, 8960) == "dot"
-    assert kernel(1, 3200, 132) == "dot"
+    # one row (Hymba-1.5B's decode weights): the LM head and the SwiGLU on tensor cores, short
+    # rows and few long rows (the output and down projections) as matrix-vector products, the
+    # input and x projections on tensor cores where kernels launch early (PDL), else on cuBLAS
+    assert kernel(1, 1600, 32001) == "dot" and kernel(1, 1600, 5504, gated=True) == "dot"
     assert kernel(1, 100, 3200) == kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == "gemv"
+    assert kernel(1, 1600, 8960) is None and kernel(1, 3200, 132) is None  # CPU tensors: no PDL
+    monkeypatch.setattr(linear_module, "pdl_supported", lambda device: True)
+    assert kernel(1, 1600, 8960) == kernel(1, 3200, 132) == "dot"
+    monkeypatch.undo()
     # two to four rows: tensor cores but for the input projection
     assert kernel(4, 3200, 132) == kernel(2, 100, 3200) == kernel(3, 5504, 1600) == "dot"
     assert kernel(4, 1600, 8960) is None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .norm import silu_mul
-from .triton_gate import use_triton
+from .triton_gate import pdl_supported, use_triton
 
 
 def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
@@ -19,9 +19,10 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     measured on an H200 inside CUDA graphs at Hymba-1.5B's decode shapes
     (``benchmarks/linear_gpu.py``, benchmarks/RESULTS.md; the Triton kernels launched with PDL,
     which lets each start while the previous kernel ends, a cuBLAS kernel not). One row: the
+    tensor-core kernel for the fused SwiGLU and very wide outputs (N >= 16384, the LM head); the
     matrix-vector kernel for short rows (K <= 512) and few long rows (1024 <= N <= K: the output
-    and down projections, where the tensor-core kernel would add a split-K sum), the tensor-core
-    kernel for the rest. Two to four rows: the tensor-core kernel unless a long row
+    and down projections); the rest (the input projection) on tensor cores with PDL, on cuBLAS
+    without. Two to four rows: the tensor-core kernel unless a long row
     (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the
     tensor-core kernel for the fused SwiGLU and very wide outputs. Weights of x's width and dtype
     (and of one shape, gated) with unit column stride, no empty product, no autocast (which would
@@ -36,7 +37,11 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     if not (rows and n and k):
         return None
     if rows == 1:
-        return "gemv" if not (gated or wide) and (k <= 512 or 1024 <= n <= k) else "dot"
+        if gated or wide:
+            return "dot"
+        if k <= 512 or 1024 <= n <= k:
+            return "gemv"
+        return "dot" if pdl_supported(x.device) else None
     if rows <= 4:
         return None if 512 < k < n < 16384 and not gated else "dot"
     return "dot" if rows <= 128 and (gated or wide) else None
