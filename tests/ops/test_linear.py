@@ -177,9 +177,9 @@ def test_dispatch_rules(monkeypatch):
     assert kernel(1, 1600, 32001) == "dot" and kernel(1, 1600, 5504, gated=True) == "dot"
     assert kernel(1, 100, 3200) == kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == "gemv"
     assert kernel(1, 1600, 8960) is None and kernel(1, 3200, 132) is None  # CPU tensors: no PDL
-    monkeypatch.setattr(linear_module, "pdl_supported", lambda device: True)
-    assert kernel(1, 1600, 8960) == kernel(1, 3200, 132) == "dot"
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(linear_module, "pdl_supported", lambda device: True)
+        assert kernel(1, 1600, 8960) == kernel(1, 3200, 132) == "dot"
     # two to four rows: tensor cores but for the input projection
     assert kernel(4, 3200, 132) == kernel(2, 100, 3200) == kernel(3, 5504, 1600) == "dot"
     assert kernel(4, 1600, 8960) is None

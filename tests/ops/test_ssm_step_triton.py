@@ -128,3 +128,57 @@ def test_fused_mamba_step_dispatch(triton_device, monkeypatch):
         torch.testing.assert_close(got, want, **_tol(torch.float32))
         torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
     assert calls == [2]
+
+
+def _sparse_signs(rows, cols, per_row, dev):
+    """A weight of ``per_row`` entries ±1 a row: its products sum exactly in float32 in any order."""
+    w = torch.zeros(rows, cols, device=dev)
+    for i in range(rows):
+        w[i, torch.randperm(cols)[:per_row]] = torch.randint(0, 2, (per_row,)).float() * 2 - 1
+    return w
+
+
+@pytest.mark.parametrize("b,norms", [(1, True), (3, True), (2, False)])
+def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypatch):
+    """With products that sum exactly in any order, the fused step equals the stage kernels bit for
+    bit (half precision: every rounding point of the stages shows): x_proj's output, the norms'
+    normalised values and products, dt_proj's output and the stored conv output."""
+    from hymba.ops.ssm_step import mamba_decode_step_unfused
+    from hymba.ops.ssm_step_triton import mamba_decode_step_triton
+
+    dev, d, n, r, dtype = triton_device, 200, 16, 13, torch.float16
+    if dev == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")  # the stages' Triton kernels under the interpreter
+    w = _mamba_weights(d, n, r, 4, norms, True, dtype, dev)
+    w = w._replace(x_proj_weight=_sparse_signs(r + 2 * n, d, 4, dev).to(dtype),
+                   dt_weight=_sparse_signs(d, r, 2, dev).to(dtype))
+    conv, ssm = torch.randn(b, d, 4, device=dev).to(dtype), torch.randn(b, d, n, device=dev)
+    ref_conv, ref_ssm = conv.clone(), ssm.clone()
+    for _ in range(2):
+        proj = torch.randn(b, 3 * d, device=dev).to(dtype)
+        x, z = proj[:, :d], proj[:, 2 * d:]
+        got = mamba_decode_step_triton(x, z, conv, ssm, w)
+        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+        assert torch.equal(got, want) and torch.equal(conv, ref_conv) and torch.equal(ssm, ref_ssm)
+
+
+def test_fused_mamba_step_strided_parameters(triton_device, monkeypatch):
+    """Parameters that are strided views (A_log, D, the Δ bias, a column-major x_proj weight) give
+    the references' result: the kernels get contiguous copies."""
+    from hymba.ops.ssm_step import mamba_decode_step, mamba_decode_step_unfused
+
+    dev, d, n = triton_device, 96, 16
+    if dev == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")
+    w = _mamba_weights(d, n, 6, 4, True, True, torch.float32, dev)
+    w = w._replace(A_log=torch.randn(d, 2 * n, device=dev)[:, :n], D=torch.randn(2 * d, device=dev)[::2],
+                   dt_bias=torch.randn(d, 2, device=dev)[:, 0], x_proj_weight=w.x_proj_weight.t().contiguous().t())
+    x, z = torch.randn(2, 1, d, device=dev)
+    conv, ssm = torch.randn(1, d, 4, device=dev), torch.randn(1, d, n, device=dev)
+    ref_conv, ref_ssm = conv.clone(), ssm.clone()
+    got = mamba_decode_step(x, z, conv, ssm, w)
+    with monkeypatch.context() as m:
+        m.setenv("HYMBA_TRITON", "0")
+        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+    torch.testing.assert_close(got, want, **_tol(torch.float32))
+    torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))

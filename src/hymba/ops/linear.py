@@ -21,8 +21,8 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     which lets each start while the previous kernel ends, a cuBLAS kernel not). One row: the
     tensor-core kernel for the fused SwiGLU and very wide outputs (N >= 16384, the LM head); the
     matrix-vector kernel for short rows (K <= 512) and few long rows (1024 <= N <= K: the output
-    and down projections); the rest (the input projection) on tensor cores with PDL, on cuBLAS
-    without. Two to four rows: the tensor-core kernel unless a long row
+    and down projections); the rest (the input and x projections) on tensor cores with PDL, on
+    cuBLAS without. Two to four rows: the tensor-core kernel unless a long row
     (K > 512) gives a wider, not very wide output (the input projection). Up to 128 rows: the
     tensor-core kernel for the fused SwiGLU and very wide outputs. Weights of x's width and dtype
     (and of one shape, gated) with unit column stride, no empty product, no autocast (which would

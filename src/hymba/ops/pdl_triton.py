@@ -29,9 +29,17 @@ def wait_for_producers(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-def pdl_launch(device: torch.device) -> dict:
+def pdl_launch(device: torch.device, copied: bool = False) -> dict:
     """The launch arguments for a kernel with a ``PDL`` constexpr: PDL on for CUDA devices that
-    support it (see :func:`hymba.ops.triton_gate.pdl_supported`), off elsewhere."""
-    on = pdl_supported(device)
+    support it (see :func:`hymba.ops.triton_gate.pdl_supported`), off elsewhere, and off when
+    ``copied``: an input the kernel reads before its wait was just copied by the previous kernel."""
+    on = pdl_supported(device) and not copied
     return dict(PDL=on, launch_pdl=on)
+
+
+def early_inputs(*tensors: torch.Tensor | None) -> tuple[list[torch.Tensor | None], bool]:
+    """The inputs a kernel reads before its wait, made contiguous, and whether any had to be
+    copied (then the kernel must launch without PDL: see :func:`pdl_launch`)."""
+    copied = any(t is not None and not t.is_contiguous() for t in tensors)
+    return [None if t is None else t.contiguous() for t in tensors], copied
 

@@ -97,12 +97,15 @@ def mamba_decode_step(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tenso
     """One token per row (``x``, ``z``: (b, d_inner)) through the SSM branch: conv update,
     x_proj, the Δ/B/C norms, dt_proj and :func:`ssm_decode_step`; ``conv_state`` (b, d_inner,
     d_conv) and ``ssm_state`` (b, d_inner, d_state) are updated in place. On CUDA, for up to
-    FUSED_MAX_ROWS rows with weights in x's dtype, two Triton kernels
-    (:func:`hymba.ops.ssm_step_triton.mamba_decode_step_triton`); otherwise the stages one by one."""
+    FUSED_MAX_ROWS rows with weights in x's dtype, no autocast and x, z and the SSM state with unit
+    last stride, two Triton kernels (:func:`hymba.ops.ssm_step_triton.mamba_decode_step_triton`);
+    otherwise the stages one by one."""
     weights = [t for t in w if isinstance(t, Tensor)] + list(w.norm_weights or ())
     n = ssm_state.shape[-1]
     if (x.shape[0] <= FUSED_MAX_ROWS and n & (n - 1) == 0 and z.dtype == x.dtype
             and all(t.dtype == x.dtype for t in (w.conv_weight, w.x_proj_weight, w.dt_weight, *(w.norm_weights or ())))
+            and all(t.stride(-1) == 1 for t in (x, z, ssm_state))
+            and not torch.is_autocast_enabled(x.device.type)
             and use_triton(x, z, conv_state, ssm_state, *weights)):
         from .ssm_step_triton import mamba_decode_step_triton
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import pdl_launch, wait_for_producers
+from .pdl_triton import early_inputs, pdl_launch, wait_for_producers
 from .scan.triton import _softplus
 
 BLOCK_D = 64
@@ -96,11 +96,12 @@ def causal_conv1d_update_triton(
     b, d = x.shape
     kernel = state.shape[-1]
     out = torch.empty(b, d, dtype=x.dtype, device=x.device)
+    (weight, bias), copied = early_inputs(weight, bias)
     _conv_step_kernel[(b, triton.cdiv(d, BLOCK_D))](
-        x, state, weight.contiguous(), bias if bias is not None else weight, out, d,
+        x, state, weight, bias if bias is not None else weight, out, d,
         x.stride(0), x.stride(1), state.stride(0), state.stride(1), state.stride(2), out.stride(0),
         K=kernel, KP=triton.next_power_of_2(kernel), BD=BLOCK_D, HAS_BIAS=bias is not None, SILU=activation,
-        **pdl_launch(x.device),
+        **pdl_launch(x.device, copied),
     )
     return out
 
@@ -134,16 +135,15 @@ def ssm_decode_step_triton(
     SiLU gate), in one kernel; ``state`` (b, d, n) is updated in place."""
     b, d = u.shape
     n = state.shape[-1]
-    if state.stride(-1) != 1 or A_log.stride(-1) != 1:
-        raise ValueError("the SSM state and A_log need a contiguous last dimension")
-    for t in (u, delta, z, B, C):
+    for t in (state, u, delta, z, B, C):
         if t.stride(-1) != 1:
-            raise ValueError("u, delta, z, B and C need a contiguous last dimension")
+            raise ValueError("the SSM state, u, delta, z, B and C need a contiguous last dimension")
+    (A_log, D, delta_bias), copied = early_inputs(A_log, D, delta_bias)
     y = torch.empty(b, d, dtype=u.dtype, device=u.device)
     _state_step_kernel[(b, triton.cdiv(d, BLOCK_D))](
-        state, u, delta, A_log.contiguous(), B, C, D, z, delta_bias, y, d,
+        state, u, delta, A_log, B, C, D, z, delta_bias, y, d,
         state.stride(0), state.stride(1), u.stride(0), delta.stride(0), B.stride(0), C.stride(0),
-        z.stride(0), y.stride(0), N=n, BD=BLOCK_D, **pdl_launch(u.device),
+        z.stride(0), y.stride(0), N=n, BD=BLOCK_D, **pdl_launch(u.device, copied),
     )
     return y
 
@@ -244,28 +244,28 @@ def mamba_decode_step_triton(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state
     b, d = x.shape
     n, kernel, r = ssm_state.shape[-1], conv_state.shape[-1], w.dt_weight.shape[1]
     width = w.x_proj_weight.shape[0]
-    for t in (x, z, ssm_state, w.x_proj_weight, w.dt_weight, w.A_log):
+    for t in (x, z, ssm_state):
         if t.stride(-1) != 1:
-            raise ValueError("the fused SSM step needs tensors with a contiguous last dimension")
+            raise ValueError("the fused SSM step needs x, z and the SSM state with a contiguous last dimension")
+    early, copied = early_inputs(w.conv_weight, w.conv_bias, w.x_proj_weight, w.dt_weight, w.dt_bias, w.A_log, w.D,
+                                 *(w.norm_weights or ()))
+    conv_w, conv_b, x_w, dt_w, dt_b, A_log, D = early[:7]
+    norms = tuple(early[7:]) or (dt_b, dt_b, dt_b)  # placeholders without norms
     blocks = triton.cdiv(d, block_d)
     rp = triton.next_power_of_2(width)
     xc = torch.empty(b, d, dtype=x.dtype, device=x.device)
     part = torch.empty(b, blocks, rp, dtype=torch.float32, device=x.device)
-    pdl = pdl_launch(x.device)
     _conv_xproj_kernel[(b, blocks)](
-        x, conv_state, w.conv_weight.contiguous(), w.conv_bias if w.conv_bias is not None else x, w.x_proj_weight,
-        xc, part, d, width,
-        x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), w.x_proj_weight.stride(0),
-        xc.stride(0),
-        K=kernel, KP=triton.next_power_of_2(kernel), BD=block_d, RP=rp, HAS_BIAS=w.conv_bias is not None,
-        num_warps=num_warps, **pdl,
+        x, conv_state, conv_w, conv_b if conv_b is not None else x, x_w, xc, part, d, width,
+        x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), x_w.stride(0), xc.stride(0),
+        K=kernel, KP=triton.next_power_of_2(kernel), BD=block_d, RP=rp, HAS_BIAS=conv_b is not None,
+        num_warps=num_warps, **pdl_launch(x.device, copied),
     )
-    norms = w.norm_weights or (w.dt_bias, w.dt_bias, w.dt_bias)  # placeholders without norms
     y = torch.empty(b, d, dtype=x.dtype, device=x.device)
     _ssm_from_parts_kernel[(b, blocks)](
-        part, xc, z, ssm_state, w.dt_weight, w.dt_bias, w.A_log, w.D, *norms, y, d, blocks, r, w.eps,
-        xc.stride(0), z.stride(0), ssm_state.stride(0), ssm_state.stride(1), w.dt_weight.stride(0), y.stride(0),
+        part, xc, z, ssm_state, dt_w, dt_b, A_log, D, *norms, y, d, blocks, r, w.eps,
+        xc.stride(0), z.stride(0), ssm_state.stride(0), ssm_state.stride(1), dt_w.stride(0), y.stride(0),
         N=n, BD=block_d, RP=rp, RDT_P=triton.next_power_of_2(r), BLOCKS_P=triton.next_power_of_2(blocks),
-        NORMS=w.norm_weights is not None, num_warps=num_warps, **pdl,
+        NORMS=w.norm_weights is not None, num_warps=num_warps, **pdl_launch(x.device),
     )
     return y
