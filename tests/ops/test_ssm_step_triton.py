@@ -104,15 +104,33 @@ def test_fused_mamba_step(b, d, n, r, norms, conv_bias, dtype, triton_device, mo
             assert (ssm - ref_ssm).norm() / ref_ssm.norm() < 0.03
 
 
+def _force_triton_on_cpu(dev, monkeypatch):
+    if dev == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")  # the Triton kernels under the interpreter
+
+
+def _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch):
+    """ops.mamba_decode_step on (x, z) and the states against the stages' PyTorch references on
+    copies of the states (float32 tolerances)."""
+    from hymba.ops.ssm_step import mamba_decode_step, mamba_decode_step_unfused
+
+    ref_conv, ref_ssm = conv.clone(), ssm.clone()
+    got = mamba_decode_step(x, z, conv, ssm, w)
+    with monkeypatch.context() as m:
+        m.setenv("HYMBA_TRITON", "0")
+        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+    torch.testing.assert_close(got, want, **_tol(torch.float32))
+    torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
+
+
 def test_fused_mamba_step_dispatch(triton_device, monkeypatch):
     """ops.mamba_decode_step takes the fused kernels up to FUSED_MAX_ROWS rows and the stages for
     more; both give the references' result."""
     import hymba.ops.ssm_step_triton as fused
-    from hymba.ops.ssm_step import FUSED_MAX_ROWS, mamba_decode_step, mamba_decode_step_unfused
+    from hymba.ops.ssm_step import FUSED_MAX_ROWS
 
     dev = triton_device
-    if dev == "cpu":
-        monkeypatch.setenv("HYMBA_TRITON", "force")
+    _force_triton_on_cpu(dev, monkeypatch)
     calls = []
     kernel = fused.mamba_decode_step_triton
     monkeypatch.setattr(fused, "mamba_decode_step_triton", lambda *a: calls.append(a[0].shape[0]) or kernel(*a))
@@ -120,13 +138,7 @@ def test_fused_mamba_step_dispatch(triton_device, monkeypatch):
     for b in (2, FUSED_MAX_ROWS + 1):
         x, z = torch.randn(2, b, 64, device=dev)
         conv, ssm = torch.randn(b, 64, 4, device=dev), torch.randn(b, 64, 16, device=dev)
-        ref_conv, ref_ssm = conv.clone(), ssm.clone()
-        got = mamba_decode_step(x, z, conv, ssm, w)
-        with monkeypatch.context() as m:
-            m.setenv("HYMBA_TRITON", "0")
-            want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
-        torch.testing.assert_close(got, want, **_tol(torch.float32))
-        torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
+        _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch)
     assert calls == [2]
 
 
@@ -147,8 +159,7 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
     from hymba.ops.ssm_step_triton import mamba_decode_step_triton
 
     dev, d, n, r, dtype = triton_device, 200, 16, 13, torch.float16
-    if dev == "cpu":
-        monkeypatch.setenv("HYMBA_TRITON", "force")  # the stages' Triton kernels under the interpreter
+    _force_triton_on_cpu(dev, monkeypatch)  # the stages too run their Triton kernels
     w = _mamba_weights(d, n, r, 4, norms, True, dtype, dev)
     w = w._replace(x_proj_weight=_sparse_signs(r + 2 * n, d, 4, dev).to(dtype),
                    dt_weight=_sparse_signs(d, r, 2, dev).to(dtype))
@@ -165,20 +176,11 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
 def test_fused_mamba_step_strided_parameters(triton_device, monkeypatch):
     """Parameters that are strided views (A_log, D, the Δ bias, a column-major x_proj weight) give
     the references' result: the kernels get contiguous copies."""
-    from hymba.ops.ssm_step import mamba_decode_step, mamba_decode_step_unfused
-
     dev, d, n = triton_device, 96, 16
-    if dev == "cpu":
-        monkeypatch.setenv("HYMBA_TRITON", "force")
+    _force_triton_on_cpu(dev, monkeypatch)
     w = _mamba_weights(d, n, 6, 4, True, True, torch.float32, dev)
     w = w._replace(A_log=torch.randn(d, 2 * n, device=dev)[:, :n], D=torch.randn(2 * d, device=dev)[::2],
                    dt_bias=torch.randn(d, 2, device=dev)[:, 0], x_proj_weight=w.x_proj_weight.t().contiguous().t())
     x, z = torch.randn(2, 1, d, device=dev)
     conv, ssm = torch.randn(1, d, 4, device=dev), torch.randn(1, d, n, device=dev)
-    ref_conv, ref_ssm = conv.clone(), ssm.clone()
-    got = mamba_decode_step(x, z, conv, ssm, w)
-    with monkeypatch.context() as m:
-        m.setenv("HYMBA_TRITON", "0")
-        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
-    torch.testing.assert_close(got, want, **_tol(torch.float32))
-    torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
+    _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch)

@@ -74,11 +74,6 @@ class MambaBranch(nn.Module):
 
     def _step(self, x: Tensor, z: Tensor, weight: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One token (b, d_inner) through the conv and the SSM, updating both states in place."""
-        if type(self.x_proj) is not Linear:  # wrapped (an adapter): the stages, with its forward
-            xc = ops.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias)
-            dt, B, C = self._project(xc)
-            delta = ops.linear(dt, self.dt_proj.weight)
-            return ops.ssm_decode_step(ssm_state, xc, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias)
         norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm) if self.inner_norms else None
         weights = ops.MambaStepWeights(
             weight, self.conv1d.bias, self.x_proj.weight, tuple(m.weight for m in norms) if norms else None,

@@ -62,9 +62,7 @@ _FLEX_TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 7)
 
 
 def _flex_enabled(q: Tensor) -> bool:
-    if q.device.type != "cuda" or os.environ.get("HYMBA_ATTN_IMPL", "") == "sdpa":
-        return False
-    if not _FLEX_TORCH:
+    if not _FLEX_TORCH or q.device.type != "cuda" or os.environ.get("HYMBA_ATTN_IMPL", "") == "sdpa":
         return False
     try:
         import torch.nn.attention.flex_attention  # noqa: F401

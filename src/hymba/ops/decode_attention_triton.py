@@ -180,6 +180,7 @@ def decode_attention_triton(
     slot_pos = keys.slot_pos if keys.slot_pos is not None else pos
     pk_b = prefix_k.stride(0) if prefix_k.shape[0] > 1 else 0
     pv_b = prefix_v.stride(0) if prefix_v.shape[0] > 1 else 0
+    pdl = pdl_launch(q.device)
     _decode_kernel[(b * hkv, splits)](
         q, cos, sin, prefix_k, prefix_v, k, v, pos, slot_pos, out, part_acc, part_ml,
         hkv, g, P, S, keys_per_split, keys.first_pos, keys.limit if keys.limit is not None else 0,
@@ -190,11 +191,11 @@ def decode_attention_triton(
         slot_pos.stride(0), out.stride(0), out.stride(1),
         DQK=dqk, DV=dv, GP=gp, DQK_P=dqk_p, DV_P=dv_p, ROPE=rotary is not None, RING=keys.slot_pos is not None,
         HAS_LIMIT=keys.limit is not None, SPLIT=splits > 1, BN=block_n,
-        PREC="ieee" if q.dtype == torch.float32 else None, **pdl_launch(q.device), num_warps=num_warps,
+        PREC="ieee" if q.dtype == torch.float32 else None, **pdl, num_warps=num_warps,
         num_stages=num_stages,
     )
     if splits > 1:
         _merge_kernel[(b * hkv, g)](part_acc, part_ml, out, hkv, g, splits, out.stride(0), out.stride(1),
                                     DV=dv, GP=gp, DV_P=dv_p, SPLITS_P=triton.next_power_of_2(splits),
-                                    **pdl_launch(q.device), num_warps=4)
+                                    **pdl, num_warps=4)
     return out

@@ -278,12 +278,13 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
                            device=x.device)
     w2 = weight if weight2 is None else weight2
     b = weight if bias is None else bias
+    pdl = pdl_launch(x.device)
     _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
         rows, weight, w2, b, y if res is None else res, y, part, m, n, k, k_per_split, m * n, split * m * n,
         rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0),
         BM=bm, BN=bn, BK=bk,
         SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
-        PREC="ieee" if x.dtype == torch.float32 else None, **pdl_launch(x.device),
+        PREC="ieee" if x.dtype == torch.float32 else None, **pdl,
         num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1:
@@ -292,7 +293,7 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
             part, b, y if res is None else res, y, n, split, m * n, split * m * n, 0 if res is None else res.stride(0),
             y.stride(0),
             BN=sum_bn, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
-            **pdl_launch(x.device), num_warps=4,
+            **pdl, num_warps=4,
         )
     return y.view(*lead, n)
 
