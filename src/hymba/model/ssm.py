@@ -58,8 +58,8 @@ class MambaBranch(nn.Module):
         if valid is not None:
             delta = delta.masked_fill(~valid, -1e4)  # softplus → exactly 0: the state is kept
         y, new_ssm_state = ops.selective_scan(
-            xc, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, initial_state=ssm_state,
+            xc, delta, -torch.exp(self.A_log.float()), B, C, self.D, z,
+            delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
         )
         if cache is not None:
             cache.store_ssm(self.layer_idx, x, new_ssm_state)

@@ -26,10 +26,13 @@ PyTorch scan (the kernels compute in float32).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra.cuda import libdevice
 
 from .chunked import selective_scan_chunked
 
@@ -82,42 +85,94 @@ def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_dy, sl_bc, n
 
 
 @triton.jit
-def _delta(raw, bias, ok, SOFTPLUS: tl.constexpr):
-    """Δ in float32 (zero where ``ok`` is false: such a step leaves the state as it is)."""
+def _delta(raw, bias, ok, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """Δ in float32 (zero where ``ok`` is false: such a step leaves the state as it is), and
+    the softplus's input."""
     x = raw.to(tl.float32) + bias
     dt = x
     if SOFTPLUS:
-        dt = _softplus(x)
+        if FAST:
+            dt = _fast_softplus(x)
+        else:
+            dt = _softplus(x)
     return tl.where(ok, dt, 0.0), x
 
 
-@triton.jit(do_not_specialize=["d"])
+@triton.jit
+def _fast_softplus(x):
+    """:func:`_softplus` with the hardware's approximate log2 (≈ 2^-22 absolute error), a
+    fraction of the instructions of the exact logarithm."""
+    e = tl.exp2(-tl.abs(x) * LOG2E)
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + libdevice.fast_logf(1.0 + e))
+
+
+@triton.jit
+def _gated(y, z, FAST: tl.constexpr):
+    """y · SiLU(z), the division approximate (2 ulp) with FAST."""
+    if FAST:
+        return y * libdevice.fast_dividef(z, 1.0 + tl.exp2(-z * LOG2E))
+    return y * z * tl.sigmoid(z)
+
+
+@triton.jit
+def _channel_major_load(ptr, offs_d, offs_n, s_d, s_n, nd_mask):
+    """A (channel, state) matrix with strides s_d, s_n as a float32 (state, channel) tile.
+
+    Loaded as a (channel, state) tile and transposed: with both strides unknown to the compiler
+    (not specialized), this keeps each channel's states in one lane, the layout of the state."""
+    tile = tl.load(ptr + offs_d[:, None] * s_d + offs_n[None, :] * s_n, mask=tl.trans(nd_mask), other=0.0)
+    return tl.trans(tile.to(tl.float32))
+
+
+@triton.jit
+def _load_fwd_step(pu, pdt, pz, pbc, t, last, sl_u, sl_dt, sl_z, sl_bc, n, dmask, nmask,
+                   HAS_Z: tl.constexpr):
+    """One step's inputs for the forward (u, raw Δ, z, B, C), read at step min(t, last): a step
+    past the end gets a real step's (finite) values and is masked by its caller."""
+    t = tl.minimum(t, last)
+    u = tl.load(pu + t * sl_u, mask=dmask)
+    dt = tl.load(pdt + t * sl_dt, mask=dmask)
+    z = u
+    if HAS_Z:
+        z = tl.load(pz + t * sl_z, mask=dmask)
+    Bt = tl.load(pbc + t * sl_bc, mask=nmask)
+    Ct = tl.load(pbc + n + t * sl_bc, mask=nmask)
+    return u, dt, z, Bt, Ct
+
+
+@triton.jit(do_not_specialize=["d", "sA_d", "sA_n", "sh0_d", "sh0_n", "shT_d", "shT_n"])
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, z_ptr, bc_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
     y_ptr, hT_ptr, hc_ptr,
     L, d, seg_len, num_segs,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l,
+    sA_d, sA_n, sD, sbias, sh0_b, sh0_d, sh0_n, shT_d, shT_n,
     n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
     SAVE: tl.constexpr, LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
-    P: tl.constexpr,
+    P: tl.constexpr, EVEN_D: tl.constexpr, FAST: tl.constexpr,
 ):
     """One program: BD channels of one sequence over one time segment.
 
     The state is an (N, BD) tile: lanes hold channels, each lane its channel's whole state. With
     LOCAL the segment runs from a zero state and only its end state and ΣΔ are written (pass 1);
-    otherwise it starts from the state the earlier segments give and writes y (pass 2).
+    otherwise it starts from the state the earlier segments give and writes y (pass 2). A, D,
+    the Δ bias and the initial state are read in their own dtypes and strides; the final state is
+    written (batch, channel, state).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     seg = tl.program_id(2)
     offs_n = tl.arange(0, N)
-    dmask = offs_d < d
+    if EVEN_D:  # every lane has a channel: no channel masks
+        dmask = tl.full((BD,), 1, tl.int1)
+    else:
+        dmask = offs_d < d
     nmask = offs_n < n
     nd_mask = nmask[:, None] & dmask[None, :]
-    nd = offs_n[:, None] * d + offs_d[None, :]  # states are stored (state, channel)
-    A2 = tl.load(A_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
-    Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
+    nd = offs_n[:, None] * d + offs_d[None, :]  # internal states are stored (state, channel)
+    A2 = _channel_major_load(A_ptr, offs_d, offs_n, sA_d, sA_n, nd_mask) * LOG2E
+    Dv = tl.load(D_ptr + offs_d * sD, mask=dmask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + offs_d * sbias, mask=dmask, other=0.0).to(tl.float32)
     pu = u_ptr + pid_b * su_b + offs_d * su_d
     pdt = dt_ptr + pid_b * sdt_b + offs_d * sdt_d
     pz = z_ptr + pid_b * sz_b + offs_d * sz_d
@@ -127,7 +182,7 @@ def _scan_fwd_kernel(
     h = tl.zeros((N, BD), dtype=tl.float32)
     if not LOCAL:
         if HAS_H0:
-            h = tl.load(h0_ptr + pid_b * d * n + nd, mask=nd_mask, other=0.0)
+            h = _channel_major_load(h0_ptr + pid_b * sh0_b, offs_d, offs_n, sh0_d, sh0_n, nd_mask)
         for j in range(seg):  # earlier segments: s <- exp(A ΣΔ_j) s + local end state_j
             sdt = tl.load(seg_dt_ptr + (pid_b * num_segs + j) * d + offs_d, mask=dmask, other=0.0)
             hj = tl.load(seg_h_ptr + (pid_b * num_segs + j) * d * n + nd, mask=nd_mask, other=0.0)
@@ -137,21 +192,21 @@ def _scan_fwd_kernel(
     end = tl.minimum(L, start + seg_len)
     queue = ()
     for i in tl.static_range(P):
-        queue = queue + (_load_step(pu, pdt, pz, pu, pbc, start + i, end, su_l, sdt_l, sz_l, su_l, sbc_l, n,
-                                    dmask, nmask, HAS_Z and not LOCAL, False),)
+        queue = queue + (_load_fwd_step(pu, pdt, pz, pbc, start + i, end - 1, su_l, sdt_l, sz_l, sbc_l, n,
+                                        dmask, nmask, HAS_Z and not LOCAL),)
     for c in range(start // T, tl.cdiv(end, T)):
         if SAVE:
             tl.store(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, h, mask=nd_mask)
         for i in tl.static_range(T):
             t = c * T + i
-            u, raw, z, _, Bt, Ct = queue[0]
+            u, raw, z, Bt, Ct = queue[0]
             rest = ()
             for k in tl.static_range(1, P):
                 rest = rest + (queue[k],)
-            queue = rest + (_load_step(pu, pdt, pz, pu, pbc, t + P, end, su_l, sdt_l, sz_l, su_l, sbc_l, n,
-                                       dmask, nmask, HAS_Z and not LOCAL, False),)
+            queue = rest + (_load_fwd_step(pu, pdt, pz, pbc, t + P, end - 1, su_l, sdt_l, sz_l, sbc_l, n,
+                                           dmask, nmask, HAS_Z and not LOCAL),)
             m = dmask & (t < end)
-            dt, _ = _delta(raw, bias, m, SOFTPLUS)
+            dt, _ = _delta(raw, bias, m, SOFTPLUS, FAST)
             u = u.to(tl.float32)
             h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u)[None, :]
             if LOCAL:
@@ -159,24 +214,25 @@ def _scan_fwd_kernel(
             else:
                 y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0) + Dv * u
                 if HAS_Z:
-                    zf = z.to(tl.float32)
-                    y = y * zf * tl.sigmoid(zf)
+                    y = _gated(y, z.to(tl.float32), FAST)
                 tl.store(py + t * d, y.to(y_ptr.dtype.element_ty), mask=m)
     if LOCAL:
         tl.store(seg_h_ptr + (pid_b * num_segs + seg) * d * n + nd, h, mask=nd_mask)
         tl.store(seg_dt_ptr + (pid_b * num_segs + seg) * d + offs_d, sum_dt, mask=dmask)
     elif seg == num_segs - 1:
-        tl.store(hT_ptr + pid_b * d * n + nd, h, mask=nd_mask)
+        hT = hT_ptr + pid_b * d * n + offs_d[:, None] * shT_d + offs_n[None, :] * shT_n
+        tl.store(hT, tl.trans(h), mask=tl.trans(nd_mask))
 
 
-@triton.jit(do_not_specialize=["d", "scratch_row", "hide_zero"])
+@triton.jit(do_not_specialize=["d", "scratch_row", "hide_zero", "sA_d", "sA_n"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, z_ptr, bc_ptr, A_ptr, D_ptr, bias_ptr, hc_ptr, dy_ptr, dhT_ptr, seg_k_ptr, seg_dt_ptr,
     scratch_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     L, d, seg_len, num_segs, num_dblocks, scratch_row, hide_zero,
-    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l, sA_d, sA_n, sD, sbias,
     n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """One program: the backward of BD channels of one sequence over one time segment, last step
     first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
@@ -197,9 +253,9 @@ def _scan_bwd_kernel(
     nmask = offs_n < n
     nd_mask = nmask[:, None] & dmask[None, :]
     nd = offs_n[:, None] * d + offs_d[None, :]
-    A2 = tl.load(A_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
-    Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
+    A2 = _channel_major_load(A_ptr, offs_d, offs_n, sA_d, sA_n, nd_mask) * LOG2E
+    Dv = tl.load(D_ptr + offs_d * sD, mask=dmask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + offs_d * sbias, mask=dmask, other=0.0).to(tl.float32)
     pu = u_ptr + pid_b * su_b + offs_d * su_d
     pdt = dt_ptr + pid_b * sdt_b + offs_d * sdt_d
     pz = z_ptr + pid_b * sz_b + offs_d * sz_d
@@ -246,7 +302,7 @@ def _scan_bwd_kernel(
                     rest = rest + (queue[k],)
                 queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t + P, tl.minimum(end, c * T + T), su_l,
                                            sdt_l, sz_l, d, sbc_l, n, dmask, nmask, False, False),)
-                dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS)
+                dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS, FAST)
                 tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
                 h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u.to(tl.float32))[None, :]
             tl.debug_barrier()
@@ -267,7 +323,7 @@ def _scan_bwd_kernel(
             queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t - P, end, su_l, sdt_l, sz_l, d, sbc_l, n,
                                        dmask, nmask, HAS_Z, True),)
             m = dmask & (t < end)
-            dt, x = _delta(raw, bias, m, SOFTPLUS)
+            dt, x = _delta(raw, bias, m, SOFTPLUS, FAST)
             a = tl.exp2(dt[None, :] * A2)
             u = u.to(tl.float32)
             dy = dy.to(tl.float32)
@@ -335,17 +391,32 @@ def _split(length: int, count: int, chunk: int) -> tuple[int, int]:
     return triton.cdiv(max(length, 1), seg_len), seg_len
 
 
+def _params(A: Tensor, D: Tensor | None, delta_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple]:
+    """A, D and the Δ bias as the kernels read them (in their own dtypes and strides; zeros for
+    a missing D or bias), and those strides."""
+    d = A.shape[0]
+    zeros = A.new_zeros(d, dtype=torch.float32) if D is None or delta_bias is None else None
+    D = zeros if D is None else D
+    delta_bias = zeros if delta_bias is None else delta_bias
+    return A, D, delta_bias, (A.stride(0), A.stride(1), D.stride(0), delta_bias.stride(0))
+
+
+def _fast_math(x: Tensor) -> bool:
+    """Approximate log and division in the kernels: on a GPU (the interpreter has no such
+    instructions)."""
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, warps, segments):
         b, L, d = u.shape
         n = A.shape[1]
         f32 = dict(dtype=torch.float32, device=u.device)
-        At = A.float().t().contiguous()  # (state, channel): a lane's loads are rows
-        D32 = D.float().contiguous() if D is not None else torch.zeros(d, **f32)
-        bias32 = delta_bias.float().contiguous() if delta_bias is not None else torch.zeros(d, **f32)
-        h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None
-        bc = torch.stack((B, C.to(B.dtype)), dim=2)  # (b, L, 2, n): one aligned row per step
+        A, D32, bias32, param_strides = _params(A, D, delta_bias)
+        h0 = initial_state
+        bc = torch.empty(b, L, 2, n, **f32)  # one aligned float32 row (B, C) per step
+        torch.stack((B, C), dim=2, out=bc)
         save = any(ctx.needs_input_grad)
         block_d, warps = block_d or BLOCK_D, warps or WARPS
         blocks = triton.cdiv(d, block_d)
@@ -354,33 +425,37 @@ class _TritonScan(torch.autograd.Function):
         else:
             num_segs, seg_len = _split(L, segments, CHUNK)
         y = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
-        final = torch.empty(b, n, d, **f32)
+        final = torch.empty(b, d, n, **f32)
         hc = torch.empty(b, triton.cdiv(L, CHUNK), n, d, **f32) if save else final
         seg_h = torch.empty(b, num_segs, n, d, **f32)
         seg_dt = torch.empty(b, num_segs, d, **f32)
         zz = z if z is not None else u
         args = (
-            u, delta, zz, bc, At, D32, bias32, h0 if h0 is not None else final, seg_h, seg_dt,
+            u, delta, zz, bc, A, D32, bias32, h0 if h0 is not None else final, seg_h, seg_dt,
             y, final, hc, L, d, seg_len, num_segs,
-            *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
+            *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1), *param_strides,
+            *(_strides(h0) if h0 is not None else (0, 0, 0)), final.stride(1), final.stride(2),
         )
         meta = dict(n=n, HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
-                    N=triton.next_power_of_2(n), T=CHUNK, BD=block_d, P=FWD_PREFETCH, num_warps=warps)
+                    N=triton.next_power_of_2(n), T=CHUNK, BD=block_d, P=FWD_PREFETCH, EVEN_D=d % block_d == 0,
+                    FAST=_fast_math(u), num_warps=warps)
         if num_segs > 1:  # pass 1: every segment but the last from a zero state
             _scan_fwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
-            ctx.save_for_backward(u, delta, zz, bc, At, D32, bias32, hc)
+            ctx.save_for_backward(u, delta, zz, B, C, A, D32, bias32, hc)
             ctx.meta = (z is not None, delta_softplus, block_d, warps, num_segs, seg_len)
-            ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, C))
-        return y, final.transpose(1, 2).contiguous()
+            ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, B, C))
+        return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        u, delta, zz, bc, At, D32, bias32, hc = ctx.saved_tensors
+        u, delta, zz, B, C, A, D32, bias32, hc = ctx.saved_tensors
+        # B and C in their own dtype: float32 rows would make the backward spill more
+        bc = torch.stack((B, C.to(B.dtype)), dim=2)
         has_z, softplus, block_d, warps, num_segs, seg_len = ctx.meta
         b, L, d = u.shape
-        n = At.shape[0]
+        n = A.shape[1]
         blocks = triton.cdiv(d, block_d)
         f32 = dict(dtype=torch.float32, device=u.device)
         dy = dy.contiguous()
@@ -398,20 +473,21 @@ class _TritonScan(torch.autograd.Function):
         seg_dt = torch.empty(b, num_segs, d, **f32)
         dhT = dfinal.float().transpose(1, 2).contiguous() if dfinal is not None else dh0
         args = (
-            u, delta, zz, bc, At, D32, bias32, hc, dy, dhT, seg_k, seg_dt,
+            u, delta, zz, bc, A, D32, bias32, hc, dy, dhT, seg_k, seg_dt,
             scratch, du, ddelta, dz, dbc, dA, dD, dbias, dh0,
             L, d, seg_len, num_segs, blocks, block_d, 0,
             *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
+            A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
-                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, num_warps=warps)
+                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
-        A_t, D_t, bias_t, h0_t, C_t = ctx.dtypes
+        A_t, D_t, bias_t, h0_t, B_t, C_t = ctx.dtypes
         dbc = dbc.sum(1)
         return (
-            du, ddelta, dA.sum(0).t().to(A_t), dbc[:, :, 0].to(bc.dtype), dbc[:, :, 1].to(C_t),
+            du, ddelta, dA.sum(0).t().to(A_t), dbc[:, :, 0].to(B_t), dbc[:, :, 1].to(C_t),
             dD.sum(0).to(D_t) if D_t is not None else None,
             dz if has_z else None,
             dbias.sum(0).to(bias_t) if bias_t is not None else None,
