@@ -204,3 +204,25 @@ def test_cpu_is_f_linear_and_keeps_autograd():
     assert x.grad is not None and wg.grad is not None and wu.grad is not None
     torch.testing.assert_close(y, F.silu(F.linear(x, wg)) * F.linear(x, wu))
     torch.testing.assert_close(linear(x, wg), F.linear(x, wg))
+
+
+@pytest.mark.parametrize("k, n, bias", [(100, 3200, True), (3200, 132, False), (36, 20, True), (64, 128, False)])
+def test_aligned_linear_equals_f_linear_with_gradients(k, n, bias):
+    """The zero-padded product (what CUDA prefill and training run for widths that are not a
+    multiple of 8) gives F.linear's values and gradients, as a view of a wider output."""
+    from hymba.ops.linear import ALIGN, _aligned_linear
+
+    g = torch.Generator().manual_seed(k + n)
+    x = torch.randn(3, 50, k, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(n, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    y = _aligned_linear(x, w, b)
+    ref = F.linear(x, w, b)
+    assert y.shape == ref.shape and y.stride(-2) == n + (-n % ALIGN)
+    torch.testing.assert_close(y, ref)
+    dy = torch.randn_like(ref)
+    leaves = [t for t in (x, w, b) if t is not None]
+    got = torch.autograd.grad(y, leaves, dy)
+    want = torch.autograd.grad(ref, leaves, dy)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)

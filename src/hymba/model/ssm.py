@@ -4,7 +4,6 @@ scan with float32 state (``hymba-architecture.md`` §3.5)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -54,7 +53,7 @@ class MambaBranch(nn.Module):
         if valid is not None:
             xc = xc * valid.to(xc.dtype)
         dt, B, C = self._project(xc)
-        delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in float32 inside the scan
+        delta = ops.linear(dt, self.dt_proj.weight)  # the bias is added in float32 inside the scan
         if valid is not None:
             delta = delta.masked_fill(~valid, -1e4)  # softplus → exactly 0: the state is kept
         y, new_ssm_state = ops.selective_scan(

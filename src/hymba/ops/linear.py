@@ -59,8 +59,38 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
 
             run = linear_triton.linear_triton if kernel == "gemv" else linear_triton.linear_dot
             return run(x, weight, bias, residual)
-    y = F.linear(x, weight, bias)
+    if _misaligned(x, weight):
+        y = _aligned_linear(x, weight, bias)
+    else:
+        y = F.linear(x, weight, bias)
     return y if residual is None else residual + y
+
+
+# cuBLAS's fast Hopper kernels read and write their matrices by 16-byte rows: a product whose
+# input width or output width is not a multiple of 8 elements (Hymba's x_proj output of
+# dt_rank + 2·d_state = 132 columns, dt_proj's input of dt_rank = 100) falls back to slower
+# kernels. From this many rows on (prefill, training), such products run on zero-padded widths.
+ALIGN_ROWS = 256
+ALIGN = 8
+
+
+def _misaligned(x: Tensor, weight: Tensor) -> bool:
+    n, k = weight.shape
+    return x.is_cuda and x.dim() >= 2 and (n % ALIGN or k % ALIGN) and x.numel() >= ALIGN_ROWS * k
+
+
+def _aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` computed on widths padded with zeros to multiples of
+    ``ALIGN``: the result is a view of a wider output (its rows 16-byte aligned)."""
+    n, k = weight.shape
+    pad_n, pad_k = -n % ALIGN, -k % ALIGN
+    if pad_k:
+        x = F.pad(x, (0, pad_k))
+    weight = F.pad(weight, (0, pad_k, 0, pad_n))
+    if bias is not None and pad_n:
+        bias = F.pad(bias, (0, pad_n))
+    y = F.linear(x, weight, bias)
+    return y[..., :n] if pad_n else y
 
 
 def _fits_epilogue(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
