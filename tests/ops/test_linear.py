@@ -226,3 +226,41 @@ def test_aligned_linear_equals_f_linear_with_gradients(k, n, bias):
     want = torch.autograd.grad(ref, leaves, dy)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e)
+
+
+def test_padded_weight_follows_in_place_changes():
+    """The zero-padded weight is kept between calls without autograd and redone after the
+    weight changes in place."""
+    from hymba.ops.linear import _aligned_linear
+
+    x, w = torch.randn(40, 100, dtype=torch.float64), torch.randn(132, 100, dtype=torch.float64)
+    torch.testing.assert_close(_aligned_linear(x, w, None), F.linear(x, w))
+    torch.testing.assert_close(_aligned_linear(x, w, None), F.linear(x, w))
+    w.mul_(-2)
+    torch.testing.assert_close(_aligned_linear(x, w, None), F.linear(x, w))
+
+
+def test_cpu_accumulate_leaves_the_residual():
+    x, w, res = torch.randn(300, 8), torch.randn(16, 8), torch.randn(300, 16)
+    kept = res.clone()
+    torch.testing.assert_close(linear(x, w, None, res, accumulate=True), kept + F.linear(x, w))
+    assert torch.equal(res, kept)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulate_adds_into_the_residual_on_cuda(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(device="cuda", dtype=dtype, generator=g)
+    x, w, res = torch.randn(2, 300, 64, **kw), torch.randn(48, 64, **kw), torch.randn(2, 300, 48, **kw)
+    want = res.float() + F.linear(x.float(), w.float())
+    got = linear(x, w, None, res, accumulate=True)
+    assert got is res  # in place: one product, no separate add
+    torch.testing.assert_close(got.float(), want, **_tolerance(dtype))
+    # with autograd (or a bias) the residual is kept
+    res2 = torch.randn(2, 300, 48, **kw)
+    w.requires_grad_(True)
+    out = linear(x, w, None, res2, accumulate=True)
+    assert out is not res2 and out.requires_grad

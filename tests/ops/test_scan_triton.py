@@ -94,6 +94,9 @@ def test_optional_arguments_and_strided_inputs():
     u = full.transpose(1, 2)  # (b, L, d) with channel stride L
     proj = torch.randn(b, L, 4 + 2 * n, device="cuda")
     B, C = proj[..., 4 : 4 + n], proj[..., 4 + n :]
+    from hymba.ops.scan.triton import _adjacent_pair
+
+    assert _adjacent_pair(B, C) is not None and _adjacent_pair(C, B) is None  # B, C read by one copy
     delta = torch.rand(b, L, d, device="cuda") * 0.5
     A = -torch.rand(d, n, device="cuda") - 0.1
     y, s = selective_scan(u, delta, A, B, C, delta_softplus=False, impl="triton")

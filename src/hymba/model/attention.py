@@ -70,7 +70,9 @@ class AttentionBranch(nn.Module):
             if layout.cache is not None:
                 shared = layout.cache.update_kv(self.spec, k, v, layout, rotary)
             else:
-                shared = SharedKV(rotate(k, rotary), v, layout.positions, layout.token_valid)
+                # contiguous once here rather than in each consumer's attention (FlexAttention's
+                # layout)
+                shared = SharedKV(rotate(k, rotary).contiguous(), v.contiguous(), layout.positions, layout.token_valid)
         assert shared is not None, "a K/V consumer needs its producer's K/V"
         if shared.decode is not None:
             out = ops.decode_attention(q, *shared.prefix, shared.k, shared.v, shared.decode, rotary)

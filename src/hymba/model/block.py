@@ -79,4 +79,4 @@ class HymbaBlock(nn.Module):
         mixed, shared = self.mixer(self.input_layernorm(h), layout, shared)
         norm = self.pre_mlp_layernorm
         h, normed = ops.add_rms_norm(h, mixed, norm.weight, norm.eps)  # h + mixed, and its norm
-        return self.mlp(normed, residual=h), shared
+        return self.mlp(normed, residual=h), shared  # h: a new tensor, which the MLP may add into

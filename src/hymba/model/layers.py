@@ -43,7 +43,8 @@ class MLP(nn.Module):
         self.down_proj = Linear(m, h, bias=False)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """The MLP of ``x``, plus ``residual`` if given (added in the down projection's kernel)."""
+        """The MLP of ``x``, plus ``residual`` if given (added in the down projection's kernel;
+        the caller gives ``residual`` up: without autograd it may hold the result afterwards)."""
         if not self.gated:
             act = F.relu(self.up_proj(x)).square()
         elif type(self.gate_proj) is Linear and type(self.up_proj) is Linear:  # not wrapped (adapters)
@@ -53,7 +54,7 @@ class MLP(nn.Module):
         if residual is None:
             return self.down_proj(act)
         if type(self.down_proj) is Linear:
-            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual)
+            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual, accumulate=True)
         return residual + self.down_proj(act)
 
 

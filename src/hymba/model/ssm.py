@@ -57,7 +57,7 @@ class MambaBranch(nn.Module):
         if valid is not None:
             delta = delta.masked_fill(~valid, -1e4)  # softplus → exactly 0: the state is kept
         y, new_ssm_state = ops.selective_scan(
-            xc, delta, -torch.exp(self.A_log.float()), B, C, self.D, z,
+            xc, delta, ops.derived(self.A_log, "A", lambda a: -torch.exp(a.float())), B, C, self.D, z,
             delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
         )
         if cache is not None:

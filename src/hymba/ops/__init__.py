@@ -3,6 +3,7 @@
 from .attention import attention, attention_mask, sdpa_attention
 from .conv import causal_conv1d, causal_conv1d_update
 from .decode_attention import DecodeKeys, decode_attention
+from .derived import derived
 from .kv_store import store_kv_step
 from .linear import linear, swiglu
 from .norm import (
@@ -29,6 +30,7 @@ __all__ = [
     "causal_conv1d_update",
     "DecodeKeys",
     "decode_attention",
+    "derived",
     "add_rms_norm",
     "mean_of_rms_norms",
     "rms_norm",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .derived import derived
 from .norm import silu_mul
 from .triton_gate import pdl_supported, use_triton
 
@@ -47,11 +48,17 @@ def kernel_for(x: Tensor, *weights: Tensor) -> str | None:
     return "dot" if rows <= 128 and (gated or wide) else None
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, accumulate: bool = False
+) -> Tensor:
     """``F.linear(x, weight, bias)``, plus ``residual`` (added to the product rounded to x's dtype,
     as ``residual + F.linear(...)`` does): a Triton kernel for a decode step's rows on CUDA
     without autograd, where it is faster than cuBLAS (:func:`kernel_for`; the residual added in its
-    epilogue, if it has the output's shape and dtype); cuBLAS otherwise."""
+    epilogue, if it has the output's shape and dtype); cuBLAS otherwise.
+
+    ``accumulate=True``: the caller gives ``residual`` up. On the cuBLAS path without autograd the
+    product is then added into it in place (``residual += x Wᵀ``, one rounding of the sum, no
+    separate add kernel) and ``residual`` is returned."""
     if use_triton(x, weight, bias, residual) and _fits_epilogue(x, weight, bias, residual):
         kernel = kernel_for(x, weight)
         if kernel is not None:
@@ -59,6 +66,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
 
             run = linear_triton.linear_triton if kernel == "gemv" else linear_triton.linear_dot
             return run(x, weight, bias, residual)
+    if accumulate and _adds_in_place(x, weight, bias, residual):
+        n, k = weight.shape
+        residual.view(-1, n).addmm_(x.reshape(-1, k), weight.t())
+        return residual
     if _misaligned(x, weight):
         y = _aligned_linear(x, weight, bias)
     else:
@@ -86,11 +97,25 @@ def _aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     pad_n, pad_k = -n % ALIGN, -k % ALIGN
     if pad_k:
         x = F.pad(x, (0, pad_k))
-    weight = F.pad(weight, (0, pad_k, 0, pad_n))
+    # the weight and bias padded once (and again only after they change), not at every call
+    weight = derived(weight, f"padded {pad_k} {pad_n}", lambda w: F.pad(w, (0, pad_k, 0, pad_n)))
     if bias is not None and pad_n:
-        bias = F.pad(bias, (0, pad_n))
+        bias = derived(bias, f"padded {pad_n}", lambda b: F.pad(b, (0, pad_n)))
     y = F.linear(x, weight, bias)
     return y[..., :n] if pad_n else y
+
+
+def _adds_in_place(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
+    """Whether ``residual += x Wᵀ`` can run as one in-place cuBLAS product: CUDA, no bias, one dtype,
+    a contiguous residual of the output's shape, aligned widths, no autocast and no autograd."""
+    if residual is None or bias is not None or not x.is_cuda or torch.is_autocast_enabled("cuda"):
+        return False
+    n, k = weight.shape
+    if not (x.dtype == weight.dtype == residual.dtype and residual.is_contiguous()):
+        return False
+    if residual.shape != (*x.shape[:-1], n) or n % ALIGN or k % ALIGN:
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, residual)))
 
 
 def _fits_epilogue(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:

@@ -391,6 +391,19 @@ def _split(length: int, count: int, chunk: int) -> tuple[int, int]:
     return triton.cdiv(max(length, 1), seg_len), seg_len
 
 
+def _adjacent_pair(B: Tensor, C: Tensor) -> Tensor | None:
+    """(B, C) as one (b, L, 2, n) view when C's columns directly follow B's in the same storage
+    (as when both are split from one row), else None."""
+    if B.dtype != C.dtype or B.shape != C.shape or B.stride() != C.stride() or B.stride(2) != 1:
+        return None
+    if B.untyped_storage().data_ptr() != C.untyped_storage().data_ptr():
+        return None
+    n = B.shape[2]
+    if C.storage_offset() - B.storage_offset() != n:
+        return None
+    return B.as_strided((*B.shape[:2], 2, n), (B.stride(0), B.stride(1), n, 1))
+
+
 def _params(A: Tensor, D: Tensor | None, delta_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple]:
     """A, D and the Δ bias as the kernels read them (in their own dtypes and strides; zeros for
     a missing D or bias), and those strides."""
@@ -416,7 +429,11 @@ class _TritonScan(torch.autograd.Function):
         A, D32, bias32, param_strides = _params(A, D, delta_bias)
         h0 = initial_state
         bc = torch.empty(b, L, 2, n, **f32)  # one aligned float32 row (B, C) per step
-        torch.stack((B, C), dim=2, out=bc)
+        pair = _adjacent_pair(B, C)
+        if pair is not None:  # one copy (B and C are neighbouring columns of one projection)
+            bc.copy_(pair)
+        else:
+            torch.stack((B, C), dim=2, out=bc)
         save = any(ctx.needs_input_grad)
         block_d, warps = block_d or BLOCK_D, warps or WARPS
         blocks = triton.cdiv(d, block_d)
