@@ -146,7 +146,7 @@ def _sparse_signs(rows, cols, per_row, dev):
     """A weight of ``per_row`` entries ±1 a row: its products sum exactly in float32 in any order."""
     w = torch.zeros(rows, cols, device=dev)
     for i in range(rows):
-        w[i, torch.randperm(cols)[:per_row]] = torch.randint(0, 2, (per_row,)).float() * 2 - 1
+        w[i, torch.randperm(cols, device=dev)[:per_row]] = torch.randint(0, 2, (per_row,), device=dev).float() * 2 - 1
     return w
 
 
@@ -154,7 +154,10 @@ def _sparse_signs(rows, cols, per_row, dev):
 def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypatch):
     """With products that sum exactly in any order, the fused step equals the stage kernels bit for
     bit (half precision: every rounding point of the stages shows): x_proj's output, the norms'
-    normalised values and products, dt_proj's output and the stored conv output."""
+    normalised values and products, dt_proj's output and the stored conv output. The float32 SSM
+    state may differ by an ulp or two (the two kernels' compilers contract the update's multiplies
+    and adds as they choose; H200: at most 4.8e-7); a missed half-precision rounding would move it
+    by ~1e-3."""
     from hymba.ops.ssm_step import mamba_decode_step_unfused
     from hymba.ops.ssm_step_triton import mamba_decode_step_triton
 
@@ -170,7 +173,8 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
         x, z = proj[:, :d], proj[:, 2 * d:]
         got = mamba_decode_step_triton(x, z, conv, ssm, w)
         want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
-        assert torch.equal(got, want) and torch.equal(conv, ref_conv) and torch.equal(ssm, ref_ssm)
+        assert torch.equal(got, want) and torch.equal(conv, ref_conv)
+        torch.testing.assert_close(ssm, ref_ssm, rtol=2e-6, atol=2e-6)
 
 
 def test_fused_mamba_step_strided_parameters(triton_device, monkeypatch):
