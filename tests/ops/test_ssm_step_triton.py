@@ -155,8 +155,8 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
     """With products that sum exactly in any order, the fused step equals the stage kernels bit for
     bit (half precision: every rounding point of the stages shows): x_proj's output, the norms'
     normalised values and products, dt_proj's output and the stored conv output. The float32 SSM
-    state may differ by an ulp or two (the two kernels' compilers contract the update's multiplies
-    and adds as they choose; H200: at most 4.8e-7); a missed half-precision rounding would move it
+    state may differ by an ulp or two (two kernels' float32 arithmetic need not round alike, e.g.
+    where the compiler fuses a multiply and an add; H200: at most 4.8e-7); a missed half-precision rounding would move it
     by ~1e-3."""
     from hymba.ops.ssm_step import mamba_decode_step_unfused
     from hymba.ops.ssm_step_triton import mamba_decode_step_triton

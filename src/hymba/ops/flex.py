@@ -14,11 +14,13 @@ K/V views of the projection ran 2-3x slower (``benchmarks/flex_gpu.py --layouts`
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from .triton_gate import capability
 
 # Distinct graphs one process may compile (dynamo's default is 8): masks of global and
 # sliding-window layers, static and dynamic lengths, batch 1 and > 1, with and without autograd.
@@ -55,17 +57,9 @@ def _flex():
 
 def kernel_options(q: Tensor, v: Tensor) -> dict:
     """The measured tiles for this shape and GPU, or none (inductor's defaults)."""
-    if q.device.type != "cuda":
-        return {}
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if _capability(index) != (9, 0):
+    if q.device.type != "cuda" or capability(q.device) != (9, 0):
         return {}
     return dict(_SM90_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))
-
-
-@cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
 
 
 @lru_cache(maxsize=64)

@@ -50,8 +50,14 @@ def use_triton(x: Tensor, *others: Tensor | None) -> bool:
 
 
 @functools.cache
-def _pdl_device(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """A CUDA device's compute capability, looked up once per device (the call costs host time
+    on every kernel launch otherwise)."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def pdl_supported(device: torch.device) -> bool:
@@ -59,4 +65,4 @@ def pdl_supported(device: torch.device) -> bool:
     compute capability 9.0 or later (Hopper), not Triton's interpreter, not ``HYMBA_PDL=0``."""
     if device.type != "cuda" or os.environ.get("HYMBA_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return _pdl_device(device.index if device.index is not None else torch.cuda.current_device())
+    return capability(device) >= (9, 0)
