@@ -128,3 +128,135 @@ def test_fused_norms_keep_autograd_and_mixed_dtypes_on_the_references():
     a = torch.randn(3, 8, requires_grad=True)
     mean_of_rms_norms(a, torch.randn(3, 8), w, w * 2, 1e-6).sum().backward()
     assert a.grad is not None
+
+
+def _check_grads(fast, reference, inputs: list[torch.Tensor], tol: float) -> None:
+    """Gradients of ``fast`` (on the inputs as given) against ``reference`` in float64, for one
+    random upstream gradient per output; each gradient in its input's dtype."""
+    fast_in = [t.detach().clone().requires_grad_(True) for t in inputs]
+    exact_in = [t.detach().double().requires_grad_(True) for t in inputs]
+    fast_out, exact_out, same_dtypes = fast(*fast_in), reference(*exact_in), reference(*inputs)
+    if isinstance(fast_out, torch.Tensor):
+        fast_out, exact_out, same_dtypes = (fast_out,), (exact_out,), (same_dtypes,)
+    upstream = [torch.randn(o.shape, device=o.device) for o in fast_out]
+    for out, want, like in zip(fast_out, exact_out, same_dtypes):
+        assert out.dtype == like.dtype and out.shape == want.shape
+        torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol * max(1.0, _largest(want)))
+    torch.autograd.backward(fast_out, [u.to(o.dtype) for u, o in zip(upstream, fast_out)])
+    torch.autograd.backward(exact_out, [u.double() for u in upstream])
+    for i, (got, want) in enumerate(zip(fast_in, exact_in)):
+        if want.grad is None:  # not on the path to the outputs used
+            assert got.grad is None or not got.grad.any(), f"input {i}"
+            continue
+        assert got.grad is not None and got.grad.dtype == got.dtype, f"input {i}"
+        scale = max(1e-3, _largest(want.grad))
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=tol, atol=tol * scale, msg=f"input {i}")
+
+
+def _largest(t: torch.Tensor) -> float:
+    return t.abs().max().item() if t.numel() else 0.0
+
+
+# (x dtype, weight dtype, tolerance): float32; bf16 activations with float32 weights (autocast
+# training); bf16 throughout
+_TRAIN_DTYPES = [(torch.float32, torch.float32, 1e-4), (torch.bfloat16, torch.float32, 2e-2),
+                 (torch.bfloat16, torch.bfloat16, 3e-2)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,w_dtype,tol", _TRAIN_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 37, 200), (3, 1600), (1, 5, 24), (0, 16)])
+def test_triton_rms_norm_backward_matches_reference(shape, x_dtype, w_dtype, tol, triton_device):
+    from hymba.ops.norm_triton import rms_norm_train
+
+    x = (torch.randn(shape, device=triton_device) * 3).to(x_dtype)
+    w = (torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype)
+    _check_grads(lambda x, w: rms_norm_train(x, w, 1e-6), lambda x, w: rms_norm_reference(x, w, 1e-6), [x, w], tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,w_dtype,tol", _TRAIN_DTYPES)
+@pytest.mark.parametrize("sizes", [(100, 16, 16), (3, 1, 5)])
+def test_triton_rms_norm_parts_backward_matches_reference(sizes, x_dtype, w_dtype, tol, triton_device):
+    from hymba.ops.norm_triton import rms_norm_parts_train
+
+    # a strided view (the x projection's padded output), as the SSM branch passes it
+    x = (torch.randn(2, 41, sum(sizes) + 4, device=triton_device) * 2).to(x_dtype)[..., : sum(sizes)]
+    weights = [(torch.rand(s, device=triton_device) + 0.5).to(w_dtype) for s in sizes]
+
+    def fast(x, *w):
+        return rms_norm_parts_train(x, sizes, tuple(w), 1e-6)
+
+    def reference(x, *w):
+        return tuple(rms_norm_reference(p, wi, 1e-6) for p, wi in zip(x.split(list(sizes), -1), w))
+
+    _check_grads(fast, reference, [x, *weights], tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,delta_dtype,w_dtype,tol", [
+    (torch.float32, torch.float32, torch.float32, 1e-4),
+    (torch.float32, torch.bfloat16, torch.float32, 1e-2),  # autocast: fp32 residual + bf16 update
+    (torch.bfloat16, torch.bfloat16, torch.bfloat16, 3e-2),
+])
+@pytest.mark.parametrize("shape", [(2, 37, 200), (1, 1600), (0, 8)])
+def test_triton_add_rms_norm_backward_matches_reference(shape, x_dtype, delta_dtype, w_dtype, tol, triton_device):
+    from hymba.ops.norm import add_rms_norm_reference
+    from hymba.ops.norm_triton import add_rms_norm_train
+
+    x = (torch.randn(shape, device=triton_device) * 3).to(x_dtype)
+    delta = torch.randn(shape, device=triton_device).to(delta_dtype)
+    w = (torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype)
+    _check_grads(lambda *t: add_rms_norm_train(*t, 1e-6), lambda *t: add_rms_norm_reference(*t, 1e-6),
+                 [x, delta, w], tol)
+
+
+@pytest.mark.gpu
+def test_triton_add_rms_norm_backward_with_one_output_used(triton_device):
+    from hymba.ops.norm import add_rms_norm_reference
+    from hymba.ops.norm_triton import add_rms_norm_train
+
+    x, d = (torch.randn(3, 40, device=triton_device) for _ in range(2))
+    w = torch.rand(40, device=triton_device) + 0.5
+    for used in (0, 1):
+        _check_grads(lambda *t, used=used: add_rms_norm_train(*t, 1e-6)[used],
+                     lambda *t, used=used: add_rms_norm_reference(*t, 1e-6)[used], [x, d, w], 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,w_dtype,tol", _TRAIN_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 37, 200), (1, 3200), (0, 8)])
+def test_triton_mean_of_rms_norms_backward_matches_reference(shape, x_dtype, w_dtype, tol, triton_device):
+    from hymba.ops.norm import mean_of_rms_norms_reference
+    from hymba.ops.norm_triton import mean_of_rms_norms_train
+
+    a = (torch.randn(shape, device=triton_device) * 5).to(x_dtype)
+    b = (torch.randn(shape, device=triton_device) / 5).to(x_dtype)
+    wa, wb = ((torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype) for _ in range(2))
+    _check_grads(lambda *t: mean_of_rms_norms_train(*t, 1e-6), lambda *t: mean_of_rms_norms_reference(*t, 1e-6),
+                 [a, b, wa, wb], tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_triton_silu_mul_backward_matches_reference(dtype, tol, triton_device):
+    from hymba.ops.norm_triton import silu_mul_train
+
+    g = (torch.randn(3, 7, 333, device=triton_device) * 4).to(dtype)
+    u = torch.randn(3, 7, 333, device=triton_device).to(dtype)
+    _check_grads(silu_mul_train, lambda g, u: torch.nn.functional.silu(g) * u, [g, u], tol)
+
+
+@pytest.mark.gpu
+def test_dispatch_runs_the_backward_kernels_under_autograd(triton_device, monkeypatch):
+    """With autograd recording, the public functions take the Triton functions (their grad_fn)."""
+    from hymba.ops.norm import add_rms_norm, mean_of_rms_norms
+
+    monkeypatch.setenv("HYMBA_TRITON", "force")
+    x = torch.randn(4, 32, device=triton_device, requires_grad=True)
+    w = torch.rand(32, device=triton_device, requires_grad=True)
+    assert "_NormParts" in type(rms_norm(x, w, 1e-6).grad_fn).__name__
+    assert "_NormParts" in type(rms_norm_parts(x, (8, 8, 16), (w[:8], w[8:16], w[16:]), 1e-6)[0].grad_fn.next_functions[0][0]).__name__
+    assert "_AddRMSNorm" in type(add_rms_norm(x, x.detach().bfloat16(), w, 1e-6)[1].grad_fn).__name__
+    assert "_MeanOfNorms" in type(mean_of_rms_norms(x, x * 2, w, w, 1e-6).grad_fn).__name__
+    assert "_SiluMul" in type(silu_mul(x, x * 3).grad_fn).__name__

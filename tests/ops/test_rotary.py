@@ -39,3 +39,37 @@ def test_rotation_keeps_norms_and_autograd_uses_the_reference():
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))  # a rotation per pair of channels
     y.sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,table_dtype,out_dtype,tol", [
+    (torch.float32, torch.float32, None, 1e-5),
+    (torch.bfloat16, torch.float32, torch.bfloat16, 2e-2),  # autocast training: fp32 tables, bf16 heads
+    (torch.bfloat16, torch.bfloat16, None, 2e-2),
+])
+def test_triton_backward_matches_reference(x_dtype, table_dtype, out_dtype, tol, triton_device):
+    from hymba.ops.rotary_triton import apply_rotary_train
+
+    b, h, length, d = 2, 3, 37, 24
+    x = torch.randn(b, length, h * d, device=triton_device).to(x_dtype).view(b, length, h, d).transpose(1, 2)
+    angles = torch.rand(1, 1, length, d // 2, device=triton_device) * 50
+    angles = torch.cat([angles, angles], -1)
+    cos, sin = angles.cos().to(table_dtype), angles.sin().to(table_dtype)
+    fast_x = x.detach().clone().requires_grad_(True)
+    exact_x = x.detach().double().requires_grad_(True)
+    got = apply_rotary_train(fast_x, cos, sin, out_dtype)
+    want = apply_rotary_reference(exact_x, cos.double(), sin.double())
+    assert got.dtype == (out_dtype or torch.promote_types(x_dtype, table_dtype))
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    upstream = torch.randn(got.shape, device=triton_device)
+    got.backward(upstream.to(got.dtype))
+    want.backward(upstream.double())
+    assert fast_x.grad.dtype == x_dtype
+    torch.testing.assert_close(fast_x.grad.double(), exact_x.grad, rtol=tol, atol=tol)
+
+
+def test_result_dtype_is_honoured_on_the_reference():
+    cos, sin = RotaryEmbedding(HymbaConfig.from_preset("tiny"))(torch.arange(4), torch.float32)
+    x = torch.randn(1, 2, 4, cos.shape[-1]).bfloat16()
+    assert apply_rotary(x, cos, sin).dtype == torch.float32
+    assert apply_rotary(x, cos, sin, torch.bfloat16).dtype == torch.bfloat16

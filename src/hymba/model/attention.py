@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from .. import ops
@@ -31,8 +32,13 @@ class SharedKV:
 
 
 def rotate(x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
-    """Heads ``x`` with their rotary embedding (none for ``rotary=None``)."""
-    return x if rotary is None else ops.apply_rotary(x, *rotary)
+    """Heads ``x`` with their rotary embedding (none for ``rotary=None``). Under autocast the
+    result is in the autocast dtype, as attention then computes: rotated with the (float32)
+    tables and rounded once."""
+    if rotary is None:
+        return x
+    autocast = torch.is_autocast_enabled(x.device.type)
+    return ops.apply_rotary(x, *rotary, dtype=torch.get_autocast_dtype(x.device.type) if autocast else None)
 
 
 class AttentionBranch(nn.Module):

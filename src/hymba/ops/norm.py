@@ -1,6 +1,6 @@
 """RMSNorm as a function (also over the three parts of a row, the SSM branch's Δ/B/C; fused with
-the residual add; the mean of the two branch norms), and the SwiGLU gate: references and, for
-inference on CUDA, fused Triton kernels."""
+the residual add; the mean of the two branch norms), and the SwiGLU gate: references and, on
+CUDA, fused Triton kernels (with Triton backward kernels when autograd records them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .triton_gate import use_triton
+from .triton_gate import needs_grad, use_triton
 
 
 def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -20,23 +20,27 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm over the last dimension. On CUDA without autograd it is one Triton kernel (a
-    row per program, the same roundings as the reference); otherwise the reference."""
-    if use_triton(x, weight):
-        from .norm_triton import rms_norm_triton
+    """RMSNorm over the last dimension. On CUDA it is one Triton kernel (a row per program, the
+    same roundings as the reference; one more for the backward); otherwise the reference."""
+    if use_triton(x, weight, differentiable=True):
+        from . import norm_triton
 
-        return rms_norm_triton(x, weight, eps)
+        if needs_grad(x, weight):
+            return norm_triton.rms_norm_train(x, weight, eps)
+        return norm_triton.rms_norm_triton(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
 
 
 def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor], eps: float
                    ) -> tuple[Tensor, ...]:
     """Split the last dimension of ``x`` into three parts and RMS-normalise each with its own
-    weight (one kernel on CUDA without autograd; the parts are then views of one tensor)."""
-    if use_triton(x, *weights):
-        from .norm_triton import rms_norm_parts_triton
+    weight (one kernel on CUDA; the parts are then views of one tensor)."""
+    if use_triton(x, *weights, differentiable=True):
+        from . import norm_triton
 
-        return rms_norm_parts_triton(x, sizes, weights, eps)
+        if needs_grad(x, *weights):
+            return norm_triton.rms_norm_parts_train(x, sizes, weights, eps)
+        return norm_triton.rms_norm_parts_triton(x, sizes, weights, eps)
     return tuple(rms_norm_reference(part, w, eps) for part, w in zip(x.split(list(sizes), -1), weights))
 
 
@@ -48,11 +52,13 @@ def add_rms_norm_reference(x: Tensor, delta: Tensor, weight: Tensor, eps: float)
 
 def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``(x + delta, rms_norm(x + delta))``: a residual step and the next norm (one kernel on
-    CUDA without autograd, for ``x`` and ``delta`` of one shape and dtype)."""
-    if x.shape == delta.shape and x.dtype == delta.dtype and use_triton(x, delta, weight):
-        from .norm_triton import add_rms_norm_triton
+    CUDA, for ``x`` and ``delta`` of one shape; the sum in their promoted dtype)."""
+    if x.shape == delta.shape and use_triton(x, delta, weight, differentiable=True):
+        from . import norm_triton
 
-        return add_rms_norm_triton(x, delta, weight, eps)
+        if needs_grad(x, delta, weight):
+            return norm_triton.add_rms_norm_train(x, delta, weight, eps)
+        return norm_triton.add_rms_norm_triton(x, delta, weight, eps)
     return add_rms_norm_reference(x, delta, weight, eps)
 
 
@@ -63,19 +69,23 @@ def mean_of_rms_norms_reference(a: Tensor, b: Tensor, weight_a: Tensor, weight_b
 
 def mean_of_rms_norms(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
     """``(rms_norm(a) + rms_norm(b)) / 2``, the hybrid mixer's fusion of its two branches (one
-    kernel on CUDA without autograd, for inputs of one shape and dtype and weights of one dtype)."""
+    kernel on CUDA, for inputs of one shape and dtype and weights of one dtype)."""
     if (a.shape == b.shape and a.dtype == b.dtype and weight_a.dtype == weight_b.dtype
-            and use_triton(a, b, weight_a, weight_b)):
-        from .norm_triton import mean_of_rms_norms_triton
+            and use_triton(a, b, weight_a, weight_b, differentiable=True)):
+        from . import norm_triton
 
-        return mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
+        if needs_grad(a, b, weight_a, weight_b):
+            return norm_triton.mean_of_rms_norms_train(a, b, weight_a, weight_b, eps)
+        return norm_triton.mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
     return mean_of_rms_norms_reference(a, b, weight_a, weight_b, eps)
 
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
-    """SiLU(gate) · up, the SwiGLU MLP's middle (one kernel on CUDA without autograd)."""
-    if gate.shape == up.shape and gate.dtype == up.dtype and use_triton(gate, up):
-        from .norm_triton import silu_mul_triton
+    """SiLU(gate) · up, the SwiGLU MLP's middle (one kernel on CUDA, one more for the backward)."""
+    if gate.shape == up.shape and gate.dtype == up.dtype and use_triton(gate, up, differentiable=True):
+        from . import norm_triton
 
-        return silu_mul_triton(gate, up)
+        if needs_grad(gate, up):
+            return norm_triton.silu_mul_train(gate, up)
+        return norm_triton.silu_mul_triton(gate, up)
     return F.silu(gate) * up

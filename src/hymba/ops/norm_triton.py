@@ -1,6 +1,8 @@
-"""RMSNorm forward (alone, over three parts, after a residual add, the mean of two norms) and the
-SwiGLU gate in Triton (inference only): one program per row, float32 statistics, the same roundings
-as the PyTorch references."""
+"""RMSNorm (alone, over three parts, after a residual add, the mean of two norms) and the SwiGLU
+gate in Triton. Forward: one program per row, float32 statistics, the same roundings as the
+PyTorch references. Backward (``*_train``, autograd functions): one program per group of rows,
+float32 arithmetic throughout (the references round some intermediate gradients to bf16), each
+program's share of the weight gradient summed by PyTorch."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .pdl_triton import pdl_launch, wait_for_producers
+from .triton_gate import num_sms
 
 
 @triton.jit
@@ -68,20 +71,21 @@ def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, n_cols, stride_x
     keep = cols < n_cols
     x = tl.load(x_ptr + row * stride_x + cols, mask=keep, other=0.0)
     d = tl.load(d_ptr + row * stride_d + cols, mask=keep, other=0.0)
-    total = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype, fp_downcast_rounding="rtne")
+    sum_dtype = sum_ptr.dtype.element_ty  # x's and delta's promoted dtype, as PyTorch adds them
+    total = (x.to(tl.float32) + d.to(tl.float32)).to(sum_dtype, fp_downcast_rounding="rtne")
     tl.store(sum_ptr + row * stride_sum + cols, total, mask=keep)
-    y = _normed_part(total.to(tl.float32), w_ptr, cols, 0, n_cols, eps, x.dtype)
+    y = _normed_part(total.to(tl.float32), w_ptr, cols, 0, n_cols, eps, sum_dtype)
     tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
              mask=keep)
 
 
 def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Same as :func:`hymba.ops.norm.add_rms_norm_reference` for ``x`` and ``delta`` of one
-    shape and dtype."""
+    shape (the sum in their promoted dtype)."""
     shape, d = x.shape, x.shape[-1]
     xr, dr = _rows(x), _rows(delta)
-    total = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
-    out = torch.empty(xr.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    total = torch.empty(xr.shape, dtype=torch.promote_types(x.dtype, delta.dtype), device=x.device)
+    out = torch.empty(xr.shape, dtype=torch.promote_types(total.dtype, weight.dtype), device=x.device)
     if xr.shape[0]:
         _add_rms_norm_kernel[(xr.shape[0],)](
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
@@ -140,6 +144,12 @@ def _rms_norm_parts_kernel(x_ptr, w1_ptr, w2_ptr, w3_ptr, out_ptr, s1, s2, s3, s
 def rms_norm_parts_triton(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
                           eps: float) -> tuple[Tensor, ...]:
     """Same as :func:`hymba.ops.norm.rms_norm_parts`; returns views of one output tensor."""
+    return _rms_norm_parts_joined(x, sizes, weights, eps).split(list(sizes), -1)
+
+
+def _rms_norm_parts_joined(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
+                           eps: float) -> Tensor:
+    """The three normalised parts side by side in one tensor of x's shape."""
     shape, width = x.shape, x.shape[-1]
     if sum(sizes) != width or min(sizes) < 1:
         raise ValueError(f"parts {sizes} do not split a last dimension of {width}")
@@ -151,7 +161,7 @@ def rms_norm_parts_triton(x: Tensor, sizes: tuple[int, int, int], weights: tuple
             rows, *(w.contiguous() for w in weights), out, *sizes, rows.stride(0), out.stride(0), eps,
             BLOCK=triton.next_power_of_2(width), **pdl_launch(x.device),
         )
-    return out.view(shape).split(list(sizes), -1)
+    return out.view(shape)
 
 
 @triton.jit
@@ -175,3 +185,192 @@ def silu_mul_triton(gate: Tensor, up: Tensor) -> Tensor:
     if n:
         _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4, **pdl_launch(gate.device))
     return out
+
+
+# ---------------------------------------------------------------- backward (training)
+
+# Programs of a norm's backward per SM: each walks a group of rows, keeping its share of the
+# weight gradient in registers.
+BWD_PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, dres_ptr, dx_ptr, dw_ptr, n_rows, n_cols, rows_per_program,
+                         stride_x, stride_dy, stride_dres, stride_dx, eps, scale,
+                         HAS_DRES: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows [pid·R, (pid+1)·R) of the backward of y = w · round(x · rstd(x)) for the upstream
+    gradient ``scale · dy``: dx (plus ``dres``, x's gradient from another path) and this program's
+    share of dw (a float32 row of ``dw_ptr``)."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(rows_per_program):
+        row = pid.to(tl.int64) * rows_per_program + i
+        keep = (cols < n_cols) & (row < n_rows)  # the last program's rows may run out
+        x = tl.load(x_ptr + row * stride_x + cols, mask=keep, other=0.0)
+        x32 = x.to(tl.float32)
+        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=keep, other=0.0).to(tl.float32) * scale
+        inv = tl.math.rsqrt(tl.sum(x32 * x32, axis=0) / n_cols + eps)
+        xhat = x32 * inv
+        dw += dy * xhat.to(x.dtype, fp_downcast_rounding="rtne").to(tl.float32)
+        g = dy * w
+        dx = inv * (g - xhat * (tl.sum(g * xhat, axis=0) / n_cols))
+        if HAS_DRES:
+            dx += tl.load(dres_ptr + row * stride_dres + cols, mask=keep, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + row * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=keep)
+    tl.store(dw_ptr + pid * n_cols + cols, dw, mask=cols < n_cols)
+
+
+def _norm_backward(x: Tensor, weight: Tensor, dy: Tensor, dx: Tensor, eps: float, scale: float = 1.0,
+                   dres: Tensor | None = None) -> Tensor:
+    """Write the gradient of ``rms_norm(x, weight)`` for the upstream ``scale · dy`` (plus
+    ``dres``) into ``dx``; return the weight's gradient in float32. All rows are (rows, D) with
+    unit column stride (column slices of wider rows are fine)."""
+    n_rows, d = x.shape
+    if n_rows == 0:
+        return torch.zeros(d, dtype=torch.float32, device=x.device)
+    per = triton.cdiv(n_rows, min(n_rows, BWD_PROGRAMS_PER_SM * num_sms(x.device)))
+    programs = triton.cdiv(n_rows, per)
+    partial = torch.empty(programs, d, dtype=torch.float32, device=x.device)
+    res = dres if dres is not None else dy
+    block = triton.next_power_of_2(d)
+    _rms_norm_bwd_kernel[(programs,)](
+        x, weight.contiguous(), dy, res, dx, partial, n_rows, d, per,
+        x.stride(0), dy.stride(0), res.stride(0), dx.stride(0), eps, scale,
+        HAS_DRES=dres is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+    )
+    return partial.sum(0)
+
+
+class _NormParts(torch.autograd.Function):
+    """RMSNorm of consecutive column parts of x, each with its own weight, side by side."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float, sizes: tuple[int, ...], *weights: Tensor) -> Tensor:
+        if len(sizes) == 1:
+            out = rms_norm_triton(x, weights[0], eps)
+        else:
+            out = _rms_norm_parts_joined(x, sizes, weights, eps)
+        ctx.save_for_backward(x, *weights)
+        ctx.eps, ctx.sizes = eps, sizes
+        return out
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, *weights = ctx.saved_tensors
+        xr, dyr = _rows(x), _rows(dy)
+        dx = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
+        grads, lo = [], 0
+        for size, w, wanted in zip(ctx.sizes, weights, ctx.needs_input_grad[3:]):
+            cols = slice(lo, lo + size)
+            dw = _norm_backward(xr[:, cols], w, dyr[:, cols], dx[:, cols], ctx.eps)
+            grads.append(dw.to(w.dtype) if wanted else None)
+            lo += size
+        return dx.view(x.shape), None, None, *grads
+
+
+def rms_norm_train(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """:func:`rms_norm_triton` with a backward."""
+    return _NormParts.apply(x, eps, (x.shape[-1],), weight)
+
+
+def rms_norm_parts_train(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
+                         eps: float) -> tuple[Tensor, ...]:
+    """:func:`rms_norm_parts_triton` with a backward."""
+    return _NormParts.apply(x, eps, tuple(sizes), *weights).split(list(sizes), -1)
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        total, out = add_rms_norm_triton(x, delta, weight, eps)
+        ctx.save_for_backward(total, weight)
+        ctx.eps, ctx.dtypes = eps, (x.dtype, delta.dtype)
+        ctx.set_materialize_grads(False)
+        return total, out
+
+    @staticmethod
+    def backward(ctx, dtotal: Tensor | None, dout: Tensor | None):
+        total, weight = ctx.saved_tensors
+        dw = None
+        if dout is None:
+            grad = dtotal
+        else:
+            rows = _rows(total)
+            grad = torch.empty(rows.shape, dtype=total.dtype, device=total.device)
+            dw = _norm_backward(rows, weight, _rows(dout), grad, ctx.eps,
+                                dres=None if dtotal is None else _rows(dtotal)).to(weight.dtype)
+            grad = grad.view(total.shape)
+        if grad is None:
+            return None, None, None, None
+        x_dtype, delta_dtype = ctx.dtypes
+        return grad.to(x_dtype), grad.to(delta_dtype), dw, None
+
+
+def add_rms_norm_train(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """:func:`add_rms_norm_triton` with a backward."""
+    return _AddRMSNorm.apply(x, delta, weight, eps)
+
+
+class _MeanOfNorms(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(a, b, weight_a, weight_b)
+        ctx.eps = eps
+        return mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        a, b, weight_a, weight_b = ctx.saved_tensors
+        dyr = _rows(dy)
+        grads = []
+        for x, w in ((a, weight_a), (b, weight_b)):
+            rows = _rows(x)
+            dx = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+            dw = _norm_backward(rows, w, dyr, dx, ctx.eps, scale=0.5)
+            grads.append((dx.view(x.shape), dw.to(w.dtype)))
+        (da, dwa), (db, dwb) = grads
+        return da, db, dwa, dwb, None
+
+
+def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+    """:func:`mean_of_rms_norms_triton` with a backward."""
+    return _MeanOfNorms.apply(a, b, weight_a, weight_b, eps)
+
+
+@triton.jit
+def _silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    g = tl.load(g_ptr + offs, mask=keep, other=0.0)
+    u = tl.load(u_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    g32 = g.to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-g32))
+    act = (g32 * sig).to(g.dtype, fp_downcast_rounding="rtne").to(tl.float32)  # the forward's rounded SiLU
+    tl.store(dg_ptr + offs, (dy * u * sig * (1.0 + g32 * (1.0 - sig))).to(dg_ptr.dtype.element_ty), mask=keep)
+    tl.store(du_ptr + offs, (dy * act).to(du_ptr.dtype.element_ty), mask=keep)
+
+
+class _SiluMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
+        gate, up = gate.contiguous(), up.contiguous()
+        ctx.save_for_backward(gate, up)
+        return silu_mul_triton(gate, up)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        gate, up = ctx.saved_tensors
+        dy = dy.contiguous()
+        dgate, dup = torch.empty_like(gate), torch.empty_like(up)
+        n, block = gate.numel(), 1024
+        if n:
+            _silu_mul_bwd_kernel[(triton.cdiv(n, block),)](gate, up, dy, dgate, dup, n, BLOCK=block, num_warps=4)
+        return dgate, dup
+
+
+def silu_mul_train(gate: Tensor, up: Tensor) -> Tensor:
+    """:func:`silu_mul_triton` with a backward."""
+    return _SiluMul.apply(gate, up)

@@ -39,8 +39,10 @@ def rotary_tables(rotary: tuple[Tensor, Tensor], b: int, length: int, d: int) ->
 def _rotary_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr, H, L, half,
     sx_b, sx_h, sx_l, sc_b, sc_l, so_b, so_h, so_l,
-    ROWS: tl.constexpr, HALF_P: tl.constexpr, PDL: tl.constexpr,
+    ROWS: tl.constexpr, HALF_P: tl.constexpr, TRANSPOSE: tl.constexpr, PDL: tl.constexpr,
 ):
+    """Rotate a block of positions of one (row, head); with TRANSPOSE, by the transposed rotation
+    (the backward: the gradient of x from the gradient of the output)."""
     wait_for_producers(PDL)
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
@@ -58,19 +60,26 @@ def _rotary_kernel(
     s2 = tl.load(sin_ptr + c_row + half, mask=keep, other=0.0).to(tl.float32)
     o_row = out_ptr + b * so_b + h * so_h + pos[:, None] * so_l + col[None, :]
     dtype = out_ptr.dtype.element_ty
-    tl.store(o_row, (x1 * c1 - x2 * s1).to(dtype), mask=keep)
-    tl.store(o_row + half, (x2 * c2 + x1 * s2).to(dtype), mask=keep)
+    if TRANSPOSE:
+        tl.store(o_row, (x1 * c1 + x2 * s2).to(dtype), mask=keep)
+        tl.store(o_row + half, (x2 * c2 - x1 * s1).to(dtype), mask=keep)
+    else:
+        tl.store(o_row, (x1 * c1 - x2 * s1).to(dtype), mask=keep)
+        tl.store(o_row + half, (x2 * c2 + x1 * s2).to(dtype), mask=keep)
 
 
-def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`, in the promoted dtype of x and
-    cos. Heads that are a transposed (b, L, H, d) view, as split from a projection, come back in
-    that memory order (so attention's output can keep it), others contiguous."""
+def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None,
+                        transpose: bool = False) -> Tensor:
+    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`, in ``dtype`` (by default the
+    promoted dtype of x and cos; computed in float32 and rounded once). ``transpose``: rotate by
+    the transposed rotation instead. Heads that are a transposed (b, L, H, d) view, as split from
+    a projection, come back in that memory order (so attention's output can keep it), others
+    contiguous."""
     b, h, length, d = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
     cos, sin, sc_b = rotary_tables((cos, sin), b, length, d)
-    like = dict(dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    like = dict(dtype=dtype or torch.promote_types(x.dtype, cos.dtype), device=x.device)
     if x.stride(1) < x.stride(2):
         out = torch.empty(b, length, h, d, **like).transpose(1, 2)
     else:
@@ -79,6 +88,26 @@ def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     _rotary_kernel[(b * h, triton.cdiv(length, ROWS))](
         x, cos, sin, out, h, length, half,
         x.stride(0), x.stride(1), x.stride(2), sc_b, cos.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        ROWS=ROWS, HALF_P=triton.next_power_of_2(half), **pdl_launch(x.device),
+        ROWS=ROWS, HALF_P=triton.next_power_of_2(half), TRANSPOSE=transpose, **pdl_launch(x.device),
     )
     return out
+
+
+class _Rotary(torch.autograd.Function):
+    """The rotation with its backward (the transposed rotation); no gradient for the tables."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.x_dtype = x.dtype
+        return apply_rotary_triton(x, cos, sin, dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        cos, sin = ctx.saved_tensors
+        return apply_rotary_triton(dy, cos, sin, ctx.x_dtype, transpose=True), None, None, None
+
+
+def apply_rotary_train(x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """:func:`apply_rotary_triton` with a backward for ``x``."""
+    return _Rotary.apply(x, cos, sin, dtype)

@@ -37,16 +37,22 @@ def num_sms(device: torch.device) -> int:
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def use_triton(x: Tensor, *others: Tensor | None) -> bool:
+def use_triton(x: Tensor, *others: Tensor | None, differentiable: bool = False) -> bool:
     """True when the fused Triton kernels may run on ``x`` and the ``others`` of the same call:
     ``x`` on a CUDA device in a dtype they compute (float64 stays on the references, the kernels
-    compute in float32), and no autograd through any of them (the kernels have no backward)."""
+    compute in float32), and no autograd through any of them unless the kernels have a backward
+    (``differentiable``)."""
     switch = os.environ.get("HYMBA_TRITON", "1")
     if switch == "0" or not (x.is_cuda or switch == "force") or x.dtype not in _KERNEL_DTYPES:
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
+    if not differentiable and needs_grad(x, *others):
         return False
     return triton_importable()
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @functools.cache
