@@ -126,3 +126,49 @@ def test_activation_checkpointing_gives_same_gradients():
 def test_bad_inputs_raise_one_clear_error(ids, mask, message):
     with pytest.raises(InputError, match=message):
         make_model()(ids, attention_mask=mask)
+
+
+def _loss_and_grads(model, ids, autocast: bool) -> tuple[float, torch.Tensor]:
+    """The loss and all parameter gradients as one flat float32 vector."""
+    model.zero_grad()
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()])
+
+
+@pytest.mark.gpu
+def test_training_step_with_the_triton_kernels_matches_the_references(triton_device, monkeypatch):
+    """A forward + backward through the Triton norms, SwiGLU gate, rotary and conv (with their
+    backward kernels where autograd records them) against HYMBA_TRITON=0 in float32: the loss
+    and every parameter's gradient."""
+    model = make_model().float().train().to(triton_device)
+    ids = torch.randint(3, 97, (2, 12), device=triton_device)
+    monkeypatch.setenv("HYMBA_TRITON", "force")
+    loss_fast, fast = _loss_and_grads(model, ids, False)
+    monkeypatch.setenv("HYMBA_TRITON", "0")
+    loss_ref, ref = _loss_and_grads(model, ids, False)
+    assert abs(loss_fast - loss_ref) <= 1e-5 * abs(loss_ref)
+    offset = 0
+    for name, p in model.named_parameters():
+        got, want = fast[offset: offset + p.numel()], ref[offset: offset + p.numel()]
+        offset += p.numel()
+        err = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+        assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
+
+
+@pytest.mark.gpu
+def test_triton_kernels_under_autocast_are_as_close_to_float32_as_the_references(triton_device, monkeypatch):
+    """Under bf16 autocast both paths round; the Triton kernels (float32 inside, one rounding
+    per output) must get the float32 step's gradients at least about as well as the references
+    (which round some intermediate gradients to bf16)."""
+    model = make_model().float().train().to(triton_device)
+    ids = torch.randint(3, 97, (2, 12), device=triton_device)
+    monkeypatch.setenv("HYMBA_TRITON", "0")
+    _, exact = _loss_and_grads(model, ids, False)
+    _, ref = _loss_and_grads(model, ids, True)
+    monkeypatch.setenv("HYMBA_TRITON", "force")
+    _, fast = _loss_and_grads(model, ids, True)
+    ref_err = ((ref - exact).norm() / exact.norm()).item()
+    fast_err = ((fast - exact).norm() / exact.norm()).item()
+    assert fast_err <= 1.1 * ref_err, f"Triton {fast_err:.3f} vs references {ref_err:.3f}"
