@@ -73,3 +73,62 @@ def test_triton_matches_reference(dtype, length, with_state, with_bias, activati
             want = torch.nn.functional.silu(want.float()).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 2**-6
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,w_dtype,tol", [(torch.float32, torch.float32, 1e-4),
+                                                 (torch.bfloat16, torch.float32, 2e-2),  # autocast training
+                                                 (torch.bfloat16, torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("length", [4, 37, 200])
+@pytest.mark.parametrize("with_bias,activation,use_final", [(True, True, False), (False, False, True),
+                                                            (True, True, True)])
+def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_bias, activation, use_final,
+                                           triton_device):
+    """Gradients of x, the weight and the bias (and of x through the returned final state)
+    against the reference in float64."""
+    from hymba.ops.conv import causal_conv1d_reference
+    from hymba.ops.conv_triton import causal_conv1d_train
+
+    channels = 150
+    x = torch.randn(2, length, 2 * channels, device=triton_device)[..., :channels].to(x_dtype)
+    w = torch.randn(channels, 4, device=triton_device).to(w_dtype)
+    b = torch.randn(channels, device=triton_device).to(w_dtype) if with_bias else None
+    leaves = [t for t in (x, w, b) if t is not None]
+    fast = [t.detach().clone().requires_grad_(True) for t in leaves]
+    exact = [t.detach().double().requires_grad_(True) for t in leaves]
+
+    def run(conv, x, w, b=None):
+        y, final = conv(x, w, b, activation=activation)
+        return y, final
+
+    y, final = run(causal_conv1d_train, *fast)
+    y_ref, final_ref = run(causal_conv1d_reference, *exact)
+    assert y.dtype == x_dtype and final.dtype == x_dtype
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol, atol=tol)
+    dy = torch.randn(y.shape, device=triton_device)
+    dfinal = torch.randn(final.shape, device=triton_device)
+    outs, grads = [(y, y_ref)], [dy]
+    if use_final:
+        outs.append((final, final_ref))
+        grads.append(dfinal)
+    torch.autograd.backward([o for o, _ in outs], [g.to(o.dtype) for g, (o, _) in zip(grads, outs)])
+    torch.autograd.backward([r for _, r in outs], [g.double() for g in grads])
+    for i, (got, want) in enumerate(zip(fast, exact)):
+        assert got.grad.dtype == got.dtype, f"input {i}"
+        scale = max(1.0, want.grad.abs().max().item())
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=tol, atol=tol * scale, msg=f"input {i}")
+
+
+@pytest.mark.gpu
+def test_dispatch_under_autograd(triton_device, monkeypatch):
+    """With autograd recording: the Triton function from a zero state over at least a kernel's
+    steps, the reference otherwise (a given initial state, or a shorter sequence)."""
+    from hymba.ops.conv import causal_conv1d
+
+    monkeypatch.setenv("HYMBA_TRITON", "force")
+    w = torch.randn(8, 4, device=triton_device, requires_grad=True)
+    x = torch.randn(1, 6, 8, device=triton_device)
+    assert "_CausalConv" in type(causal_conv1d(x, w)[0].grad_fn).__name__
+    assert "_CausalConv" not in type(causal_conv1d(x[:, :3], w)[0].grad_fn).__name__
+    state = torch.zeros(1, 8, 4, device=triton_device)
+    assert "_CausalConv" not in type(causal_conv1d(x, w, None, state)[0].grad_fn).__name__

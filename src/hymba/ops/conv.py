@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .triton_gate import use_triton
+from .triton_gate import needs_grad, use_triton
 
 
 def causal_conv1d(
@@ -25,12 +25,16 @@ def causal_conv1d(
     ``initial_state``: (batch, channels, kernel) inputs that precede ``x`` (zeros by default).
     ``y[t, c] = act(bias[c] + Σ_k weight[c, k] · x[t - K + 1 + k, c])``, act = SiLU.
     Returns ``(y, final_state)`` with y like x and the state holding the last ``kernel`` inputs.
-    One Triton kernel on CUDA without autograd (:mod:`hymba.ops.conv_triton`), else the reference.
+    One Triton kernel on CUDA (:mod:`hymba.ops.conv_triton`; one more for the backward, from a
+    zero initial state over at least ``kernel`` steps), else the reference.
     """
-    if use_triton(x, weight, bias, initial_state):
-        from .conv_triton import causal_conv1d_triton
+    if use_triton(x, weight, bias, initial_state, differentiable=True):
+        from . import conv_triton
 
-        return causal_conv1d_triton(x, weight, bias, initial_state, activation)
+        if not needs_grad(x, weight, bias, initial_state):
+            return conv_triton.causal_conv1d_triton(x, weight, bias, initial_state, activation)
+        if initial_state is None and x.shape[1] >= weight.shape[-1]:
+            return conv_triton.causal_conv1d_train(x, weight, bias, activation)
     return causal_conv1d_reference(x, weight, bias, initial_state, activation)
 
 

@@ -1,8 +1,10 @@
-"""Causal depthwise conv over a whole sequence in Triton (prefill; inference only).
+"""Causal depthwise conv over a whole sequence in Triton (prefill and training).
 
 One program per (row, block of time steps, block of channels) sums the ``kernel`` shifted inputs,
 reading the inputs that precede the sequence from the initial state. Same roundings as the
-reference (``F.conv1d`` then SiLU, each rounded to the input's dtype).
+reference (``F.conv1d`` then SiLU, each rounded to the input's dtype). The backward (training,
+from a zero initial state) recomputes the pre-activation at the ``kernel`` later steps each
+input reaches, so nothing but the input is saved.
 """
 
 from __future__ import annotations
@@ -86,3 +88,100 @@ def causal_conv1d_triton(
                   else x.new_zeros(batch, channels, kernel))
         final = torch.cat([prefix[..., length:], xt], dim=-1)
     return out, final
+
+
+@triton.jit
+def _causal_conv_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, C, num_tblocks,
+    sx_b, sx_l, sw_c, sdy_b, sdy_l,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    """dx of a (time block, channel block) of one row, and the block's shares of dw and db (rows
+    of ``dw_ptr``/``db_ptr`` per (row, time block)). With g(u) = dy(u)·SiLU'(pre(u)):
+    dx(s) = Σ_k w_k g(s + K-1-k), dw_k = Σ_t g(t) x(t-K+1+k), db = Σ_t g(t)."""
+    b = tl.program_id(0).to(tl.int64)
+    tb = tl.program_id(1)
+    t = tb * BT + tl.arange(0, BT)
+    c = tl.program_id(2) * BC + tl.arange(0, BC)
+    c_ok = c < C
+    dtype = x_ptr.dtype.element_ty
+    x_row = x_ptr + b * sx_b + c[None, :]
+    dx = tl.zeros((BT, BC), tl.float32)
+    for j in tl.static_range(K):  # g at the steps t + j, which read x(t) through tap K-1-j
+        u = t + j
+        u_ok = u < L
+        pre = tl.zeros((BT, BC), tl.float32)
+        for k in tl.static_range(K):
+            src = u - (K - 1) + k
+            w = tl.load(w_ptr + c * sw_c + k, mask=c_ok, other=0.0).to(tl.float32)
+            v = tl.load(x_row + src[:, None].to(tl.int64) * sx_l,
+                        mask=((src >= 0) & u_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            pre += w[None, :] * v
+        if HAS_BIAS:
+            pre += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        g = tl.load(dy_ptr + b * sdy_b + u[:, None].to(tl.int64) * sdy_l + c[None, :],
+                    mask=u_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        if ACT:  # SiLU' at the rounded pre-activation, as the forward applies SiLU to it
+            p = pre.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+            sig = 1.0 / (1.0 + tl.exp(-p))
+            g = g * sig * (1.0 + p * (1.0 - sig))
+        w_j = tl.load(w_ptr + c * sw_c + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32)
+        dx += w_j[None, :] * g
+        if j == 0:  # g(t) itself: this block's shares of dw and db
+            share = (b * num_tblocks + tb) * C
+            for k in tl.static_range(K):
+                src = t - (K - 1) + k
+                v = tl.load(x_row + src[:, None].to(tl.int64) * sx_l,
+                            mask=((src >= 0) & (t < L))[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+                tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * v, axis=0), mask=c_ok)
+            tl.store(db_ptr + share + c, tl.sum(g, axis=0), mask=c_ok)
+    tl.store(dx_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=(t < L)[:, None] & c_ok[None, :])
+
+
+class _CausalConv(torch.autograd.Function):
+    """The conv from a zero initial state, with its backward (the final state is a copy of the
+    last ``kernel`` inputs; its gradient goes back to them)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: bool) -> tuple[Tensor, Tensor]:
+        out, final = causal_conv1d_triton(x, weight, bias, None, activation)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.activation = activation
+        ctx.set_materialize_grads(False)
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dfinal: Tensor | None):
+        x, weight, bias = ctx.saved_tensors
+        batch, length, channels = x.shape
+        kernel = weight.shape[-1]
+        if dy is None:
+            dy = x.new_zeros(x.shape)
+        if dy.stride(-1) != 1:
+            dy = dy.contiguous()
+        w = weight.reshape(channels, kernel).contiguous()
+        dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
+        blocks = triton.cdiv(length, BLOCK_T)
+        f32 = dict(dtype=torch.float32, device=x.device)
+        dw = torch.empty(batch * blocks, channels, kernel, **f32)
+        db = torch.empty(batch * blocks, channels, **f32)
+        if batch and length:
+            _causal_conv_bwd_kernel[(batch, blocks, triton.cdiv(channels, BLOCK_C))](
+                x, w, bias if bias is not None else w, dy, dx, dw, db, length, channels, blocks,
+                x.stride(0), x.stride(1), w.stride(0), dy.stride(0), dy.stride(1),
+                K=kernel, HAS_BIAS=bias is not None, ACT=ctx.activation, BT=BLOCK_T, BC=BLOCK_C, num_warps=4,
+            )
+        if dfinal is not None:
+            dx[:, length - kernel:] += dfinal.transpose(1, 2).to(dx.dtype)
+        return (dx, dw.sum(0).reshape(weight.shape).to(weight.dtype),
+                db.sum(0).to(bias.dtype) if bias is not None else None, None)
+
+
+def causal_conv1d_train(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: bool = True
+                        ) -> tuple[Tensor, Tensor]:
+    """:func:`causal_conv1d_triton` from a zero initial state, with a backward; for sequences
+    of at least ``kernel`` steps."""
+    if x.shape[1] < weight.shape[-1]:
+        raise ValueError(f"a sequence of {x.shape[1]} steps is shorter than the kernel ({weight.shape[-1]})")
+    return _CausalConv.apply(x, weight, bias, activation)

@@ -1,11 +1,11 @@
-"""GPU time of one training step's norms, SwiGLU gate and rotary, forward + backward: the Triton
-kernels (``HYMBA_TRITON=1``) against the PyTorch references (``HYMBA_TRITON=0``).
+"""GPU time of one training layer's norms, SwiGLU gate, rotary and causal conv, forward + backward:
+the Triton kernels (``HYMBA_TRITON=1``) against the PyTorch references (``HYMBA_TRITON=0``).
 
-    python benchmarks/norm_train_gpu.py [--json out.json] [--rows 4224]
+    python benchmarks/train_ops_gpu.py [--json out.json] [--rows 4224]
 
 Shapes and dtypes of one Hymba-1.5B layer in a 4K training step under bf16 autocast (4,096
-tokens + 128 meta tokens; float32 residual stream and weights, bf16 projections), the way the
-model calls them (``hymba.ops``). Times are per layer; the model has 32.
+tokens + 128 meta tokens; float32 residual stream and weights, bf16 projections, under
+autocast), the way the model calls them (``hymba.ops``). Times are per layer; the model has 32.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def cases(rows: int, dev: str = "cuda") -> dict[str, Callable[[], tuple[list[tor
         "add + pre-MLP norm": lambda: ([leaf(1, rows, H, dtype=f32), leaf(1, rows, H), weight(H)],
                                        lambda x, d, w: ops.add_rms_norm(x, d, w, 1e-6)),
         "SiLU(gate)·up": lambda: ([leaf(1, rows, M), leaf(1, rows, M)], ops.silu_mul),
+        "causal conv": lambda: ([leaf(1, rows, I), leaf(I, 4, dtype=f32, scale=0.5), leaf(I, dtype=f32)],
+                                lambda x, w, b: ops.causal_conv1d(x, w, b)[0]),
         "rotary q + k": lambda: ([leaf(1, rows, HEADS, HEAD), leaf(1, rows, KV_HEADS, HEAD)],
                                  lambda q, k: (ops.apply_rotary(q.transpose(1, 2), cos, sin, bf16),
                                                ops.apply_rotary(k.transpose(1, 2), cos, sin, bf16))),
@@ -59,7 +61,8 @@ def training_step(make: Callable) -> Callable[[], None]:
     inputs, call = make()
 
     def step():
-        out = call(*inputs)
+        with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16):
+            out = call(*inputs)
         outs = out if isinstance(out, tuple) else (out,)
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
         for t in inputs:
