@@ -107,6 +107,7 @@ def _causal_conv_bwd_kernel(
     dtype = x_ptr.dtype.element_ty
     x_row = x_ptr + b * sx_b + c[None, :]
     dx = tl.zeros((BT, BC), tl.float32)
+    taps = ()  # the K input tiles the steps t read, kept from j = 0 for dw
     for j in tl.static_range(K):  # g at the steps t + j, which read x(t) through tap K-1-j
         u = t + j
         u_ok = u < L
@@ -117,6 +118,8 @@ def _causal_conv_bwd_kernel(
             v = tl.load(x_row + src[:, None].to(tl.int64) * sx_l,
                         mask=((src >= 0) & u_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
             pre += w[None, :] * v
+            if j == 0:
+                taps = taps + (v,)
         if HAS_BIAS:
             pre += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         g = tl.load(dy_ptr + b * sdy_b + u[:, None].to(tl.int64) * sdy_l + c[None, :],
@@ -130,10 +133,7 @@ def _causal_conv_bwd_kernel(
         if j == 0:  # g(t) itself: this block's shares of dw and db
             share = (b * num_tblocks + tb) * C
             for k in tl.static_range(K):
-                src = t - (K - 1) + k
-                v = tl.load(x_row + src[:, None].to(tl.int64) * sx_l,
-                            mask=((src >= 0) & (t < L))[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-                tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * v, axis=0), mask=c_ok)
+                tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * taps[k], axis=0), mask=c_ok)
             tl.store(db_ptr + share + c, tl.sum(g, axis=0), mask=c_ok)
     tl.store(dx_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < L)[:, None] & c_ok[None, :])

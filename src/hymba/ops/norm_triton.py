@@ -33,10 +33,15 @@ def _rows(x: Tensor) -> Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
+def _row_block(width: int) -> dict:
+    """Block and warps of a kernel that holds rows of ``width`` columns one at a time."""
+    block = triton.next_power_of_2(width)
+    return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)))
+
+
 def _row_launch(width: int, device: torch.device) -> dict:
     """Block, warps and PDL of a one-row-per-program kernel over rows of ``width`` columns."""
-    block = triton.next_power_of_2(width)
-    return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)), **pdl_launch(device))
+    return dict(**_row_block(width), **pdl_launch(device))
 
 
 @triton.jit
@@ -234,11 +239,10 @@ def _norm_backward(x: Tensor, weight: Tensor, dy: Tensor, dx: Tensor, eps: float
     programs = triton.cdiv(n_rows, per)
     partial = torch.empty(programs, d, dtype=torch.float32, device=x.device)
     res = dres if dres is not None else dy
-    block = triton.next_power_of_2(d)
     _rms_norm_bwd_kernel[(programs,)](
         x, weight.contiguous(), dy, res, dx, partial, n_rows, d, per,
         x.stride(0), dy.stride(0), res.stride(0), dx.stride(0), eps, scale,
-        HAS_DRES=dres is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        HAS_DRES=dres is not None, **_row_block(d),
     )
     return partial.sum(0)
 
