@@ -13,9 +13,10 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
   graph (:class:`hymba.generation.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
   random K/V and state as an 8K prompt would leave it (same shapes, same bytes); Llama's is
   filled by a real chunked prefill (HF DynamicCache);
-- training: one fwd+bwd step of Hymba-1.5B on a 4K sequence (fp32 weights, bf16 autocast), with
-  and without activation checkpointing, tokens/s and MFU (6·N·T + attention, recomputation not
-  counted).
+- training: one fwd+bwd step of Hymba-1.5B on ``--train-batch`` 4K sequences (default 1; fp32
+  weights, bf16 autocast), with and without activation checkpointing, each eager and replayed as
+  a CUDA graph (:class:`hymba.train.graph.TrainingGraph`, ``hymba train --cuda-graph``), tokens/s
+  and MFU (6·N·T + attention, recomputation not counted).
 
 With ``--profile-dir`` the top CUDA kernels of a Hymba prefill, decode step and training step
 are written there (torch.profiler).
@@ -37,6 +38,7 @@ from torch import nn
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.cache import HybridCache, meta_prefix
 from hymba.generation import DecodeGraph, forward_step
+from hymba.train.graph import TrainingGraph
 
 PROMPT = 8192
 TRAIN_LEN = 4096
@@ -224,7 +226,7 @@ def llama_decode(model: nn.Module, batch: int, bandwidth: float, steps: int = 12
     return dict(ms_step=t * 1e3, tok_s=batch / t, bytes_step=moved, roofline_frac=moved / bandwidth / t)
 
 
-def hymba_training(rate: float, batch: int = 1, checkpointing: bool = True
+def hymba_training(rate: float, batch: int = 1, checkpointing: bool = True, cuda_graph: bool = False
                    ) -> tuple[dict, HymbaForCausalLM, Callable[[], None]]:
     with torch.device("cuda"):
         model = HymbaForCausalLM(HymbaConfig.from_preset("hymba-1.5b"))
@@ -232,17 +234,24 @@ def hymba_training(rate: float, batch: int = 1, checkpointing: bool = True
     model.gradient_checkpointing_enable(checkpointing)
     ids = torch.randint(0, model.config.vocab_size, (batch, TRAIN_LEN), device="cuda")
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(ids, labels=ids).loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+    if cuda_graph:  # as `hymba train --cuda-graph` runs a micro-step: replay, then zero in place
+        graph = TrainingGraph(model, torch.bfloat16)
+
+        def step():
+            graph(ids, ids)
+            model.zero_grad(set_to_none=False)
+    else:
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(ids, labels=ids).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
 
     t = cuda_time(step, warmup=2, repeats=5)
     length = TRAIN_LEN + model.config.num_memory_tokens
     flops = 3 * batch * hymba_forward_flops(model, length, TRAIN_LEN)
     result = dict(train_s=t, train_tok_s=batch * TRAIN_LEN / t, train_mfu=flops / t / rate,
-                  peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+                  peak_gb=torch.cuda.max_memory_allocated() / 1e9, batch=batch)
     return result, model, step
 
 
@@ -315,12 +324,16 @@ def table(results: dict) -> str:
             else:
                 cells.append(d.get("skipped", d.get("error", "-"))[:60])
         lines.append("| " + " | ".join(cells) + " |")
-    for key, how in (("train", "checkpointing"), ("train_no_checkpointing", "no checkpointing")):
+    lines.append("")
+    for key, checkpointing, cuda_graph in TRAINING:
         train = results.get("hymba-1.5b", {}).get(key, {})
+        how = ("checkpointing" if checkpointing else "no checkpointing") + (", CUDA graph" if cuda_graph else "")
         if "train_tok_s" in train:
-            lines.append(f"\ntraining (4K, fwd+bwd, bf16 autocast, {how}): {train['train_tok_s']:,.0f} tok/s, "
-                         f"MFU {train['train_mfu']:.1%}, {train['train_s'] * 1e3:.0f} ms/step, "
-                         f"peak {train['peak_gb']:.1f} GB")
+            lines.append(f"training (b={train['batch']} x 4K, fwd+bwd, bf16 autocast, {how}): "
+                         f"{train['train_tok_s']:,.0f} tok/s, MFU {train['train_mfu']:.1%}, "
+                         f"{train['train_s'] * 1e3:.0f} ms/step, peak {train['peak_gb']:.1f} GB")
+        elif "error" in train:
+            lines.append(f"training ({how}): {train['error']}")
     c = results["ceilings"]
     lines.append(f"ceilings: copy {c['copy_bytes_s'] / 1e12:.2f} TB/s, bf16 matmul {c['matmul_flop_s'] / 1e12:.0f} TFLOP/s")
     return "\n".join(lines)
@@ -350,13 +363,19 @@ def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None,
                 del cache
 
 
-def run_training(hy: dict, rate: float, profile_dir: Path | None) -> None:
+# (result key, activation checkpointing, CUDA graph)
+TRAINING = (("train", True, False), ("train_no_checkpointing", False, False),
+            ("train_graph", True, True), ("train_no_checkpointing_graph", False, True))
+
+
+def run_training(hy: dict, rate: float, profile_dir: Path | None, batch: int) -> None:
     """With activation checkpointing (the memory-lean setting) and without it (fits easily at
-    batch 1 × 4K on one H200, and does not recompute the forward)."""
-    for key, checkpointing in (("train", True), ("train_no_checkpointing", False)):
-        def train(checkpointing: bool = checkpointing, key: str = key) -> dict:
-            result, _, step = hymba_training(rate, checkpointing=checkpointing)
-            if profile_dir:
+    batch 1 × 4K on one GPU, and does not recompute the forward), each eager and as a replayed
+    CUDA graph (the same kernels without the host's launch time)."""
+    for key, checkpointing, cuda_graph in TRAINING:
+        def train(checkpointing: bool = checkpointing, cuda_graph: bool = cuda_graph, key: str = key) -> dict:
+            result, _, step = hymba_training(rate, batch, checkpointing, cuda_graph)
+            if profile_dir and not cuda_graph:
                 profile(step, profile_dir / f"hymba_{key}.txt")
             return result
 
@@ -383,6 +402,7 @@ def main() -> None:
     parser.add_argument("--profile-dir", type=Path, help="write torch.profiler kernel tables here")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="what to measure (default: all; 'llama' = the HF peers' prefill and decode)")
+    parser.add_argument("--train-batch", type=int, default=1, help="4K sequences per training step (default: 1)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("throughput.py needs a CUDA device")
@@ -401,7 +421,7 @@ def main() -> None:
         run_hymba(hy, bandwidth, rate, args.profile_dir, parts)
         torch.cuda.empty_cache()
     if "train" in parts:
-        run_training(hy, rate, args.profile_dir)
+        run_training(hy, rate, args.profile_dir, args.train_batch)
         torch.cuda.empty_cache()
     if "llama" in parts:
         for name in LLAMA_SHAPES:

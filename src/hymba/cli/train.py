@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also log the metrics for TensorBoard in OUT/tensorboard")
     p.add_argument("--compile", action="store_true", default=S,
                    help="torch.compile the model (slow start; pays off on long GPU runs)")
+    p.add_argument("--cuda-graph", action="store_true", default=S,
+                   help="replay each micro-step as one CUDA graph (one GPU; cuts the host's launch time)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     p.set_defaults(func=run)
 

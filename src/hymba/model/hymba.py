@@ -47,6 +47,8 @@ class HymbaModel(nn.Module):
             raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
         if input_ids.shape[1] == 0:
             raise InputError("input_ids is empty: give at least one token")
+        if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+            return  # a CUDA graph being captured cannot read the device (TrainingGraph checks)
         lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read of the device
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi

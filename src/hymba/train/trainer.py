@@ -34,6 +34,7 @@ from .data import (
     split_labels,
     unigram_entropy,
 )
+from .graph import TrainingGraph
 from .metrics import MetricsLog
 from .optim import Schedule, build_optimizer, set_lr
 
@@ -80,6 +81,7 @@ class TrainArgs:
     threads: int | None = None
     tensorboard: bool = False
     compile: bool = False
+    cuda_graph: bool = False
     sample_prompt: str = "To be, or not to be"
     sample_tokens: int = 60
     progress: bool = True
@@ -98,6 +100,8 @@ class TrainArgs:
             raise TrainError(f"dtype must be float32 or bfloat16 (autocast), got {self.dtype!r}")
         if self.init_from and self.resume:
             raise TrainError("use either init_from (start a fine-tune) or resume (continue a run)")
+        if self.cuda_graph and self.compile:
+            raise TrainError("use either cuda_graph or compile, not both")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,14 +279,19 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        wrapped = torch.compile(wrapped)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
-                        args.decay_fraction)
     use_bf16 = (args.dtype or ("bfloat16" if device.type == "cuda" else "float32")) == "bfloat16"
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
                 else contextlib.nullcontext())
+    if args.compile:
+        wrapped = torch.compile(wrapped)
+    graph = None
+    if args.cuda_graph:
+        if device.type != "cuda" or world.enabled:
+            raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
+        graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
+                        args.decay_fraction)
 
     step = 0
     metrics_path = os.path.join(out, "metrics.jsonl")
@@ -321,8 +330,14 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             set_lr(optimizer, lr)
             loss_sum, counted = 0.0, 0
             for micro in range(args.grad_accum):
-                x, labels = (t.to(device) for t in split_labels(stream.batch(step * args.grad_accum + micro)))
+                x, labels = split_labels(stream.batch(step * args.grad_accum + micro))
                 has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
+                if graph is not None:  # a batch without targets adds a zero gradient: skipped
+                    if has_targets:
+                        loss_sum += float(graph(x, labels))
+                        counted += 1
+                    continue
+                x, labels = x.to(device), labels.to(device)
                 sync = not world.enabled or micro == args.grad_accum - 1
                 with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
                     result = wrapped(x, labels=labels if has_targets else None)
@@ -339,7 +354,7 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             clip = args.grad_clip if args.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=graph is None)  # the graph adds into the same tensors
             step += 1
             losses.append(loss_value)
             tok_s = tokens_per_step / (time.perf_counter() - t0)
