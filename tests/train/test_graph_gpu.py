@@ -18,8 +18,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 # Long enough for the fast paths (FlexAttention from 128 positions, the Triton scan), past the window.
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2, global_attn_idx=[0], kv_reuse_group=[[1, 2]], num_memory_tokens=8, sliding_window=32,
-             max_position_embeddings=512, orig_max_position_embeddings=512, vocab_size=300)
+             num_key_value_heads=2, global_attn_idx=[0], kv_reuse_group=[[1, 2]], num_memory_tokens=8,
+             sliding_window=32, max_position_embeddings=512, orig_max_position_embeddings=512,
+             vocab_size=300)
 
 
 def _pair(dtype: torch.dtype | None):

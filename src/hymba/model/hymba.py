@@ -48,7 +48,7 @@ class HymbaModel(nn.Module):
         if input_ids.shape[1] == 0:
             raise InputError("input_ids is empty: give at least one token")
         if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
-            return  # a CUDA graph being captured cannot read the device (TrainingGraph checks)
+            return  # a graph being captured cannot read the device: its caller checks the ids
         lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read of the device
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi

@@ -17,6 +17,8 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from ..model.layout import InputError
+
 
 class TrainingGraph:
     """``graph(input_ids, labels)``: the next-token loss of one micro-batch (labels -100 are
@@ -51,11 +53,11 @@ class TrainingGraph:
             self.input_ids = torch.empty_like(input_ids, dtype=torch.long, device=self.device)
             self.labels = torch.empty_like(self.input_ids)
         if input_ids.shape != self.input_ids.shape or labels.shape != self.labels.shape:
-            raise ValueError(f"the graph was built for batches of shape {tuple(self.input_ids.shape)}, "
+            raise InputError(f"the graph was built for batches of shape {tuple(self.input_ids.shape)}, "
                              f"got {tuple(input_ids.shape)} and {tuple(labels.shape)}")
         vocab = self.model.config.vocab_size
         if input_ids.device.type == "cpu" and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise ValueError(f"token ids must lie in [0, {vocab})")  # the graph cannot check them
+            raise InputError(f"token ids must lie in [0, {vocab})")  # the graph cannot check them
         self.input_ids.copy_(input_ids, non_blocking=True)
         self.labels.copy_(labels, non_blocking=True)
         if self.graph is not None:
