@@ -1,6 +1,6 @@
 """GPU selective scan: the Triton kernels (several forward launches) against the chunked PyTorch scan.
 
-    python benchmarks/scan_gpu.py [--json out.json]
+    python benchmarks/scan_gpu.py [--json out.json] [--backward-sweep [LENGTH]]
 
 Shapes are Hymba-1.5B's SSM branch (channels 3200, state 16), bf16 activations as in the model.
 The floor: the forward reads u, Δ, z and writes y (4 bytes·b·L·d in bf16, B/C are small) and
@@ -59,10 +59,40 @@ def bench(fn, args: dict, backward: bool) -> float:
     return sorted(times)[5]
 
 
+# (channels per program, register cap of the backward): 16 channels a warp spill less (two
+# lanes a channel); offline sm_90 builds: 32/None 255 registers + 312 B of stack, 16/None 255 + 80,
+# 16/168 168 + 312, 16/128 128 + 984.
+BACKWARD_SWEEP = [(32, None), (16, None), (32, 168), (16, 168), (16, 128)]
+
+
+def backward_sweep(length: int) -> list[tuple[str, str, float]]:
+    """Forward and forward + backward at b=1 (a training step's shape) for each backward launch
+    setting; time segments automatic."""
+    x, fwd = inputs(1, length, grad=True), inputs(1, length)
+    rows = []
+    for block_d, maxnreg in BACKWARD_SWEEP:
+        scan_triton.BWD_MAXNREG = maxnreg
+        fn = lambda block_d=block_d, **kw: scan_triton.selective_scan_triton(**kw, block_d=block_d)  # noqa: E731
+        f, fb = bench(fn, fwd, False), bench(fn, x, True)
+        name = f"triton BD={block_d} maxnreg={maxnreg or 'default'}"
+        rows += [(f"b=1 L={length} fwd", name, f), (f"b=1 L={length} bwd (fwd+bwd - fwd)", name, fb - f)]
+        print(f"| {name} | fwd {f:.3f} ms | bwd {fb - f:.3f} ms |", flush=True)
+    scan_triton.BWD_MAXNREG = None
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json")
+    parser.add_argument("--backward-sweep", type=int, metavar="LENGTH", nargs="?", const=4224,
+                        help="only time the backward's launch settings at this length (default 4224)")
     args = parser.parse_args()
+    if args.backward_sweep:
+        rows = backward_sweep(args.backward_sweep)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump([dict(shape=a, impl=b_, ms=c) for a, b_, c in rows], fh, indent=2)
+        return
     rows = []
     for b, L, backward in [(1, 8192, False), (8, 8192, False), (1, 4096, True), (4, 4096, True)]:
         x = inputs(b, L, grad=backward)

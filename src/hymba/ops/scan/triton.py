@@ -45,6 +45,10 @@ BLOCK_D = 32
 WARPS = 1
 FWD_PREFETCH = 4
 BWD_PREFETCH = 1
+# Register cap of the backward's launches (None: the compiler's, 255 a thread for one warp, so
+# an SM holds 8 programs); a lower cap holds more programs but spills (benchmarks/scan_gpu.py
+# --backward-sweep).
+BWD_MAXNREG: int | None = None
 CHUNK = 8
 TARGET_PROGRAMS = 1024
 MIN_SEGMENT = 256
@@ -498,6 +502,8 @@ class _TritonScan(torch.autograd.Function):
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
                     N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps)
+        if BWD_MAXNREG is not None and _fast_math(u):
+            meta["maxnreg"] = BWD_MAXNREG
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
