@@ -1,6 +1,6 @@
 """GPU selective scan: the Triton kernels (several forward launches) against the chunked PyTorch scan.
 
-    python benchmarks/scan_gpu.py [--json out.json] [--backward-sweep [LENGTH]]
+    python benchmarks/scan_gpu.py [--json out.json] [--launch-sweep [LENGTH]]
 
 Shapes are Hymba-1.5B's SSM branch (channels 3200, state 16), bf16 activations as in the model.
 The floor: the forward reads u, Δ, z and writes y (4 bytes·b·L·d in bf16, B/C are small) and
@@ -14,6 +14,7 @@ import argparse
 import json
 
 import torch
+from graph_timing import graph_time
 
 from hymba.ops.scan import selective_scan_chunked
 from hymba.ops.scan import triton as scan_triton
@@ -59,36 +60,58 @@ def bench(fn, args: dict, backward: bool) -> float:
     return sorted(times)[5]
 
 
-# (channels per program, register cap of the backward): 16 channels a warp spill less (two
-# lanes a channel); offline sm_90 builds: 32/None 255 registers + 312 B of stack, 16/None 255 + 80,
-# 16/168 168 + 312, 16/128 128 + 984.
-BACKWARD_SWEEP = [(32, None), (16, None), (32, 168), (16, 168), (16, 128)]
+# Launch settings timed by --launch-sweep. Forward: (steps prefetched, target programs); more
+# programs hide more latency when the registers leave room for them (pass 2 uses 243 registers
+# at 4 steps ahead, 128 at 2). Backward: (channels per program, target programs).
+FWD_SWEEP = [(4, 1024), (2, 1024), (2, 2048), (1, 2048), (2, 4096), (1, 4096)]
+BWD_SWEEP = [(32, 1024), (16, 1024), (16, 2048), (32, 2048), (16, 512), (8, 1024)]
 
 
-def backward_sweep(length: int) -> list[tuple[str, str, float]]:
-    """Forward and forward + backward at b=1 (a training step's shape) for each backward launch
-    setting; time segments automatic."""
-    x, fwd = inputs(1, length, grad=True), inputs(1, length)
+def launch_sweep(length: int) -> list[tuple[str, str, float]]:
+    """GPU time (CUDA-graph replays) of the b=1 forward at ``length`` and 8K for each forward
+    setting, and of the backward (forward + backward minus forward) at ``length`` for each
+    backward setting."""
+    defaults = scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS, scan_triton.BWD_BLOCK_D, \
+        scan_triton.BWD_TARGET_PROGRAMS
     rows = []
-    for block_d, maxnreg in BACKWARD_SWEEP:
-        scan_triton.BWD_MAXNREG = maxnreg
-        fn = lambda block_d=block_d, **kw: scan_triton.selective_scan_triton(**kw, block_d=block_d)  # noqa: E731
-        f, fb = bench(fn, fwd, False), bench(fn, x, True)
-        name = f"triton BD={block_d} maxnreg={maxnreg or 'default'}"
-        rows += [(f"b=1 L={length} fwd", name, f), (f"b=1 L={length} bwd (fwd+bwd - fwd)", name, fb - f)]
-        print(f"| {name} | fwd {f:.3f} ms | bwd {fb - f:.3f} ms |", flush=True)
-    scan_triton.BWD_MAXNREG = None
+
+    def timed(args: dict, backward: bool) -> float:
+        dy = torch.randn_like(args["u"])
+
+        def call(i: int) -> None:
+            y, _ = scan_triton.selective_scan_triton(**args)
+            if backward:
+                y.backward(dy)
+        return graph_time(call, 3) * 1e3
+
+    for L in sorted({length, 8192}):
+        x = inputs(1, L)
+        for prefetch, target in FWD_SWEEP:
+            scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = prefetch, target
+            name = f"triton fwd prefetch={prefetch} programs={target}"
+            rows.append((f"b=1 L={L} fwd", name, timed(x, False)))
+            print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+    scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = defaults[:2]
+    x = inputs(1, length, grad=True)
+    with torch.no_grad():
+        fwd = timed(x, False)
+    for block_d, target in BWD_SWEEP:
+        scan_triton.BWD_BLOCK_D, scan_triton.BWD_TARGET_PROGRAMS = block_d, target
+        name = f"triton bwd BD={block_d} programs={target}"
+        rows.append((f"b=1 L={length} bwd (fwd+bwd - fwd)", name, timed(x, True) - fwd))
+        print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+    scan_triton.BWD_BLOCK_D, scan_triton.BWD_TARGET_PROGRAMS = defaults[2:]
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json")
-    parser.add_argument("--backward-sweep", type=int, metavar="LENGTH", nargs="?", const=4224,
-                        help="only time the backward's launch settings at this length (default 4224)")
+    parser.add_argument("--launch-sweep", type=int, metavar="LENGTH", nargs="?", const=4224,
+                        help="only time the forward's and backward's launch settings at b=1 (default 4224)")
     args = parser.parse_args()
-    if args.backward_sweep:
-        rows = backward_sweep(args.backward_sweep)
+    if args.launch_sweep:
+        rows = launch_sweep(args.launch_sweep)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump([dict(shape=a, impl=b_, ms=c) for a, b_, c in rows], fh, indent=2)

@@ -87,6 +87,27 @@ def test_forward_launches_and_time_segments(block_d, warps, segments):
         assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
+@pytest.mark.parametrize("bwd_block_d, fwd_programs, bwd_programs", [(16, 8, 20), (8, 4, 4), (64, 30, 1)])
+def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d, fwd_programs, bwd_programs):
+    """By default the backward picks its own channel block and time segments, unlike the
+    forward's; the gradients still match the reference."""
+    from hymba.ops.scan import triton as scan_triton
+
+    monkeypatch.setattr(scan_triton, "MIN_SEGMENT", 16)
+    monkeypatch.setattr(scan_triton, "TARGET_PROGRAMS", fwd_programs)
+    monkeypatch.setattr(scan_triton, "BWD_TARGET_PROGRAMS", bwd_programs)
+    monkeypatch.setattr(scan_triton, "BWD_BLOCK_D", bwd_block_d)
+    b, L, d, n = 1, 400, 72, 16
+    args = random_inputs(b, L, d, n, torch.float32, seed=bwd_block_d)
+    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
+    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
+    y, s, g = run(scan_triton.selective_scan_triton, args, dy, ds)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
+    for name in NAMES:
+        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+
+
 def test_optional_arguments_and_strided_inputs():
     """No D / z / bias / initial state / softplus; inputs as the model passes them (views)."""
     b, L, d, n = 2, 70, 32, 16
@@ -124,9 +145,10 @@ def test_cuda_dispatches_to_triton(monkeypatch):
 def test_segments_fill_the_gpu_at_small_batch():
     from hymba.ops.scan.triton import segments_for
 
-    count, seg_len = segments_for(batch=1, blocks=100, length=8192, chunk=16)
+    count, seg_len = segments_for(batch=1, blocks=100, length=8192, chunk=16, target=1024)
     assert count == 10 and seg_len % 16 == 0 and count * seg_len >= 8192 > (count - 1) * seg_len
-    assert segments_for(batch=64, blocks=100, length=8192, chunk=16) == (1, 8192)
+    assert segments_for(batch=1, blocks=100, length=8192, chunk=16, target=2048)[0] == 20
+    assert segments_for(batch=64, blocks=100, length=8192, chunk=16, target=1024) == (1, 8192)
     assert segments_for(batch=1, blocks=100, length=300, chunk=16)[0] == 1  # too short to split
 
 

@@ -40,17 +40,18 @@ from .chunked import selective_scan_chunked
 # BWD_PREFETCH steps ahead (the backward has more live values and fewer registers to spare).
 # CHUNK: the forward saves the state every CHUNK steps for the backward, which recomputes the
 # states of one chunk at a time. Time segments are added until about TARGET_PROGRAMS programs
-# run, none shorter than MIN_SEGMENT steps.
+# run (BWD_TARGET_PROGRAMS for the backward), none shorter than MIN_SEGMENT steps. The backward
+# runs BWD_BLOCK_D channels a program unless the caller sets ``block_d``; its segments are its
+# own. Measured with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward
+# needs 128 registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
 BLOCK_D = 32
+BWD_BLOCK_D = 16
 WARPS = 1
-FWD_PREFETCH = 4
+FWD_PREFETCH = 2
 BWD_PREFETCH = 1
-# Register cap of the backward's launches (None: the compiler's, 255 a thread for one warp, so
-# an SM holds 8 programs); a lower cap holds more programs but spills (benchmarks/scan_gpu.py
-# --backward-sweep).
-BWD_MAXNREG: int | None = None
 CHUNK = 8
-TARGET_PROGRAMS = 1024
+TARGET_PROGRAMS = 2048
+BWD_TARGET_PROGRAMS = 2048
 MIN_SEGMENT = 256
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -383,9 +384,10 @@ def _strides(x: Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def segments_for(batch: int, blocks: int, length: int, chunk: int) -> tuple[int, int]:
-    """(number of time segments, segment length in steps, a multiple of ``chunk``)."""
-    want = max(1, TARGET_PROGRAMS // max(1, batch * blocks))
+def segments_for(batch: int, blocks: int, length: int, chunk: int, target: int | None = None) -> tuple[int, int]:
+    """(number of time segments, segment length in steps, a multiple of ``chunk``) for about
+    ``target`` programs (default ``TARGET_PROGRAMS``)."""
+    want = max(1, (target or TARGET_PROGRAMS) // max(1, batch * blocks))
     count = max(1, min(want, length // MIN_SEGMENT))
     return _split(length, count, chunk)
 
@@ -439,7 +441,7 @@ class _TritonScan(torch.autograd.Function):
         else:
             torch.stack((B, C), dim=2, out=bc)
         save = any(ctx.needs_input_grad)
-        block_d, warps = block_d or BLOCK_D, warps or WARPS
+        block_d_arg, block_d, warps = block_d, block_d or BLOCK_D, warps or WARPS
         blocks = triton.cdiv(d, block_d)
         if segments is None:
             num_segs, seg_len = segments_for(b, blocks, L, CHUNK)
@@ -465,7 +467,7 @@ class _TritonScan(torch.autograd.Function):
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
             ctx.save_for_backward(u, delta, zz, B, C, A, D32, bias32, hc)
-            ctx.meta = (z is not None, delta_softplus, block_d, warps, num_segs, seg_len)
+            ctx.meta = (z is not None, delta_softplus, block_d_arg, warps, segments)
             ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, B, C))
         return y, final
 
@@ -474,10 +476,15 @@ class _TritonScan(torch.autograd.Function):
         u, delta, zz, B, C, A, D32, bias32, hc = ctx.saved_tensors
         # B and C in their own dtype: float32 rows would make the backward spill more
         bc = torch.stack((B, C.to(B.dtype)), dim=2)
-        has_z, softplus, block_d, warps, num_segs, seg_len = ctx.meta
+        has_z, softplus, block_d, warps, segments = ctx.meta
         b, L, d = u.shape
         n = A.shape[1]
+        block_d = block_d or BWD_BLOCK_D
         blocks = triton.cdiv(d, block_d)
+        if segments is None:
+            num_segs, seg_len = segments_for(b, blocks, L, CHUNK, BWD_TARGET_PROGRAMS)
+        else:
+            num_segs, seg_len = _split(L, segments, CHUNK)
         f32 = dict(dtype=torch.float32, device=u.device)
         dy = dy.contiguous()
         du = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
@@ -502,8 +509,6 @@ class _TritonScan(torch.autograd.Function):
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
                     N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps)
-        if BWD_MAXNREG is not None and _fast_math(u):
-            meta["maxnreg"] = BWD_MAXNREG
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
