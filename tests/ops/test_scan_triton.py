@@ -108,6 +108,30 @@ def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d,
         assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
+def test_inference_saves_no_states_for_parameters_that_require_grad():
+    """Under no_grad (inference with a trainable model's parameters) the forward must not save
+    the chunk states for a backward: they cost it a third of its time. With autograd on it must."""
+    from hymba.ops.scan import triton as scan_triton
+
+    b, L, d, n = 1, 4096, 64, 16
+    args = random_inputs(b, L, d, n, torch.bfloat16, seed=5)
+    args["D"].requires_grad_(True)
+    args["delta_bias"].requires_grad_(True)
+    states = b * (L // scan_triton.CHUNK) * n * d * 4  # float32, one state every CHUNK steps
+
+    def peak(grad: bool) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.set_grad_enabled(grad):
+            scan_triton.selective_scan_triton(**args)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    assert peak(grad=False) < states  # y and the (B, C) rows: about half of ``states``
+    assert peak(grad=True) >= states
+
+
 def test_optional_arguments_and_strided_inputs():
     """No D / z / bias / initial state / softplus; inputs as the model passes them (views)."""
     b, L, d, n = 2, 70, 32, 16

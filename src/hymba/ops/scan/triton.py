@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra.cuda import libdevice
 
+from ..triton_gate import needs_grad
 from .chunked import selective_scan_chunked
 
 # Channels per program (one per lane) and warps; a step's inputs are loaded FWD_PREFETCH /
@@ -428,7 +429,8 @@ def _fast_math(x: Tensor) -> bool:
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, warps, segments):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, warps, segments,
+                save):
         b, L, d = u.shape
         n = A.shape[1]
         f32 = dict(dtype=torch.float32, device=u.device)
@@ -440,7 +442,6 @@ class _TritonScan(torch.autograd.Function):
             bc.copy_(pair)
         else:
             torch.stack((B, C), dim=2, out=bc)
-        save = any(ctx.needs_input_grad)
         block_d_arg, block_d, warps = block_d, block_d or BLOCK_D, warps or WARPS
         blocks = triton.cdiv(d, block_d)
         if segments is None:
@@ -520,7 +521,7 @@ class _TritonScan(torch.autograd.Function):
             dz if has_z else None,
             dbias.sum(0).to(bias_t) if bias_t is not None else None,
             dh0.transpose(1, 2).to(h0_t) if h0_t is not None else None,
-            None, None, None, None,
+            None, None, None, None, None,
         )
 
 
@@ -544,4 +545,8 @@ def selective_scan_triton(
     default ``BLOCK_D``, ``WARPS`` and :func:`segments_for`."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps, segments)
+    # Save the chunk states for a backward only when autograd records the call: parameters that
+    # require gradients under no_grad (inference) would otherwise cost the forward a third more
+    save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps,
+                             segments, save)
