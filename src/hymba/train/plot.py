@@ -27,8 +27,8 @@ def plot_run(run_dir: str, path: str | None = None) -> str:
     written to ``path`` (default: ``RUN/loss.png``). Returns the path."""
     from ..eval.plots import require_matplotlib
 
-    plt = require_matplotlib()
     records = read_metrics(run_dir)
+    plt = require_matplotlib()
     path = path or os.path.join(run_dir, "loss.png")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss", lw=1)
