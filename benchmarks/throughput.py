@@ -149,9 +149,24 @@ def param_bytes(model: nn.Module) -> int:
 # measurements
 @torch.no_grad()
 def prefill(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
+    """Prefill time, and the host's time to enqueue it: when the two are close the prefill is
+    host-bound (launch overhead), not GPU-bound."""
     ids = torch.randint(0, vocab, (1, PROMPT), device="cuda")
     t = cuda_time(lambda: model(ids, logits_to_keep=1), warmup=2, repeats=5)
-    return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate)
+    return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate,
+                prefill_host_s=host_time(lambda: model(ids, logits_to_keep=1)))
+
+
+def host_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median seconds the host spends in ``fn`` (until it returns, before the GPU finishes)."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
 
 
 def fill_hymba_cache(model: HymbaForCausalLM, batch: int, steps: int, static_shapes: bool = False) -> HybridCache:
@@ -325,6 +340,12 @@ def table(results: dict) -> str:
                 cells.append(d.get("skipped", d.get("error", "-"))[:60])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    for name, row in results.items():
+        pre = row.get("prefill", {}) if isinstance(row, dict) else {}
+        if "prefill_host_s" in pre:
+            bound = "host-bound" if pre["prefill_host_s"] > 0.9 * pre["prefill_s"] else "the GPU's work decides"
+            lines.append(f"prefill 8K, {name}: {pre['prefill_s'] * 1e3:.1f} ms, the host enqueues it in "
+                         f"{pre['prefill_host_s'] * 1e3:.1f} ms ({bound})")
     for key, checkpointing, cuda_graph in TRAINING:
         train = results.get("hymba-1.5b", {}).get(key, {})
         how = ("checkpointing" if checkpointing else "no checkpointing") + (", CUDA graph" if cuda_graph else "")
