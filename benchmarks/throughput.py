@@ -7,7 +7,7 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
 - ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the bf16
   matrix-product rate (8192³, random data);
 - prefill: one forward over an 8K prompt (batch 1), tokens/s and MFU (matmul + attention FLOPs
-  over the measured matmul rate);
+  over the measured matmul rate), and the host's time to enqueue it (host-bound when close);
 - decode: ms per step and tokens/s at batch 1/32/128 after an 8K prompt, bytes one step must move
   (weights + cache), and the achieved fraction of that roofline; Hymba's step replayed as a CUDA
   graph (:class:`hymba.generation.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
