@@ -7,7 +7,8 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
 - ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the bf16
   matrix-product rate (8192³, random data);
 - prefill: one forward over an 8K prompt (batch 1), tokens/s and MFU (matmul + attention FLOPs
-  over the measured matmul rate), and the host's time to enqueue it (host-bound when close);
+  over the measured matmul rate), the host's time to enqueue it (host-bound when close), and
+  for Hymba the same prefill replayed as a CUDA graph (the GPU's work alone);
 - decode: ms per step and tokens/s at batch 1/32/128 after an 8K prompt, bytes one step must move
   (weights + cache), and the achieved fraction of that roofline; Hymba's step replayed as a CUDA
   graph (:class:`hymba.generation.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
@@ -155,6 +156,25 @@ def prefill(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
     t = cuda_time(lambda: model(ids, logits_to_keep=1), warmup=2, repeats=5)
     return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate,
                 prefill_host_s=host_time(lambda: model(ids, logits_to_keep=1)))
+
+
+@torch.no_grad()
+def prefill_graphed(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
+    """The same prefill captured once in a CUDA graph and replayed: its time without the host's
+    launch cost, i.e. what the GPU's work alone allows (``generate`` does not prefill this way)."""
+    ids = torch.randint(0, vocab, (1, PROMPT), device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            model(ids, logits_to_keep=1)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(ids, logits_to_keep=1)
+    t = cuda_time(graph.replay, warmup=2, repeats=5)
+    del graph
+    return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate)
 
 
 def host_time(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -346,6 +366,13 @@ def table(results: dict) -> str:
             bound = "host-bound" if pre["prefill_host_s"] > 0.9 * pre["prefill_s"] else "the GPU's work decides"
             lines.append(f"prefill 8K, {name}: {pre['prefill_s'] * 1e3:.1f} ms, the host enqueues it in "
                          f"{pre['prefill_host_s'] * 1e3:.1f} ms ({bound})")
+    graphed = results.get("hymba-1.5b", {}).get("prefill_graph", {})
+    if "prefill_s" in graphed:
+        lines.append(f"prefill 8K, hymba-1.5b replayed as a CUDA graph (no launch cost; not how generate runs): "
+                     f"{graphed['prefill_s'] * 1e3:.1f} ms, {graphed['prefill_tok_s']:,.0f} tok/s, "
+                     f"MFU {graphed['prefill_mfu']:.1%}")
+    elif "error" in graphed:
+        lines.append(f"prefill 8K as a CUDA graph: {graphed['error']}")
     for key, checkpointing, cuda_graph in TRAINING:
         train = results.get("hymba-1.5b", {}).get(key, {})
         how = ("checkpointing" if checkpointing else "no checkpointing") + (", CUDA graph" if cuda_graph else "")
@@ -365,6 +392,7 @@ def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None,
     if "prefill" in parts:
         flops = hymba_forward_flops(model, PROMPT + model.config.num_memory_tokens, 1)
         guarded(hy, "prefill", lambda: prefill(model, model.config.vocab_size, flops, rate))
+        guarded(hy, "prefill_graph", lambda: prefill_graphed(model, model.config.vocab_size, flops, rate))
     if "decode" in parts:
         for b in BATCHES:
             guarded(hy, f"decode_b{b}", lambda b=b: hymba_decode(model, b, bandwidth, cuda_graph=True))
