@@ -542,7 +542,7 @@ def selective_scan_triton(
 ) -> tuple[Tensor, Tensor]:
     """Same signature and results as :func:`selective_scan_reference`. ``block_d`` (a power of
     two), ``num_warps`` and ``segments`` (time segments run in parallel) set the launches; by
-    default ``BLOCK_D``, ``WARPS`` and :func:`segments_for`."""
+    default ``BLOCK_D`` (``BWD_BLOCK_D`` for the backward), ``WARPS`` and :func:`segments_for`."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     # Save the chunk states for a backward only when autograd records the call: parameters that
