@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from graph_timing import graph_time
 from torch import nn
 
 from hymba import HymbaConfig, HymbaForCausalLM
@@ -154,8 +155,7 @@ def prefill(model: nn.Module, vocab: int, flops: float, rate: float) -> dict:
     host-bound (launch overhead), not GPU-bound."""
     ids = torch.randint(0, vocab, (1, PROMPT), device="cuda")
     t = cuda_time(lambda: model(ids, logits_to_keep=1), warmup=2, repeats=5)
-    return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate,
-                prefill_host_s=host_time(lambda: model(ids, logits_to_keep=1)))
+    return dict(prefill_rates(t, flops, rate), prefill_host_s=host_time(lambda: model(ids, logits_to_keep=1)))
 
 
 @torch.no_grad()
@@ -163,17 +163,10 @@ def prefill_graphed(model: nn.Module, vocab: int, flops: float, rate: float) -> 
     """The same prefill captured once in a CUDA graph and replayed: its time without the host's
     launch cost, i.e. what the GPU's work alone allows (``generate`` does not prefill this way)."""
     ids = torch.randint(0, vocab, (1, PROMPT), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            model(ids, logits_to_keep=1)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model(ids, logits_to_keep=1)
-    t = cuda_time(graph.replay, warmup=2, repeats=5)
-    del graph
+    return prefill_rates(graph_time(lambda i: model(ids, logits_to_keep=1), calls=1), flops, rate)
+
+
+def prefill_rates(t: float, flops: float, rate: float) -> dict:
     return dict(prefill_s=t, prefill_tok_s=PROMPT / t, prefill_mfu=flops / t / rate)
 
 

@@ -56,8 +56,10 @@ class TrainingGraph:
             raise InputError(f"the graph was built for batches of shape {tuple(self.input_ids.shape)}, "
                              f"got {tuple(input_ids.shape)} and {tuple(labels.shape)}")
         vocab = self.model.config.vocab_size
-        if input_ids.device.type == "cpu" and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise InputError(f"token ids must lie in [0, {vocab})")  # the graph cannot check them
+        if input_ids.device.type == "cpu":  # the graph cannot check the ids on the device
+            lo, hi = torch.aminmax(input_ids)
+            if lo < 0 or hi >= vocab:
+                raise InputError(f"token ids must lie in [0, {vocab})")
         self.input_ids.copy_(input_ids, non_blocking=True)
         self.labels.copy_(labels, non_blocking=True)
         if self.graph is not None:
