@@ -92,3 +92,22 @@ def test_attention_dispatches_to_flex(monkeypatch):
     monkeypatch.setenv("HYMBA_ATTN_IMPL", "sdpa")
     ref = attention(q, k, v, pos, pos, 32, 8)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_calls_run_exact_shape_kernels_after_dynamic_ones(monkeypatch):
+    from hymba.ops import flex
+
+    monkeypatch.setattr(flex, "_static_shapes", set())
+    picked = []
+    real = flex._flex
+    monkeypatch.setattr(flex, "_flex", lambda static=False: picked.append(static) or real(static))
+    with torch.no_grad():  # two lengths: inference now has its dynamic-length compilation
+        for L in (150, 170):
+            flex_attention_swa(*qkv(1, 4, 2, L, 32, 64, torch.bfloat16, seed=L), 48, 4)
+    q, k, v = (t.requires_grad_(True) for t in qkv(1, 4, 2, 190, 32, 64, torch.float32, seed=4))
+    flex_attention_swa(q, k, v, 48, 4).square().sum().backward()
+    assert picked == [False, False, True]
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    sdpa_reference(*leaves, 48, 4, 0).square().sum().backward()
+    for a, b in zip((q, k, v), leaves):
+        assert ((a.grad - b.grad).norm() / b.grad.norm()).item() < 1e-4

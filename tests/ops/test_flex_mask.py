@@ -18,7 +18,7 @@ flex = pytest.importorskip("hymba.ops.flex", reason="this torch has no FlexAtten
 def test_block_mask_matches_the_boolean_mask(monkeypatch, lq, lk, window, num_meta, offset):
     from torch.nn.attention.flex_attention import flex_attention
 
-    monkeypatch.setattr(flex, "_compiled_flex", flex_attention)  # eager: no compiler on CPU
+    monkeypatch.setattr(flex, "_compiled", {False: flex_attention, True: flex_attention})  # eager: no compiler on CPU
     g = torch.Generator().manual_seed(lq + lk)
     q, k, v = (torch.randn(1, h, n, d, generator=g) for h, n, d in ((4, lq, 16), (2, lk, 16), (2, lk, 32)))
     out = flex.flex_attention_swa(q, k, v, window, num_meta, offset)
@@ -32,3 +32,19 @@ def test_more_queries_than_keys_is_an_error():
     q, k = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 8, 8)
     with pytest.raises(ValueError, match="last keys"):
         flex.flex_attention_swa(q, k, k, None, 0)
+
+
+def test_calls_that_autograd_records_get_exact_shape_compilations(monkeypatch):
+    monkeypatch.setattr(flex, "_static_shapes", set())
+    monkeypatch.setattr(flex, "STATIC_SHAPES", 2)
+    q, k = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4)
+    assert not flex._exact_shape(q, k, k)  # no autograd: the dynamic-shape compilation
+    q.requires_grad_(True)
+    with torch.no_grad():
+        assert not flex._exact_shape(q, k, k)
+    assert flex._exact_shape(q, k, k)
+    other = torch.randn(1, 2, 9, 4, requires_grad=True)
+    assert flex._exact_shape(other, other, other)
+    third = torch.randn(1, 2, 10, 4, requires_grad=True)
+    assert not flex._exact_shape(third, third, third)  # past STATIC_SHAPES shapes
+    assert flex._exact_shape(q, k, k)  # the first shapes keep theirs
