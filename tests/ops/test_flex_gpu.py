@@ -76,7 +76,8 @@ def test_lengths_share_one_compilation_and_the_query_layout():
         return heads(L, 4, 32, 1), heads(L, 2, 32, 2), heads(L, 2, 64, 3)
 
     flex_attention_swa(*inputs(200), 48, 4)  # compiled for this length
-    flex_attention_swa(*inputs(150), 48, 4)  # a second length: compiled once for dynamic lengths
+    # a second length and block count (of 128 positions): compiled for dynamic lengths and counts
+    flex_attention_swa(*inputs(300), 48, 4)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for L in (131, 256, 229, 1000):
             out = flex_attention_swa(*inputs(L), 48, 4)

@@ -4,13 +4,16 @@ Same semantics as :func:`hymba.ops.attention.attention_mask` for self-attention 
 sequence whose keys are at positions ``offset + index`` and whose queries are the last keys.
 
 Inference follows torch.compile's automatic dynamic shapes: the first shape is compiled for
-itself (the fastest kernel), a second length recompiles once with dynamic lengths, and that
-serves every later length; inputs are never padded. Calls that autograd records (training, whose
-rows are packed to one shape) get kernels compiled for their exact shape, whatever ran before. Block masks are built once per (query and
-key lengths, window, meta tokens, offset) and cached. The output keeps the query's memory layout, so a query
-that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output that transposes back to
-(b, L, H·d) without a copy. K and V are made contiguous: compiled for dynamic lengths, strided
-K/V views of the projection ran 2-3x slower (``benchmarks/flex_gpu.py --layouts``).
+itself (the fastest kernel); a length that differs recompiles with the sizes that changed made
+dynamic (the length, and the block mask's block count once it differs too), so after at most two
+such recompilations one compilation serves every length; inputs are never padded. Calls that
+autograd records (training, whose rows are packed to one shape) get kernels compiled for their
+exact shape, whatever ran before: the dynamic-length ones are slower. Block masks are built once
+per (query and key lengths, window, meta tokens, offset) and cached. The output keeps the query's
+memory layout, so a query that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output
+that transposes back to (b, L, H·d) without a copy. K and V are made contiguous: compiled for
+dynamic lengths, strided K/V views of the projection ran 2-3x slower
+(``benchmarks/flex_gpu.py --layouts``).
 """
 
 from __future__ import annotations
