@@ -1,5 +1,8 @@
-"""The Triton selective scan (CUDA) against the sequential reference: outputs, final state and
-every gradient, for float32 and bfloat16 inputs, lengths that are and are not chunk multiples."""
+"""The Triton selective scan against the sequential reference: outputs, final state and every
+gradient, for float32 and bfloat16 inputs, lengths that are and are not chunk multiples.
+
+On a GPU; or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``), where the longer
+sequences are skipped (the interpreter runs a program's steps one by one in Python)."""
 
 from __future__ import annotations
 
@@ -8,17 +11,38 @@ import torch
 
 from hymba.ops.scan import resolve_impl, selective_scan, selective_scan_reference
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.gpu
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# The longest sequence a test runs under the interpreter (the file takes about 12 minutes there).
+INTERPRETER_STEPS = 400
+
+
+@pytest.fixture
+def dev(triton_device: str) -> str:
+    """The kernels' device; on CPU (the interpreter), skipped where it cannot run them: Triton
+    3.6's interpreter turns a program id used as a loop bound into an int, which NumPy >= 2.3
+    refuses for its one-element arrays."""
+    if triton_device == "cpu":
+        import numpy as np
+
+        try:
+            int(np.array([1]))
+        except TypeError:
+            pytest.skip("Triton's interpreter needs NumPy < 2.3 for the scan kernels")
+    return triton_device
+
+
+def fits(dev: str, length: int) -> None:
+    if dev == "cpu" and length > INTERPRETER_STEPS:
+        pytest.skip(f"{length} steps: too long for Triton's interpreter")
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-def random_inputs(b, L, d, n, dtype, seed):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+def random_inputs(b, L, d, n, dtype, seed, device):
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
     args = dict(
         u=r(b, L, d), delta=r(b, L, d) - 1.0, A=-torch.exp(r(d, n) * 0.5 + 0.5), B=r(b, L, n),
         C=r(b, L, n), D=r(d), z=r(b, L, d), delta_bias=r(d) * 0.5 - 1.0, initial_state=r(b, d, n),
@@ -40,10 +64,11 @@ def run(fn, args, dy, ds):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape", [(1, 1, 16, 16), (2, 37, 40, 16), (1, 256, 64, 16), (3, 1000, 24, 16), (2, 50, 9, 5)])
-def test_matches_reference(dtype, tol, shape):
-    args = random_inputs(*shape, dtype, seed=sum(shape))
+def test_matches_reference(dtype, tol, shape, dev):
     b, L, d, _ = shape
-    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    fits(dev, L)
+    args = random_inputs(*shape, dtype, seed=sum(shape), device=dev)
+    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
     ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
     ref64 = {k: v.double() for k, v in args.items()}
     y_ref, s_ref, g_ref = run(selective_scan_reference, ref64, dy, ds)
@@ -60,9 +85,10 @@ def test_matches_reference(dtype, tol, shape):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("shape", [(1, 70, 40, 16), (3, 333, 24, 16), (1, 2000, 48, 16)])
-def test_inference_matches_reference(dtype, tol, shape):
+def test_inference_matches_reference(dtype, tol, shape, dev):
     """Without gradients the forward saves no states and writes its output in other chunks."""
-    args = random_inputs(*shape, dtype, seed=7)
+    fits(dev, shape[1])
+    args = random_inputs(*shape, dtype, seed=7, device=dev)
     with torch.no_grad():
         y, s = selective_scan(**args, impl="triton")
         y_ref, s_ref = selective_scan_reference(**{k: v.double() for k, v in args.items()})
@@ -70,14 +96,14 @@ def test_inference_matches_reference(dtype, tol, shape):
 
 
 @pytest.mark.parametrize("block_d, warps, segments", [(16, 1, 1), (32, 1, 3), (64, 2, 7), (128, 4, 2), (32, 1, 40)])
-def test_forward_launches_and_time_segments(block_d, warps, segments):
+def test_forward_launches_and_time_segments(block_d, warps, segments, dev):
     """Any channel block, warp count and number of time segments (the sequence split across
     programs, then stitched) gives the reference's output, final state and gradients."""
     from hymba.ops.scan.triton import selective_scan_triton
 
     b, L, d, n = 2, 300, 72, 16
-    args = random_inputs(b, L, d, n, torch.float32, seed=segments)
-    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    args = random_inputs(b, L, d, n, torch.float32, seed=segments, device=dev)
+    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
     ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
     y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
     y, s, g = run(lambda **a: selective_scan_triton(**a, block_d=block_d, num_warps=warps, segments=segments),
@@ -88,7 +114,7 @@ def test_forward_launches_and_time_segments(block_d, warps, segments):
 
 
 @pytest.mark.parametrize("bwd_block_d, fwd_programs, bwd_programs", [(16, 8, 20), (8, 4, 4), (64, 30, 1)])
-def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d, fwd_programs, bwd_programs):
+def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d, fwd_programs, bwd_programs, dev):
     """By default the backward picks its own channel block and time segments, unlike the
     forward's; the gradients still match the reference."""
     from hymba.ops.scan import triton as scan_triton
@@ -98,8 +124,8 @@ def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d,
     monkeypatch.setattr(scan_triton, "BWD_TARGET_PROGRAMS", bwd_programs)
     monkeypatch.setattr(scan_triton, "BWD_BLOCK_D", bwd_block_d)
     b, L, d, n = 1, 400, 72, 16
-    args = random_inputs(b, L, d, n, torch.float32, seed=bwd_block_d)
-    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    args = random_inputs(b, L, d, n, torch.float32, seed=bwd_block_d, device=dev)
+    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
     ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
     y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
     y, s, g = run(scan_triton.selective_scan_triton, args, dy, ds)
@@ -108,13 +134,14 @@ def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d,
         assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
+@cuda_only
 def test_inference_saves_no_states_for_parameters_that_require_grad():
     """Under no_grad (inference with a trainable model's parameters) the forward must not save
     the chunk states for a backward: they cost it a third of its time. With autograd on it must."""
     from hymba.ops.scan import triton as scan_triton
 
     b, L, d, n = 1, 4096, 64, 16
-    args = random_inputs(b, L, d, n, torch.bfloat16, seed=5)
+    args = random_inputs(b, L, d, n, torch.bfloat16, seed=5, device="cuda")
     args["D"].requires_grad_(True)
     args["delta_bias"].requires_grad_(True)
     states = b * (L // scan_triton.CHUNK) * n * d * 4  # float32, one state every CHUNK steps
@@ -132,27 +159,27 @@ def test_inference_saves_no_states_for_parameters_that_require_grad():
     assert peak(grad=True) >= states
 
 
-def test_optional_arguments_and_strided_inputs():
+def test_optional_arguments_and_strided_inputs(dev):
     """No D / z / bias / initial state / softplus; inputs as the model passes them (views)."""
     b, L, d, n = 2, 70, 32, 16
-    full = torch.randn(b, d, L, device="cuda")
+    full = torch.randn(b, d, L, device=dev)
     u = full.transpose(1, 2)  # (b, L, d) with channel stride L
-    proj = torch.randn(b, L, 4 + 2 * n, device="cuda")
+    proj = torch.randn(b, L, 4 + 2 * n, device=dev)
     B, C = proj[..., 4 : 4 + n], proj[..., 4 + n :]
     from hymba.ops.scan.triton import _adjacent_pair
 
     assert _adjacent_pair(B, C) is not None and _adjacent_pair(C, B) is None  # B, C read by one copy
-    delta = torch.rand(b, L, d, device="cuda") * 0.5
-    A = -torch.rand(d, n, device="cuda") - 0.1
+    delta = torch.rand(b, L, d, device=dev) * 0.5
+    A = -torch.rand(d, n, device=dev) - 0.1
     y, s = selective_scan(u, delta, A, B, C, delta_softplus=False, impl="triton")
     y_ref, s_ref = selective_scan_reference(u.double(), delta.double(), A.double(), B.double(), C.double(),
                                             delta_softplus=False)
     assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
 
 
-def test_padding_delta_keeps_the_state():
+def test_padding_delta_keeps_the_state(dev):
     """Δ_raw = -1e4 (the model's padding) must leave the state exactly unchanged."""
-    args = random_inputs(1, 40, 16, 16, torch.float32, seed=3)
+    args = random_inputs(1, 40, 16, 16, torch.float32, seed=3, device=dev)
     args["delta"][:, 20:] = -1e4
     _, s_full = selective_scan(**args, impl="triton")
     head = {k: (v[:, :20] if k in ("u", "delta", "B", "C", "z") else v) for k, v in args.items()}
@@ -160,6 +187,7 @@ def test_padding_delta_keeps_the_state():
     torch.testing.assert_close(s_full, s_head, rtol=0, atol=0)
 
 
+@cuda_only
 def test_cuda_dispatches_to_triton(monkeypatch):
     monkeypatch.delenv("HYMBA_SCAN_IMPL", raising=False)
     assert resolve_impl("cuda") == "triton"
@@ -176,17 +204,17 @@ def test_segments_fill_the_gpu_at_small_batch():
     assert segments_for(batch=1, blocks=100, length=300, chunk=16)[0] == 1  # too short to split
 
 
-def test_gradients_with_the_models_strides_and_no_states():
+def test_gradients_with_the_models_strides_and_no_states(dev):
     """As the model trains: u a transposed view, z and B/C column slices of wider projections, no
     initial state and the final state unused; every gradient matches the reference."""
     b, L, d, n = 2, 301, 72, 16
-    g = torch.Generator(device="cuda").manual_seed(5)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    g = torch.Generator(device=dev).manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, device=dev)  # noqa: E731
     leaves = dict(
         u=r(b, d, L), delta=r(b, L, d) - 1.0, A=-torch.exp(r(d, n) * 0.5 + 0.5), proj=r(b, L, 4 + 2 * n),
         D=r(d), zfull=r(b, L, 2 * d), delta_bias=r(d) * 0.5 - 1.0,
     )
-    dy = torch.randn(b, L, d, device="cuda", dtype=torch.float64)
+    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
     grads = []
     for fn, dtype in ((selective_scan_reference, torch.float64), (lambda **a: selective_scan(**a, impl="triton"), None)):
         x = {k: v.detach().to(dtype or v.dtype).requires_grad_(True) for k, v in leaves.items()}
