@@ -14,7 +14,7 @@ import argparse
 import json
 
 import torch
-from graph_timing import graph_time
+from graph_timing import graph_time, stream_time
 
 from hymba.ops.scan import selective_scan_chunked
 from hymba.ops.scan import triton as scan_triton
@@ -62,27 +62,34 @@ def bench(fn, args: dict, backward: bool) -> float:
 
 # Launch settings timed by --launch-sweep. Forward: (steps prefetched, target programs); more
 # programs hide more latency when the registers leave room for them (pass 2 uses 243 registers
-# at 4 steps ahead, 128 at 2). Backward: (channels per program, target programs).
+# at 4 steps ahead, 128 at 2). Backward: (channels per program, warps, recomputed states in
+# registers rather than the scratch, target programs); fewer registers a thread let an SM hold
+# more warps (offline sm_90 builds, states in registers: 16 channels on 1 warp 241 registers, 8
+# on 1 warp 154, 16 on 2 warps 157, 32 on 4 warps 128).
 FWD_SWEEP = [(4, 1024), (2, 1024), (2, 2048), (1, 2048), (2, 4096), (1, 4096)]
-BWD_SWEEP = [(32, 1024), (16, 1024), (16, 2048), (32, 2048), (16, 512), (8, 1024)]
+BWD_SWEEP = [(16, 1, False, 2048), (16, 1, True, 2048), (8, 1, False, 2048), (8, 1, True, 2048),
+             (16, 2, True, 2048), (16, 2, True, 4096), (32, 2, True, 2048), (32, 4, True, 2048),
+             (32, 4, True, 4096)]
+BWD_SETTINGS = ("BWD_BLOCK_D", "BWD_WARPS", "BWD_STATES_IN_REGISTERS", "BWD_TARGET_PROGRAMS")
 
 
 def launch_sweep(length: int) -> list[tuple[str, str, float]]:
-    """GPU time (CUDA-graph replays) of the b=1 forward at ``length`` and 8K for each forward
-    setting, and of the backward (forward + backward minus forward) at ``length`` for each
-    backward setting."""
-    defaults = scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS, scan_triton.BWD_BLOCK_D, \
-        scan_triton.BWD_TARGET_PROGRAMS
+    """GPU time of the b=1 forward at ``length`` and 8K for each forward setting (CUDA-graph
+    replays), and of the backward (forward + backward minus forward) at ``length`` for each
+    backward setting (back-to-back calls: a 2 ms call hides its launch, and graph capture failed
+    once after a setting compiled new kernels, benchmarks/NOTES-gpu.md item 49)."""
+    fwd_defaults = scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS
+    bwd_defaults = [getattr(scan_triton, name) for name in BWD_SETTINGS]
     rows = []
 
     def timed(args: dict, backward: bool) -> float:
         dy = torch.randn_like(args["u"])
 
-        def call(i: int) -> None:
+        def call(i: int = 0) -> None:
             y, _ = scan_triton.selective_scan_triton(**args)
             if backward:
                 y.backward(dy)
-        return graph_time(call, 3) * 1e3
+        return (stream_time(call, 10) if backward else graph_time(call, 3)) * 1e3
 
     for L in sorted({length, 8192}):
         x = inputs(1, L)
@@ -91,16 +98,19 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
             name = f"triton fwd prefetch={prefetch} programs={target}"
             rows.append((f"b=1 L={L} fwd", name, timed(x, False)))
             print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
-    scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = defaults[:2]
+    scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = fwd_defaults
     x = inputs(1, length, grad=True)
     with torch.no_grad():
-        fwd = timed(x, False)
-    for block_d, target in BWD_SWEEP:
-        scan_triton.BWD_BLOCK_D, scan_triton.BWD_TARGET_PROGRAMS = block_d, target
-        name = f"triton bwd BD={block_d} programs={target}"
+        fwd = stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3
+    for setting in BWD_SWEEP:
+        for name, value in zip(BWD_SETTINGS, setting):
+            setattr(scan_triton, name, value)
+        block_d, warps, in_registers, target = setting
+        name = f"triton bwd BD={block_d} warps={warps} registers={in_registers} programs={target}"
         rows.append((f"b=1 L={length} bwd (fwd+bwd - fwd)", name, timed(x, True) - fwd))
         print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
-    scan_triton.BWD_BLOCK_D, scan_triton.BWD_TARGET_PROGRAMS = defaults[2:]
+    for name, value in zip(BWD_SETTINGS, bwd_defaults):
+        setattr(scan_triton, name, value)
     return rows
 
 

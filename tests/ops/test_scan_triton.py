@@ -113,16 +113,24 @@ def test_forward_launches_and_time_segments(block_d, warps, segments, dev):
         assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
-@pytest.mark.parametrize("bwd_block_d, fwd_programs, bwd_programs", [(16, 8, 20), (8, 4, 4), (64, 30, 1)])
-def test_backward_launches_its_own_blocks_and_segments(monkeypatch, bwd_block_d, fwd_programs, bwd_programs, dev):
-    """By default the backward picks its own channel block and time segments, unlike the
-    forward's; the gradients still match the reference."""
+@pytest.mark.parametrize(
+    "bwd_block_d, bwd_warps, in_registers, fwd_programs, bwd_programs",
+    [(16, 1, False, 8, 20), (8, 1, True, 4, 4), (64, 1, False, 30, 1), (16, 2, True, 8, 20), (32, 4, True, 6, 6)],
+)
+def test_backward_launches_its_own_blocks_and_segments(
+    monkeypatch, bwd_block_d, bwd_warps, in_registers, fwd_programs, bwd_programs, dev
+):
+    """By default the backward picks its own channel block, warps and time segments, unlike the
+    forward's, and keeps a chunk's recomputed states in a scratch or in registers; the gradients
+    match the reference either way."""
     from hymba.ops.scan import triton as scan_triton
 
     monkeypatch.setattr(scan_triton, "MIN_SEGMENT", 16)
     monkeypatch.setattr(scan_triton, "TARGET_PROGRAMS", fwd_programs)
     monkeypatch.setattr(scan_triton, "BWD_TARGET_PROGRAMS", bwd_programs)
     monkeypatch.setattr(scan_triton, "BWD_BLOCK_D", bwd_block_d)
+    monkeypatch.setattr(scan_triton, "BWD_WARPS", bwd_warps)
+    monkeypatch.setattr(scan_triton, "BWD_STATES_IN_REGISTERS", in_registers)
     b, L, d, n = 1, 400, 72, 16
     args = random_inputs(b, L, d, n, torch.float32, seed=bwd_block_d, device=dev)
     dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)

@@ -16,7 +16,8 @@ segments run in parallel and stitched, since both recurrences are linear:
   zero carry and keeps the carry at its start and ΣΔ; pass 2 starts every segment from the carry
   the later segments give and forms every gradient. It recomputes each chunk's states from the
   state the forward saved at the chunk's start, walking forward once (keeping s_{t-1} of each
-  step in a small per-program scratch buffer that stays in cache) and then backward.
+  step in a small per-program scratch buffer that stays in cache, or in registers) and then
+  backward.
 
 Δ's softplus and bias, the D skip and the SiLU gate are fused, so each input is read once per
 pass and each output is written once. Same signature and semantics as
@@ -37,19 +38,24 @@ from triton.language.extra.cuda import libdevice
 from ..triton_gate import needs_grad
 from .chunked import selective_scan_chunked
 
-# Channels per program (one per lane) and warps; a step's inputs are loaded FWD_PREFETCH /
-# BWD_PREFETCH steps ahead (the backward has more live values and fewer registers to spare).
-# CHUNK: the forward saves the state every CHUNK steps for the backward, which recomputes the
-# states of one chunk at a time (H100, b=1, 4,224 steps: backward 2.08 ms at 8 steps, 1.62 ms at
-# 4, 3.34 ms at 16; its per-chunk scratch stays in L1); a forward that saves nothing runs
-# FWD_UNROLL steps per unrolled block (0.26 ms at 8 steps, 0.28 ms at 4). Time segments are added until about TARGET_PROGRAMS programs
-# run (BWD_TARGET_PROGRAMS for the backward), none shorter than MIN_SEGMENT steps. The backward
-# runs BWD_BLOCK_D channels a program unless the caller sets ``block_d``; its segments are its
-# own. Measured with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward
-# needs 128 registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
+# Channels per program (one per lane) and warps (BWD_* for the backward, unless the caller sets
+# ``block_d`` / ``num_warps``); a step's inputs are loaded FWD_PREFETCH / BWD_PREFETCH steps
+# ahead (the backward has more live values and fewer registers to spare). CHUNK: the forward
+# saves the state every CHUNK steps for the backward, which recomputes the states of one chunk
+# at a time (H100, b=1, 4,224 steps: backward 2.08 ms at 8 steps, 1.62 ms at 4, 3.34 ms at 16);
+# a forward that saves nothing runs FWD_UNROLL steps per unrolled block (0.26 ms at 8, 0.28 ms
+# at 4). Time segments are added until about TARGET_PROGRAMS programs run (BWD_TARGET_PROGRAMS
+# for the backward, whose segments are its own), none shorter than MIN_SEGMENT steps. Measured
+# with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward needs 128
+# registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
 BLOCK_D = 32
 BWD_BLOCK_D = 16
 WARPS = 1
+BWD_WARPS = 1
+# Where the backward keeps a chunk's recomputed states: a per-program scratch (in L1), or
+# registers (offline sm_90 builds: 241 registers instead of 251 at 16 channels a warp, 157 at 16
+# channels over 2 warps, 128 at 32 over 4; not yet timed against the scratch).
+BWD_STATES_IN_REGISTERS = False
 FWD_PREFETCH = 2
 BWD_PREFETCH = 1
 CHUNK = 4
@@ -241,11 +247,12 @@ def _scan_bwd_kernel(
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l, sA_d, sA_n, sD, sbias,
     n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, IN_REGS: tl.constexpr = False,
 ):
     """One program: the backward of BD channels of one sequence over one time segment, last step
     first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
-    start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2).
+    start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2). IN_REGS
+    keeps a chunk's recomputed states in registers instead of the scratch.
 
     Per-sequence outputs du, dΔ, dz are written in place; dB and dC as sums over this program's
     channels (summed over programs by the caller); dA, dD and the Δ bias's gradient as this
@@ -297,6 +304,7 @@ def _scan_bwd_kernel(
         # two scratch slots, alternating by chunk: an address that changes with the chunk keeps the
         # compiler from hoisting every step's (state, channel) addresses out of the loop
         slot = scratch + (c % 2) * T * N * scratch_row
+        states = ()
         if not LOCAL:  # the chunk's states, first to last, from the one saved at its start
             h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
             queue = ()
@@ -312,9 +320,13 @@ def _scan_bwd_kernel(
                 queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t + P, tl.minimum(end, c * T + T), su_l,
                                            sdt_l, sz_l, d, sbc_l, n, dmask, nmask, False, False),)
                 dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS, FAST)
-                tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
+                if IN_REGS:
+                    states = states + (h,)
+                else:
+                    tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
                 h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u.to(tl.float32))[None, :]
-            tl.debug_barrier()
+            if not IN_REGS:
+                tl.debug_barrier()
         # The same slot, through an offset the compiler cannot see is zero: otherwise it forwards
         # the stored states to these loads and keeps all T of them in registers (spilling).
         reread = slot + hide_zero
@@ -345,7 +357,10 @@ def _scan_bwd_kernel(
                 carry = a * (Cf * dy[None, :] + carry)
                 sum_dt += dt
             else:
-                before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
+                if IN_REGS:
+                    before = a * states[T - 1 - i]
+                else:
+                    before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
                 s = before + Bf * (dt * u)[None, :]
                 if HAS_Z:  # out = (y + D u) silu(z)
                     zf = z.to(tl.float32)
@@ -370,7 +385,7 @@ def _scan_bwd_kernel(
                 dD_acc += dy * u
                 dbias_acc += ddt
                 carry = a * g
-        if not LOCAL:
+        if not LOCAL and not IN_REGS:
             tl.debug_barrier()  # the next chunk's forward overwrites the scratch
     if LOCAL:
         tl.store(seg_k_ptr + (pid_b * num_segs + seg) * d * n + nd, carry, mask=nd_mask)
@@ -445,7 +460,7 @@ class _TritonScan(torch.autograd.Function):
             bc.copy_(pair)
         else:
             torch.stack((B, C), dim=2, out=bc)
-        block_d_arg, block_d, warps = block_d, block_d or BLOCK_D, warps or WARPS
+        block_d_arg, block_d, warps_arg, warps = block_d, block_d or BLOCK_D, warps, warps or WARPS
         blocks = triton.cdiv(d, block_d)
         T = CHUNK if save else FWD_UNROLL  # segments start at multiples of T
         if segments is None:
@@ -472,7 +487,7 @@ class _TritonScan(torch.autograd.Function):
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
             ctx.save_for_backward(u, delta, zz, B, C, A, D32, bias32, hc)
-            ctx.meta = (z is not None, delta_softplus, block_d_arg, warps, segments)
+            ctx.meta = (z is not None, delta_softplus, block_d_arg, warps_arg, segments)
             ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, B, C))
         return y, final
 
@@ -484,7 +499,7 @@ class _TritonScan(torch.autograd.Function):
         has_z, softplus, block_d, warps, segments = ctx.meta
         b, L, d = u.shape
         n = A.shape[1]
-        block_d = block_d or BWD_BLOCK_D
+        block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
         blocks = triton.cdiv(d, block_d)
         if segments is None:
             num_segs, seg_len = segments_for(b, blocks, L, CHUNK, BWD_TARGET_PROGRAMS)
@@ -501,7 +516,9 @@ class _TritonScan(torch.autograd.Function):
         dbias = torch.empty(b * num_segs, d, **f32)
         dh0 = torch.empty(b, n, d, **f32)
         N = triton.next_power_of_2(n)
-        scratch = torch.empty(b * num_segs * blocks, 2, CHUNK, N, block_d, **f32)  # s_{t-1} of one chunk
+        in_registers = BWD_STATES_IN_REGISTERS
+        # s_{t-1} of one chunk, unless the kernel keeps them in registers
+        scratch = dh0 if in_registers else torch.empty(b * num_segs * blocks, 2, CHUNK, N, block_d, **f32)
         seg_k = torch.empty(b, num_segs, n, d, **f32)
         seg_dt = torch.empty(b, num_segs, d, **f32)
         dhT = dfinal.float().transpose(1, 2).contiguous() if dfinal is not None else dh0
@@ -513,7 +530,8 @@ class _TritonScan(torch.autograd.Function):
             A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
-                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps)
+                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), IN_REGS=in_registers,
+                    num_warps=warps)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
