@@ -210,8 +210,10 @@ def _scan_fwd_kernel(
         queue = queue + (_load_fwd_step(pu, pdt, pz, pbc, start + i, end - 1, su_l, sdt_l, sz_l, sbc_l, n,
                                         dmask, nmask, HAS_Z and not LOCAL),)
     for c in range(start // T, tl.cdiv(end, T)):
-        if SAVE:
-            tl.store(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, h, mask=nd_mask)
+        if SAVE and not LOCAL:  # pass 1 starts from a zero state: only pass 2 has the true states
+            bp = tl.make_block_ptr(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n, (n, d), (d, 1),
+                                   (0, tl.program_id(1) * BD), (N, BD), (1, 0))
+            tl.store(bp, h, boundary_check=(0, 1))
         for i in tl.static_range(T):
             t = c * T + i
             u, raw, z, Bt, Ct = queue[0]
