@@ -14,7 +14,7 @@ from hymba.ops.scan import resolve_impl, selective_scan, selective_scan_referenc
 pytestmark = pytest.mark.gpu
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-# The longest sequence a test runs under the interpreter (the file takes about 12 minutes there).
+# The longest sequence a test runs under the interpreter (the file takes about 14 minutes there).
 INTERPRETER_STEPS = 400
 
 
