@@ -306,7 +306,7 @@ def _scan_bwd_kernel(
         # two scratch slots, alternating by chunk: an address that changes with the chunk keeps the
         # compiler from hoisting every step's (state, channel) addresses out of the loop
         slot = scratch + (c % 2) * T * N * scratch_row
-        states = ()
+        states = ()  # with IN_REGS: s_{t-1} of the chunk's steps, first to last
         if not LOCAL:  # the chunk's states, first to last, from the one saved at its start
             h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
             queue = ()
@@ -359,7 +359,7 @@ def _scan_bwd_kernel(
                 carry = a * (Cf * dy[None, :] + carry)
                 sum_dt += dt
             else:
-                if IN_REGS:
+                if IN_REGS:  # indexed by an expression: the name ii is a tensor inside the dynamic loop
                     before = a * states[T - 1 - i]
                 else:
                     before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
