@@ -67,6 +67,7 @@ def bench(fn, args: dict, backward: bool) -> float:
 # more warps (offline sm_90 builds, states in registers: 16 channels on 1 warp 241 registers, 8
 # on 1 warp 154, 16 on 2 warps 157, 32 on 4 warps 128).
 FWD_SWEEP = [(4, 1024), (2, 1024), (2, 2048), (1, 2048), (2, 4096), (1, 4096)]
+SAVE_SWEEP = [2, 1]  # steps prefetched by the forward that saves states (167 / 129 registers)
 BWD_SWEEP = [(16, 1, False, 2048), (16, 1, True, 2048), (8, 1, False, 2048), (8, 1, True, 2048),
              (16, 2, True, 2048), (16, 2, True, 4096), (32, 2, True, 2048), (32, 4, True, 2048),
              (32, 4, True, 4096)]
@@ -75,7 +76,8 @@ BWD_SETTINGS = ("BWD_BLOCK_D", "BWD_WARPS", "BWD_STATES_IN_REGISTERS", "BWD_TARG
 
 def launch_sweep(length: int) -> list[tuple[str, str, float]]:
     """GPU time of the b=1 forward at ``length`` and 8K for each forward setting (CUDA-graph
-    replays), and of the backward (forward + backward minus forward) at ``length`` for each
+    replays), of the forward that saves states for a backward at ``length`` for each of its
+    prefetch settings, and of the backward (forward + backward minus forward) at ``length`` for each
     backward setting (back-to-back calls: a 2 ms call hides its launch, and graph capture failed
     once after a setting compiled new kernels, benchmarks/NOTES-gpu.md item 49)."""
     fwd_defaults = scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS
@@ -100,6 +102,13 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
             print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
     scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = fwd_defaults
     x = inputs(1, length, grad=True)
+    save_default = scan_triton.FWD_SAVE_PREFETCH
+    for prefetch in SAVE_SWEEP:  # the forward that saves states for a backward (training)
+        scan_triton.FWD_SAVE_PREFETCH = prefetch
+        name = f"triton fwd saving prefetch={prefetch}"
+        rows.append((f"b=1 L={length} fwd saving", name, stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3))
+        print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+    scan_triton.FWD_SAVE_PREFETCH = save_default
     with torch.no_grad():
         fwd = stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3
     for setting in BWD_SWEEP:

@@ -142,6 +142,23 @@ def test_backward_launches_its_own_blocks_and_segments(
         assert rel_err(g[name], g_ref[name]) < 2e-5, name
 
 
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_saving_forward_prefetch(monkeypatch, prefetch, dev):
+    """The forward that saves states for the backward may prefetch its own number of steps."""
+    from hymba.ops.scan import triton as scan_triton
+
+    monkeypatch.setattr(scan_triton, "FWD_SAVE_PREFETCH", prefetch)
+    b, L, d, n = 1, 150, 40, 16
+    args = random_inputs(b, L, d, n, torch.float32, seed=prefetch, device=dev)
+    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
+    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
+    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
+    y, s, g = run(scan_triton.selective_scan_triton, args, dy, ds)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
+    for name in NAMES:
+        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+
+
 @cuda_only
 def test_inference_saves_no_states_for_parameters_that_require_grad():
     """Under no_grad (inference with a trainable model's parameters) the forward must not save

@@ -57,6 +57,9 @@ BWD_WARPS = 1
 # channels over 2 warps, 128 at 32 over 4; not yet timed against the scratch).
 BWD_STATES_IN_REGISTERS = False
 FWD_PREFETCH = 2
+# steps prefetched by a forward that saves states for a backward (offline sm_90 builds at 4-step
+# chunks: 167 registers at 2, 129 at 1; not yet timed against each other)
+FWD_SAVE_PREFETCH = 2
 BWD_PREFETCH = 1
 CHUNK = 4
 FWD_UNROLL = 8
@@ -482,8 +485,8 @@ class _TritonScan(torch.autograd.Function):
             *(_strides(h0) if h0 is not None else (0, 0, 0)), final.stride(1), final.stride(2),
         )
         meta = dict(n=n, HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
-                    N=triton.next_power_of_2(n), T=T, BD=block_d, P=FWD_PREFETCH, EVEN_D=d % block_d == 0,
-                    FAST=_fast_math(u), num_warps=warps)
+                    N=triton.next_power_of_2(n), T=T, BD=block_d, P=FWD_SAVE_PREFETCH if save else FWD_PREFETCH,
+                    EVEN_D=d % block_d == 0, FAST=_fast_math(u), num_warps=warps)
         if num_segs > 1:  # pass 1: every segment but the last from a zero state
             _scan_fwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
