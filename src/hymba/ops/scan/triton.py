@@ -416,6 +416,14 @@ def segments_for(batch: int, blocks: int, length: int, chunk: int, target: int |
     return _split(length, count, chunk)
 
 
+def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | None, target: int | None = None
+              ) -> tuple[int, int]:
+    """The caller's number of ``segments`` if given, else :func:`segments_for`'s."""
+    if segments is None:
+        return segments_for(batch, blocks, length, chunk, target)
+    return _split(length, segments, chunk)
+
+
 def _split(length: int, count: int, chunk: int) -> tuple[int, int]:
     seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
     return triton.cdiv(max(length, 1), seg_len), seg_len
@@ -465,13 +473,10 @@ class _TritonScan(torch.autograd.Function):
             bc.copy_(pair)
         else:
             torch.stack((B, C), dim=2, out=bc)
-        block_d_arg, block_d, warps_arg, warps = block_d, block_d or BLOCK_D, warps, warps or WARPS
-        blocks = triton.cdiv(d, block_d)
+        fwd_block_d = block_d or BLOCK_D
+        blocks = triton.cdiv(d, fwd_block_d)
         T = CHUNK if save else FWD_UNROLL  # segments start at multiples of T
-        if segments is None:
-            num_segs, seg_len = segments_for(b, blocks, L, T)
-        else:
-            num_segs, seg_len = _split(L, segments, T)
+        num_segs, seg_len = _segments(b, blocks, L, T, segments)
         y = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
         final = torch.empty(b, d, n, **f32)
         hc = torch.empty(b, triton.cdiv(L, CHUNK), n, d, **f32) if save else final
@@ -485,14 +490,14 @@ class _TritonScan(torch.autograd.Function):
             *(_strides(h0) if h0 is not None else (0, 0, 0)), final.stride(1), final.stride(2),
         )
         meta = dict(n=n, HAS_Z=z is not None, SOFTPLUS=delta_softplus, HAS_H0=h0 is not None, SAVE=save,
-                    N=triton.next_power_of_2(n), T=T, BD=block_d, P=FWD_SAVE_PREFETCH if save else FWD_PREFETCH,
-                    EVEN_D=d % block_d == 0, FAST=_fast_math(u), num_warps=warps)
+                    N=triton.next_power_of_2(n), T=T, BD=fwd_block_d, P=FWD_SAVE_PREFETCH if save else FWD_PREFETCH,
+                    EVEN_D=d % fwd_block_d == 0, FAST=_fast_math(u), num_warps=warps or WARPS)
         if num_segs > 1:  # pass 1: every segment but the last from a zero state
             _scan_fwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_fwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
         if save:
             ctx.save_for_backward(u, delta, zz, B, C, A, D32, bias32, hc)
-            ctx.meta = (z is not None, delta_softplus, block_d_arg, warps_arg, segments)
+            ctx.meta = (z is not None, delta_softplus, block_d, warps, segments)  # the caller's launch
             ctx.dtypes = tuple(x.dtype if x is not None else None for x in (A, D, delta_bias, initial_state, B, C))
         return y, final
 
@@ -506,10 +511,7 @@ class _TritonScan(torch.autograd.Function):
         n = A.shape[1]
         block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
         blocks = triton.cdiv(d, block_d)
-        if segments is None:
-            num_segs, seg_len = segments_for(b, blocks, L, CHUNK, BWD_TARGET_PROGRAMS)
-        else:
-            num_segs, seg_len = _split(L, segments, CHUNK)
+        num_segs, seg_len = _segments(b, blocks, L, CHUNK, segments, BWD_TARGET_PROGRAMS)
         f32 = dict(dtype=torch.float32, device=u.device)
         dy = dy.contiguous()
         du = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
