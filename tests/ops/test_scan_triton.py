@@ -62,6 +62,20 @@ def run(fn, args, dy, ds):
     return y, s, {k: v.grad for k, v in leaves.items()}
 
 
+def assert_float32_matches_reference(fn, shape, seed, device):
+    """``fn``'s output, final state and every gradient on float32 inputs of ``shape`` (b, L, d,
+    n) against the float64 reference."""
+    b, L, d, n = shape
+    args = random_inputs(b, L, d, n, torch.float32, seed=seed, device=device)
+    dy = torch.randn(b, L, d, device=device, dtype=torch.float64)
+    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
+    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
+    y, s, g = run(fn, args, dy, ds)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
+    for name in NAMES:
+        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape", [(1, 1, 16, 16), (2, 37, 40, 16), (1, 256, 64, 16), (3, 1000, 24, 16), (2, 50, 9, 5)])
 def test_matches_reference(dtype, tol, shape, dev):
@@ -101,16 +115,10 @@ def test_forward_launches_and_time_segments(block_d, warps, segments, dev):
     programs, then stitched) gives the reference's output, final state and gradients."""
     from hymba.ops.scan.triton import selective_scan_triton
 
-    b, L, d, n = 2, 300, 72, 16
-    args = random_inputs(b, L, d, n, torch.float32, seed=segments, device=dev)
-    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
-    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
-    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
-    y, s, g = run(lambda **a: selective_scan_triton(**a, block_d=block_d, num_warps=warps, segments=segments),
-                  args, dy, ds)
-    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
-    for name in NAMES:
-        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+    assert_float32_matches_reference(
+        lambda **a: selective_scan_triton(**a, block_d=block_d, num_warps=warps, segments=segments),
+        (2, 300, 72, 16), seed=segments, device=dev,
+    )
 
 
 @pytest.mark.parametrize(
@@ -131,15 +139,8 @@ def test_backward_launches_its_own_blocks_and_segments(
     monkeypatch.setattr(scan_triton, "BWD_BLOCK_D", bwd_block_d)
     monkeypatch.setattr(scan_triton, "BWD_WARPS", bwd_warps)
     monkeypatch.setattr(scan_triton, "BWD_STATES_IN_REGISTERS", in_registers)
-    b, L, d, n = 1, 400, 72, 16
-    args = random_inputs(b, L, d, n, torch.float32, seed=bwd_block_d, device=dev)
-    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
-    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
-    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
-    y, s, g = run(scan_triton.selective_scan_triton, args, dy, ds)
-    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
-    for name in NAMES:
-        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+    assert_float32_matches_reference(scan_triton.selective_scan_triton, (1, 400, 72, 16), seed=bwd_block_d,
+                                     device=dev)
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])
@@ -148,15 +149,7 @@ def test_saving_forward_prefetch(monkeypatch, prefetch, dev):
     from hymba.ops.scan import triton as scan_triton
 
     monkeypatch.setattr(scan_triton, "FWD_SAVE_PREFETCH", prefetch)
-    b, L, d, n = 1, 150, 40, 16
-    args = random_inputs(b, L, d, n, torch.float32, seed=prefetch, device=dev)
-    dy = torch.randn(b, L, d, device=dev, dtype=torch.float64)
-    ds = torch.randn_like(args["initial_state"], dtype=torch.float64)
-    y_ref, s_ref, g_ref = run(selective_scan_reference, {k: v.double() for k, v in args.items()}, dy, ds)
-    y, s, g = run(scan_triton.selective_scan_triton, args, dy, ds)
-    assert rel_err(y, y_ref) < 2e-5 and rel_err(s, s_ref) < 2e-5
-    for name in NAMES:
-        assert rel_err(g[name], g_ref[name]) < 2e-5, name
+    assert_float32_matches_reference(scan_triton.selective_scan_triton, (1, 150, 40, 16), seed=prefetch, device=dev)
 
 
 @cuda_only
