@@ -84,6 +84,10 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
     bwd_defaults = [getattr(scan_triton, name) for name in BWD_SETTINGS]
     rows = []
 
+    def record(shape: str, name: str, ms: float) -> None:
+        rows.append((shape, name, ms))
+        print(f"| {shape} | {name} | {ms:.3f} ms |", flush=True)
+
     def timed(args: dict, backward: bool) -> float:
         dy = torch.randn_like(args["u"])
 
@@ -97,17 +101,14 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
         x = inputs(1, L)
         for prefetch, target in FWD_SWEEP:
             scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = prefetch, target
-            name = f"triton fwd prefetch={prefetch} programs={target}"
-            rows.append((f"b=1 L={L} fwd", name, timed(x, False)))
-            print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+            record(f"b=1 L={L} fwd", f"triton fwd prefetch={prefetch} programs={target}", timed(x, False))
     scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS = fwd_defaults
     x = inputs(1, length, grad=True)
     save_default = scan_triton.FWD_SAVE_PREFETCH
     for prefetch in SAVE_SWEEP:  # the forward that saves states for a backward (training)
         scan_triton.FWD_SAVE_PREFETCH = prefetch
-        name = f"triton fwd saving prefetch={prefetch}"
-        rows.append((f"b=1 L={length} fwd saving", name, stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3))
-        print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+        record(f"b=1 L={length} fwd saving", f"triton fwd saving prefetch={prefetch}",
+               stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3)
     scan_triton.FWD_SAVE_PREFETCH = save_default
     with torch.no_grad():
         fwd = stream_time(lambda: scan_triton.selective_scan_triton(**x), 10) * 1e3
@@ -115,9 +116,9 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
         for name, value in zip(BWD_SETTINGS, setting):
             setattr(scan_triton, name, value)
         block_d, warps, in_registers, target = setting
-        name = f"triton bwd BD={block_d} warps={warps} registers={in_registers} programs={target}"
-        rows.append((f"b=1 L={length} bwd (fwd+bwd - fwd)", name, timed(x, True) - fwd))
-        print(f"| {rows[-1][0]} | {name} | {rows[-1][2]:.3f} ms |", flush=True)
+        record(f"b=1 L={length} bwd (fwd+bwd - fwd)",
+               f"triton bwd BD={block_d} warps={warps} registers={in_registers} programs={target}",
+               timed(x, True) - fwd)
     for name, value in zip(BWD_SETTINGS, bwd_defaults):
         setattr(scan_triton, name, value)
     return rows
