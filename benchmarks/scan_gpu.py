@@ -62,16 +62,11 @@ def bench(fn, args: dict, backward: bool) -> float:
 
 # Launch settings timed by --launch-sweep. Forward: (steps prefetched, target programs); more
 # programs hide more latency when the registers leave room for them (pass 2 uses 243 registers
-# at 4 steps ahead, 128 at 2). Backward: (channels per program, warps, recomputed states in
-# registers rather than the scratch, target programs); fewer registers a thread let an SM hold
-# more warps (offline sm_90 builds, states in registers: 16 channels on 1 warp 241 registers, 8
-# on 1 warp 154, 16 on 2 warps 157, 32 on 4 warps 128).
+# at 4 steps ahead, 128 at 2). Backward: (channels per program, warps, target programs).
 FWD_SWEEP = [(4, 1024), (2, 1024), (2, 2048), (1, 2048), (2, 4096), (1, 4096)]
 SAVE_SWEEP = [2, 1]  # steps prefetched by the forward that saves states (167 / 129 registers)
-BWD_SWEEP = [(16, 1, False, 2048), (16, 1, True, 2048), (8, 1, False, 2048), (8, 1, True, 2048),
-             (16, 2, True, 2048), (16, 2, True, 4096), (32, 2, True, 2048), (32, 4, True, 2048),
-             (32, 4, True, 4096)]
-BWD_SETTINGS = ("BWD_BLOCK_D", "BWD_WARPS", "BWD_STATES_IN_REGISTERS", "BWD_TARGET_PROGRAMS")
+BWD_SWEEP = [(16, 1, 2048), (8, 1, 2048), (16, 2, 2048), (16, 1, 4096), (32, 2, 2048)]
+BWD_SETTINGS = ("BWD_BLOCK_D", "BWD_WARPS", "BWD_TARGET_PROGRAMS")
 
 
 def launch_sweep(length: int) -> list[tuple[str, str, float]]:
@@ -115,9 +110,8 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
     for setting in BWD_SWEEP:
         for name, value in zip(BWD_SETTINGS, setting):
             setattr(scan_triton, name, value)
-        block_d, warps, in_registers, target = setting
-        record(f"b=1 L={length} bwd (fwd+bwd - fwd)",
-               f"triton bwd BD={block_d} warps={warps} registers={in_registers} programs={target}",
+        block_d, warps, target = setting
+        record(f"b=1 L={length} bwd (fwd+bwd - fwd)", f"triton bwd BD={block_d} warps={warps} programs={target}",
                timed(x, True) - fwd)
     for name, value in zip(BWD_SETTINGS, bwd_defaults):
         setattr(scan_triton, name, value)

@@ -52,14 +52,10 @@ BLOCK_D = 32
 BWD_BLOCK_D = 16
 WARPS = 1
 BWD_WARPS = 1
-# Where the backward keeps a chunk's recomputed states: a per-program scratch (in L1), or
-# registers (offline sm_90 builds: 241 registers instead of 251 at 16 channels a warp, 157 at 16
-# channels over 2 warps, 128 at 32 over 4; not yet timed against the scratch).
-BWD_STATES_IN_REGISTERS = False
 FWD_PREFETCH = 2
-# steps prefetched by a forward that saves states for a backward (offline sm_90 builds at 4-step
-# chunks: 167 registers at 2, 129 at 1; not yet timed against each other)
-FWD_SAVE_PREFETCH = 2
+# steps prefetched by a forward that saves states for a backward: 129 registers at 1, 167 at 2
+# (offline sm_90 builds); H100, b=1, 4,224 steps: 0.375 ms at 1, 0.426 ms at 2
+FWD_SAVE_PREFETCH = 1
 BWD_PREFETCH = 1
 CHUNK = 4
 FWD_UNROLL = 8
@@ -252,12 +248,13 @@ def _scan_bwd_kernel(
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sbc_b, sbc_l, sA_d, sA_n, sD, sbias,
     n: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     LOCAL: tl.constexpr, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, P: tl.constexpr,
-    FAST: tl.constexpr, IN_REGS: tl.constexpr = False,
+    FAST: tl.constexpr,
 ):
     """One program: the backward of BD channels of one sequence over one time segment, last step
     first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
-    start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2). IN_REGS
-    keeps a chunk's recomputed states in registers instead of the scratch.
+    start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2). A chunk's
+    recomputed states go through a per-program scratch (in L1): kept in registers instead, they
+    cost more time (H100: 1.67 against 1.62 ms at 16 channels a warp, 2.0 ms over 2 warps).
 
     Per-sequence outputs du, dΔ, dz are written in place; dB and dC as sums over this program's
     channels (summed over programs by the caller); dA, dD and the Δ bias's gradient as this
@@ -309,7 +306,6 @@ def _scan_bwd_kernel(
         # two scratch slots, alternating by chunk: an address that changes with the chunk keeps the
         # compiler from hoisting every step's (state, channel) addresses out of the loop
         slot = scratch + (c % 2) * T * N * scratch_row
-        states = ()  # with IN_REGS: s_{t-1} of the chunk's steps, first to last
         if not LOCAL:  # the chunk's states, first to last, from the one saved at its start
             h = tl.load(hc_ptr + (pid_b * tl.cdiv(L, T) + c) * d * n + nd, mask=nd_mask, other=0.0)
             queue = ()
@@ -325,13 +321,9 @@ def _scan_bwd_kernel(
                 queue = rest + (_load_step(pu, pdt, pz, pdy, pbc, t + P, tl.minimum(end, c * T + T), su_l,
                                            sdt_l, sz_l, d, sbc_l, n, dmask, nmask, False, False),)
                 dt, _ = _delta(raw, bias, dmask & (t < end), SOFTPLUS, FAST)
-                if IN_REGS:
-                    states = states + (h,)
-                else:
-                    tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
+                tl.store(slot + i * N * scratch_row, h)  # s_{t-1}
                 h = tl.exp2(dt[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dt * u.to(tl.float32))[None, :]
-            if not IN_REGS:
-                tl.debug_barrier()
+            tl.debug_barrier()
         # The same slot, through an offset the compiler cannot see is zero: otherwise it forwards
         # the stored states to these loads and keeps all T of them in registers (spilling).
         reread = slot + hide_zero
@@ -362,10 +354,7 @@ def _scan_bwd_kernel(
                 carry = a * (Cf * dy[None, :] + carry)
                 sum_dt += dt
             else:
-                if IN_REGS:  # indexed by an expression: the name ii is a tensor inside the dynamic loop
-                    before = a * states[T - 1 - i]
-                else:
-                    before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
+                before = a * tl.load(reread + ii * N * scratch_row)  # a_t s_{t-1}
                 s = before + Bf * (dt * u)[None, :]
                 if HAS_Z:  # out = (y + D u) silu(z)
                     zf = z.to(tl.float32)
@@ -390,7 +379,7 @@ def _scan_bwd_kernel(
                 dD_acc += dy * u
                 dbias_acc += ddt
                 carry = a * g
-        if not LOCAL and not IN_REGS:
+        if not LOCAL:
             tl.debug_barrier()  # the next chunk's forward overwrites the scratch
     if LOCAL:
         tl.store(seg_k_ptr + (pid_b * num_segs + seg) * d * n + nd, carry, mask=nd_mask)
@@ -523,9 +512,7 @@ class _TritonScan(torch.autograd.Function):
         dbias = torch.empty(b * num_segs, d, **f32)
         dh0 = torch.empty(b, n, d, **f32)
         N = triton.next_power_of_2(n)
-        in_registers = BWD_STATES_IN_REGISTERS
-        # s_{t-1} of one chunk, unless the kernel keeps them in registers
-        scratch = dh0 if in_registers else torch.empty(b * num_segs * blocks, 2, CHUNK, N, block_d, **f32)
+        scratch = torch.empty(b * num_segs * blocks, 2, CHUNK, N, block_d, **f32)  # s_{t-1} of one chunk
         seg_k = torch.empty(b, num_segs, n, d, **f32)
         seg_dt = torch.empty(b, num_segs, d, **f32)
         dhT = dfinal.float().transpose(1, 2).contiguous() if dfinal is not None else dh0
@@ -537,7 +524,7 @@ class _TritonScan(torch.autograd.Function):
             A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
-                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), IN_REGS=in_registers,
+                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u),
                     num_warps=warps)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
