@@ -1,9 +1,11 @@
-"""GPU time of the prefill causal conv: the Triton kernel against the PyTorch reference.
+"""GPU time of the causal conv: the Triton kernels against the PyTorch reference.
 
-    python benchmarks/conv_gpu.py [--json out.json]
+    python benchmarks/conv_gpu.py [--json out.json] [--bwd-sweep]
 
 Shapes of Hymba-1.5B's SSM branch (3,200 channels, kernel 4, bf16) for an 8K prompt with its
-128 meta tokens, the input a column slice of the fused projection as in the model.
+128 meta tokens (prefill) and a 4K training row, the input a column slice of the fused
+projection as in the model. Training rows time the forward and backward together;
+``--bwd-sweep`` times them for each backward tile in BWD_SWEEP.
 """
 
 from __future__ import annotations
@@ -15,24 +17,61 @@ from pathlib import Path
 import torch
 from graph_timing import stream_time
 
+from hymba.ops import conv_triton
 from hymba.ops.conv import causal_conv1d_reference
-from hymba.ops.conv_triton import causal_conv1d_triton
+from hymba.ops.conv_triton import causal_conv1d_train, causal_conv1d_triton
+
+# backward tiles timed by --bwd-sweep: (time steps, channels, warps)
+BWD_SWEEP = [(32, 128, 4), (32, 128, 8), (16, 128, 4), (16, 256, 8), (32, 64, 4), (64, 64, 8)]
 
 
 def cuda_us(fn, calls: int = 20) -> float:
     return stream_time(fn, calls, runs=1) * 1e6
 
 
+def ssm_input(batch: int, length: int, grad: bool = False) -> tuple[torch.Tensor, ...]:
+    fused = torch.randn(batch, length, 8960, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    w = torch.randn(3200, 4, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    b = torch.randn(3200, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    return fused[..., 2560:5760], w, b  # the SSM input columns of the fused in_proj output
+
+
+def training_us(conv, batch: int, length: int) -> float:
+    """Forward and backward of ``conv`` on a training row."""
+    x, w, b = ssm_input(batch, length, grad=True)
+    dy = torch.randn_like(x)
+
+    def step() -> None:
+        y = conv(x, w, b)
+        (y[0] if isinstance(y, tuple) else y).backward(dy)
+    return cuda_us(step)
+
+
+def bwd_sweep(batch: int = 1, length: int = 4224) -> list[dict]:
+    defaults = conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS
+    rows = []
+    for bt, bc, warps in BWD_SWEEP:
+        conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS = bt, bc, warps
+        us = training_us(causal_conv1d_train, batch, length)
+        rows.append(dict(batch=batch, length=length, block_t=bt, block_c=bc, warps=warps, fwd_bwd_us=us))
+        print(f"b={batch} L={length} fwd+bwd, backward tile {bt} x {bc} on {warps} warps: {us:8.1f} us", flush=True)
+    conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS = defaults
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--bwd-sweep", action="store_true", help="time each backward tile in BWD_SWEEP")
     args = parser.parse_args()
+    if args.bwd_sweep:
+        rows = bwd_sweep()
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     rows = []
     for batch, length in ((1, 8320), (4, 4224)):
-        fused = torch.randn(batch, length, 8960, device="cuda", dtype=torch.bfloat16)
-        x = fused[..., 2560:5760]  # the SSM input columns of the fused in_proj output
-        w = torch.randn(3200, 4, device="cuda", dtype=torch.bfloat16)
-        b = torch.randn(3200, device="cuda", dtype=torch.bfloat16)
+        x, w, b = ssm_input(batch, length)
         ref = cuda_us(lambda x=x, w=w, b=b: causal_conv1d_reference(x, w, b))
         tri = cuda_us(lambda x=x, w=w, b=b: causal_conv1d_triton(x, w, b))
         moved = 2 * x.numel() * x.element_size()  # read x, write y
@@ -40,6 +79,12 @@ def main() -> None:
                          triton_tb_s=moved / tri / 1e6))
         print(f"b={batch} L={length}: reference {ref:8.1f} us | triton {tri:8.1f} us "
               f"({moved / tri / 1e6:.2f} TB/s) | ×{ref / tri:.1f}", flush=True)
+    batch, length = 1, 4224
+    ref = training_us(lambda x, w, b: causal_conv1d_reference(x, w, b), batch, length)
+    tri = training_us(causal_conv1d_train, batch, length)
+    rows.append(dict(batch=batch, length=length, training=True, reference_us=ref, triton_us=tri))
+    print(f"b={batch} L={length} fwd+bwd: reference {ref:8.1f} us | triton {tri:8.1f} us | ×{ref / tri:.1f}",
+          flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -16,6 +16,12 @@ from torch import Tensor
 
 BLOCK_T = 32
 BLOCK_C = 128
+# The backward's tile (time steps, channels) and warps. It holds the K input tiles and three
+# running tiles, so a large tile spills: 32 x 128 on 4 warps needs 255 registers and spills, 16 x 256
+# on 8 warps 137 (offline sm_90 builds); timed by ``benchmarks/conv_gpu.py --bwd-sweep``.
+BWD_BLOCK_T = 32
+BWD_BLOCK_C = 128
+BWD_WARPS = 4
 
 
 @triton.jit
@@ -162,15 +168,16 @@ class _CausalConv(torch.autograd.Function):
             dy = dy.contiguous()
         w = weight.reshape(channels, kernel).contiguous()
         dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-        blocks = triton.cdiv(length, BLOCK_T)
+        blocks = triton.cdiv(length, BWD_BLOCK_T)
         f32 = dict(dtype=torch.float32, device=x.device)
         dw = torch.empty(batch * blocks, channels, kernel, **f32)
         db = torch.empty(batch * blocks, channels, **f32)
         if batch and length:
-            _causal_conv_bwd_kernel[(batch, blocks, triton.cdiv(channels, BLOCK_C))](
+            _causal_conv_bwd_kernel[(batch, blocks, triton.cdiv(channels, BWD_BLOCK_C))](
                 x, w, bias if bias is not None else w, dy, dx, dw, db, length, channels, blocks,
                 x.stride(0), x.stride(1), w.stride(0), dy.stride(0), dy.stride(1),
-                K=kernel, HAS_BIAS=bias is not None, ACT=ctx.activation, BT=BLOCK_T, BC=BLOCK_C, num_warps=4,
+                K=kernel, HAS_BIAS=bias is not None, ACT=ctx.activation, BT=BWD_BLOCK_T, BC=BWD_BLOCK_C,
+                num_warps=BWD_WARPS,
             )
         if dfinal is not None:
             dx[:, length - kernel:] += dfinal.transpose(1, 2).to(dx.dtype)
