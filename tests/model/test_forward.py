@@ -137,6 +137,35 @@ def _loss_and_grads(model, ids, autocast: bool) -> tuple[float, torch.Tensor]:
     return loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()])
 
 
+def test_norms_feeding_linears_in_the_autocast_dtype_change_nothing(monkeypatch):
+    """Under autocast the norms before linear layers produce the linear's input dtype directly:
+    the same logits as casting in the linear, and the same gradients but for the MLP input's,
+    whose two parts (from the gate and up products) are summed in bf16 instead of float32: a
+    difference far below autocast's own."""
+    from hymba import ops
+
+    model = make_model().float().train()
+    ids = torch.randint(3, 97, (2, 12))
+    _, exact = _loss_and_grads(model, ids, False)
+
+    def run():
+        loss, grads = _loss_and_grads(model, ids, True)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss, grads, model(ids).logits
+
+    loss, direct, logits = run()
+    add_rms_norm = ops.add_rms_norm
+    with monkeypatch.context() as m:  # the MLP's input cast by the linear layers
+        m.setattr(ops, "add_rms_norm", lambda x, d, w, eps, out_dtype=None: add_rms_norm(x, d, w, eps))
+        _, mlp_cast, _ = run()
+    monkeypatch.setattr(ops, "linear_input_dtype", lambda x: None)  # every input cast by the linears
+    loss_cast, cast, logits_cast = run()
+    assert torch.equal(logits, logits_cast) and loss == loss_cast
+    assert torch.equal(mlp_cast, cast)
+    error = (direct - cast).norm() / cast.norm()
+    assert 0 < error < 0.1 * (cast - exact).norm() / exact.norm()
+
+
 @pytest.mark.gpu
 def test_training_step_with_the_triton_kernels_matches_the_references(triton_device, monkeypatch):
     """A forward + backward through the Triton norms, SwiGLU gate, rotary and conv (with their

@@ -116,6 +116,51 @@ def test_triton_mean_of_rms_norms_matches_reference(shape, dtype, w_dtype, trito
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("x_dtype,w_dtype,out_dtype", [
+    (torch.float32, torch.float32, torch.bfloat16),  # stored in bf16 by the kernel
+    (torch.bfloat16, torch.float32, torch.bfloat16),  # autocast: bf16 branch outputs, float32 weights
+    (torch.bfloat16, torch.bfloat16, torch.float16),  # a bf16 result, cast afterwards
+])
+def test_triton_norms_give_out_dtype_as_a_cast_afterwards(x_dtype, w_dtype, out_dtype, triton_device):
+    """``out_dtype`` gives the values of the result cast afterwards (as autocast casts a linear
+    layer's input); the backward gives the same gradients as through that cast."""
+    from hymba.ops import norm_triton as nt
+
+    torch.manual_seed(0)
+    x, d = ((torch.randn(3, 5, 200, device=triton_device) * 3).to(x_dtype) for _ in range(2))
+    w, w2 = ((torch.rand(200, device=triton_device) + 0.5).to(w_dtype) for _ in range(2))
+    # Triton's CPU interpreter rounds its stores to bf16 by truncation: allow one step there
+    exact = dict(rtol=0, atol=0) if triton_device == "cuda" else dict(rtol=2**-7, atol=1e-6)
+    cases = [(lambda o, *t: nt.rms_norm_train(*t, 1e-6, o), [x, w]),
+             (lambda o, *t: nt.add_rms_norm_train(*t, 1e-6, o)[1], [x, d, w]),
+             (lambda o, *t: nt.mean_of_rms_norms_train(*t, 1e-6, o), [x, d, w, w2])]
+    for fn, inputs in cases:
+        ins = [[t.detach().clone().requires_grad_(True) for t in inputs] for _ in range(2)]
+        got, want = fn(out_dtype, *ins[0]), fn(None, *ins[1]).to(out_dtype)
+        assert got.dtype == out_dtype
+        torch.testing.assert_close(got, want, **exact)
+        dy = torch.randn(got.shape, device=triton_device).to(out_dtype)
+        got.backward(dy)
+        want.backward(dy)
+        for a, b in zip(*ins):
+            torch.testing.assert_close(a.grad, b.grad, **exact)
+
+
+def test_out_dtype_casts_on_the_references():
+    from hymba.ops.norm import add_rms_norm, linear_input_dtype, mean_of_rms_norms
+
+    x, w = torch.randn(2, 8), torch.rand(8)
+    assert rms_norm(x, w, 1e-6, torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(rms_norm(x, w, 1e-6, torch.bfloat16), rms_norm(x, w, 1e-6).bfloat16())
+    total, normed = add_rms_norm(x, x, w, 1e-6, torch.bfloat16)
+    assert (total.dtype, normed.dtype) == (torch.float32, torch.bfloat16)
+    assert mean_of_rms_norms(x, x, w, w, 1e-6, torch.bfloat16).dtype == torch.bfloat16
+    assert linear_input_dtype(x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_input_dtype(x) == torch.bfloat16
+
+
 def test_fused_norms_keep_autograd_and_mixed_dtypes_on_the_references():
     from hymba.ops.norm import add_rms_norm, mean_of_rms_norms
 

@@ -38,10 +38,10 @@ class HybridMixer(nn.Module):
         self.in_proj = Linear(config.hidden_size, sum(self.split), bias=bias)
         if spec.has_attention:
             self.attn = AttentionBranch(config, spec)
-            self.attn_norm = RMSNorm(d_inner, eps)
+            self.attn_norm = RMSNorm(d_inner, eps, feeds_linear=True)
         if spec.has_ssm:
             self.ssm = MambaBranch(config, spec.index)
-            self.ssm_norm = RMSNorm(d_inner, eps)
+            self.ssm_norm = RMSNorm(d_inner, eps, feeds_linear=True)
         self.out_proj = Linear(d_inner, config.hidden_size, bias=bias)
 
     def forward(
@@ -57,10 +57,10 @@ class HybridMixer(nn.Module):
         ssm_out = self.ssm(*parts, layout)
         if not self.spec.has_attention:
             return self.out_proj(self.ssm_norm(ssm_out)), shared
-        # (attn_norm(attention) + ssm_norm(ssm)) / 2, one kernel on CUDA at inference (both norms
-        # were built with config.rms_norm_eps)
+        # (attn_norm(attention) + ssm_norm(ssm)) / 2, one kernel on CUDA (both norms were built
+        # with config.rms_norm_eps)
         mixed = ops.mean_of_rms_norms(attn_out, ssm_out, self.attn_norm.weight, self.ssm_norm.weight,
-                                      self.attn_norm.eps)
+                                      self.attn_norm.eps, ops.linear_input_dtype(attn_out))
         return self.out_proj(mixed), shared
 
 
@@ -68,7 +68,7 @@ class HymbaBlock(nn.Module):
     def __init__(self, config: HymbaConfig, spec: LayerSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, feeds_linear=True)
         self.mixer = HybridMixer(config, spec)
         self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
@@ -78,5 +78,6 @@ class HymbaBlock(nn.Module):
     ) -> tuple[Tensor, SharedKV | None]:
         mixed, shared = self.mixer(self.input_layernorm(h), layout, shared)
         norm = self.pre_mlp_layernorm
-        h, normed = ops.add_rms_norm(h, mixed, norm.weight, norm.eps)  # h + mixed, and its norm
+        # h + mixed, and its norm (in the MLP's compute dtype)
+        h, normed = ops.add_rms_norm(h, mixed, norm.weight, norm.eps, ops.linear_input_dtype(h))
         return self.mlp(normed, residual=h), shared  # h: a new tensor, which the MLP may add into

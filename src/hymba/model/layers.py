@@ -11,15 +11,20 @@ from ..config import HymbaConfig
 
 
 class RMSNorm(nn.Module):
-    """Llama-style RMSNorm: statistics in float32, cast back, then scaled by the weight."""
+    """Llama-style RMSNorm: statistics in float32, cast back, then scaled by the weight.
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    ``feeds_linear``: the output only feeds linear layers, so under autocast it is produced in
+    the dtype they compute in (:func:`hymba.ops.linear_input_dtype`)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, feeds_linear: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.feeds_linear = feeds_linear
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.rms_norm(x, self.weight, self.eps)
+        out_dtype = ops.linear_input_dtype(x) if self.feeds_linear else None
+        return ops.rms_norm(x, self.weight, self.eps, out_dtype)
 
 
 class Linear(nn.Linear):

@@ -8,6 +8,7 @@ from .kv_store import store_kv_step
 from .linear import linear, swiglu
 from .norm import (
     add_rms_norm,
+    linear_input_dtype,
     mean_of_rms_norms,
     rms_norm,
     rms_norm_parts,
@@ -32,6 +33,7 @@ __all__ = [
     "decode_attention",
     "derived",
     "add_rms_norm",
+    "linear_input_dtype",
     "mean_of_rms_norms",
     "rms_norm",
     "rms_norm_reference",

@@ -19,16 +19,30 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * normed.to(x.dtype)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm over the last dimension. On CUDA it is one Triton kernel (a row per program, the
-    same roundings as the reference; one more for the backward); otherwise the reference."""
+def linear_input_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype a linear layer casts its input to under autocast on ``x``'s device (None
+    outside autocast): a norm whose output only feeds linear layers may produce it in that dtype
+    directly (``out_dtype``), the same values without a cast kernel either way (forward and
+    backward)."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _cast(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return x if dtype is None else x.to(dtype)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None) -> Tensor:
+    """RMSNorm over the last dimension, cast to ``out_dtype`` if given. On CUDA it is one Triton
+    kernel (a row per program, the same roundings as the reference; one more for the backward);
+    otherwise the reference."""
     if use_triton(x, weight, differentiable=True):
         from . import norm_triton
 
         if needs_grad(x, weight):
-            return norm_triton.rms_norm_train(x, weight, eps)
-        return norm_triton.rms_norm_triton(x, weight, eps)
-    return rms_norm_reference(x, weight, eps)
+            return norm_triton.rms_norm_train(x, weight, eps, out_dtype)
+        return norm_triton.rms_norm_triton(x, weight, eps, out_dtype)
+    return _cast(rms_norm_reference(x, weight, eps), out_dtype)
 
 
 def rms_norm_parts(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor], eps: float
@@ -50,16 +64,19 @@ def add_rms_norm_reference(x: Tensor, delta: Tensor, weight: Tensor, eps: float)
     return total, rms_norm_reference(total, weight, eps)
 
 
-def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None
+                 ) -> tuple[Tensor, Tensor]:
     """``(x + delta, rms_norm(x + delta))``: a residual step and the next norm (one kernel on
-    CUDA, for ``x`` and ``delta`` of one shape; the sum in their promoted dtype)."""
+    CUDA, for ``x`` and ``delta`` of one shape; the sum in their promoted dtype, the norm cast to
+    ``out_dtype`` if given)."""
     if x.shape == delta.shape and use_triton(x, delta, weight, differentiable=True):
         from . import norm_triton
 
         if needs_grad(x, delta, weight):
-            return norm_triton.add_rms_norm_train(x, delta, weight, eps)
-        return norm_triton.add_rms_norm_triton(x, delta, weight, eps)
-    return add_rms_norm_reference(x, delta, weight, eps)
+            return norm_triton.add_rms_norm_train(x, delta, weight, eps, out_dtype)
+        return norm_triton.add_rms_norm_triton(x, delta, weight, eps, out_dtype)
+    total, normed = add_rms_norm_reference(x, delta, weight, eps)
+    return total, _cast(normed, out_dtype)
 
 
 def mean_of_rms_norms_reference(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
@@ -67,17 +84,19 @@ def mean_of_rms_norms_reference(a: Tensor, b: Tensor, weight_a: Tensor, weight_b
     return (rms_norm_reference(a, weight_a, eps) + rms_norm_reference(b, weight_b, eps)) / 2
 
 
-def mean_of_rms_norms(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+def mean_of_rms_norms(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
+                      out_dtype: torch.dtype | None = None) -> Tensor:
     """``(rms_norm(a) + rms_norm(b)) / 2``, the hybrid mixer's fusion of its two branches (one
-    kernel on CUDA, for inputs of one shape and dtype and weights of one dtype)."""
+    kernel on CUDA, for inputs of one shape and dtype and weights of one dtype), cast to
+    ``out_dtype`` if given."""
     if (a.shape == b.shape and a.dtype == b.dtype and weight_a.dtype == weight_b.dtype
             and use_triton(a, b, weight_a, weight_b, differentiable=True)):
         from . import norm_triton
 
         if needs_grad(a, b, weight_a, weight_b):
-            return norm_triton.mean_of_rms_norms_train(a, b, weight_a, weight_b, eps)
-        return norm_triton.mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
-    return mean_of_rms_norms_reference(a, b, weight_a, weight_b, eps)
+            return norm_triton.mean_of_rms_norms_train(a, b, weight_a, weight_b, eps, out_dtype)
+        return norm_triton.mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps, out_dtype)
+    return _cast(mean_of_rms_norms_reference(a, b, weight_a, weight_b, eps), out_dtype)
 
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:

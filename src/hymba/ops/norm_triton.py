@@ -39,6 +39,18 @@ def _row_block(width: int) -> dict:
     return dict(BLOCK=block, num_warps=min(16, max(1, block // 256)))
 
 
+def _out_dtype(promoted: torch.dtype, wanted: torch.dtype | None) -> tuple[torch.dtype, torch.dtype | None]:
+    """The dtype a norm kernel stores its result in, and the dtype to cast it to afterwards (or
+    None). The kernels round their float32 result once when they store it, so a float32 result
+    asked for in another dtype (a linear layer's input under autocast) is stored in that dtype
+    directly: the values of the float32 result cast afterwards."""
+    if wanted is None or wanted == promoted:
+        return promoted, None
+    if promoted == torch.float32:
+        return wanted, None
+    return promoted, wanted
+
+
 def _row_launch(width: int, device: torch.device) -> dict:
     """Block, warps and PDL of a one-row-per-program kernel over rows of ``width`` columns."""
     return dict(**_row_block(width), **pdl_launch(device))
@@ -55,16 +67,19 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out, eps, B
     tl.store(out_ptr + row * stride_out + cols, out, mask=cols < n_cols)
 
 
-def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Same result as :func:`hymba.ops.norm.rms_norm_reference` (x: (..., D), weight: (D,))."""
+def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None) -> Tensor:
+    """Same result as :func:`hymba.ops.norm.rms_norm_reference` (x: (..., D), weight: (D,)),
+    cast to ``out_dtype`` if given."""
     shape, d = x.shape, x.shape[-1]
     rows = _rows(x)
-    out = torch.empty(rows.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    store, cast = _out_dtype(torch.promote_types(x.dtype, weight.dtype), out_dtype)
+    out = torch.empty(rows.shape, dtype=store, device=x.device)
     if rows.shape[0]:
         _rms_norm_kernel[(rows.shape[0],)](
             rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d, x.device),
         )
-    return out.view(shape)
+    out = out.view(shape)
+    return out if cast is None else out.to(cast)
 
 
 @triton.jit
@@ -84,50 +99,60 @@ def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, n_cols, stride_x
              mask=keep)
 
 
-def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None
+                        ) -> tuple[Tensor, Tensor]:
     """Same as :func:`hymba.ops.norm.add_rms_norm_reference` for ``x`` and ``delta`` of one
-    shape (the sum in their promoted dtype)."""
+    shape (the sum in their promoted dtype), the norm cast to ``out_dtype`` if given."""
     shape, d = x.shape, x.shape[-1]
     xr, dr = _rows(x), _rows(delta)
     total = torch.empty(xr.shape, dtype=torch.promote_types(x.dtype, delta.dtype), device=x.device)
-    out = torch.empty(xr.shape, dtype=torch.promote_types(total.dtype, weight.dtype), device=x.device)
+    store, cast = _out_dtype(torch.promote_types(total.dtype, weight.dtype), out_dtype)
+    out = torch.empty(xr.shape, dtype=store, device=x.device)
     if xr.shape[0]:
         _add_rms_norm_kernel[(xr.shape[0],)](
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
             out.stride(0), eps, **_row_launch(d, x.device),
         )
-    return total.view(shape), out.view(shape)
+    out = out.view(shape)
+    return total.view(shape), (out if cast is None else out.to(cast))
 
 
 @triton.jit
 def _mean_of_norms_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, n_cols, stride_a, stride_b, stride_out, eps,
-                          BLOCK: tl.constexpr, PDL: tl.constexpr):
+                          ROUND: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """ROUND: the output dtype is the computing (promoted) dtype, which rounds every step;
+    otherwise that dtype is float32 and only the result is rounded, to the output dtype."""
     wait_for_producers(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     keep = cols < n_cols
-    dtype = out_ptr.dtype.element_ty
+    dtype = out_ptr.dtype.element_ty if ROUND else tl.float32
     a = tl.load(a_ptr + row * stride_a + cols, mask=keep, other=0.0)
     b = tl.load(b_ptr + row * stride_b + cols, mask=keep, other=0.0)
-    # each norm, their sum and the halving rounded to the output dtype, as the reference does
+    # each norm, their sum and the halving rounded to the computing dtype, as the reference does
     ya = _normed_part(a.to(tl.float32), wa_ptr, cols, 0, n_cols, eps, a.dtype).to(dtype, fp_downcast_rounding="rtne")
     yb = _normed_part(b.to(tl.float32), wb_ptr, cols, 0, n_cols, eps, b.dtype).to(dtype, fp_downcast_rounding="rtne")
     total = (ya.to(tl.float32) + yb.to(tl.float32)).to(dtype, fp_downcast_rounding="rtne")
-    tl.store(out_ptr + row * stride_out + cols, (total.to(tl.float32) * 0.5).to(dtype), mask=keep)
+    out = (total.to(tl.float32) * 0.5).to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    tl.store(out_ptr + row * stride_out + cols, out, mask=keep)
 
 
-def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
+                             out_dtype: torch.dtype | None = None) -> Tensor:
     """Same as :func:`hymba.ops.norm.mean_of_rms_norms_reference` for inputs of one shape and
-    dtype and weights of one dtype."""
+    dtype and weights of one dtype, cast to ``out_dtype`` if given."""
     shape, d = a.shape, a.shape[-1]
     ar, br = _rows(a), _rows(b)
-    out = torch.empty(ar.shape, dtype=torch.promote_types(a.dtype, weight_a.dtype), device=a.device)
+    promoted = torch.promote_types(a.dtype, weight_a.dtype)
+    store, cast = _out_dtype(promoted, out_dtype)
+    out = torch.empty(ar.shape, dtype=store, device=a.device)
     if ar.shape[0]:
         _mean_of_norms_kernel[(ar.shape[0],)](
             ar, br, weight_a.contiguous(), weight_b.contiguous(), out, d, ar.stride(0), br.stride(0),
-            out.stride(0), eps, **_row_launch(d, a.device),
+            out.stride(0), eps, ROUND=store == promoted, **_row_launch(d, a.device),
         )
-    return out.view(shape)
+    out = out.view(shape)
+    return out if cast is None else out.to(cast)
 
 
 @triton.jit
@@ -251,9 +276,10 @@ class _NormParts(torch.autograd.Function):
     """RMSNorm of consecutive column parts of x, each with its own weight, side by side."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, eps: float, sizes: tuple[int, ...], *weights: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, eps: float, sizes: tuple[int, ...], out_dtype: torch.dtype | None, *weights: Tensor
+                ) -> Tensor:
         if len(sizes) == 1:
-            out = rms_norm_triton(x, weights[0], eps)
+            out = rms_norm_triton(x, weights[0], eps, out_dtype)
         else:
             out = _rms_norm_parts_joined(x, sizes, weights, eps)
         ctx.save_for_backward(x, *weights)
@@ -266,29 +292,30 @@ class _NormParts(torch.autograd.Function):
         xr, dyr = _rows(x), _rows(dy)
         dx = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
         grads, lo = [], 0
-        for size, w, wanted in zip(ctx.sizes, weights, ctx.needs_input_grad[3:]):
+        for size, w, wanted in zip(ctx.sizes, weights, ctx.needs_input_grad[4:]):
             cols = slice(lo, lo + size)
             dw = _norm_backward(xr[:, cols], w, dyr[:, cols], dx[:, cols], ctx.eps)
             grads.append(dw.to(w.dtype) if wanted else None)
             lo += size
-        return dx.view(x.shape), None, None, *grads
+        return dx.view(x.shape), None, None, None, *grads
 
 
-def rms_norm_train(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm_train(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`rms_norm_triton` with a backward."""
-    return _NormParts.apply(x, eps, (x.shape[-1],), weight)
+    return _NormParts.apply(x, eps, (x.shape[-1],), out_dtype, weight)
 
 
 def rms_norm_parts_train(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
                          eps: float) -> tuple[Tensor, ...]:
     """:func:`rms_norm_parts_triton` with a backward."""
-    return _NormParts.apply(x, eps, tuple(sizes), *weights).split(list(sizes), -1)
+    return _NormParts.apply(x, eps, tuple(sizes), None, *weights).split(list(sizes), -1)
 
 
 class _AddRMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        total, out = add_rms_norm_triton(x, delta, weight, eps)
+    def forward(ctx, x: Tensor, delta: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None
+                ) -> tuple[Tensor, Tensor]:
+        total, out = add_rms_norm_triton(x, delta, weight, eps, out_dtype)
         ctx.save_for_backward(total, weight)
         ctx.eps, ctx.dtypes = eps, (x.dtype, delta.dtype)
         ctx.set_materialize_grads(False)
@@ -307,22 +334,24 @@ class _AddRMSNorm(torch.autograd.Function):
                                 dres=None if dtotal is None else _rows(dtotal)).to(weight.dtype)
             grad = grad.view(total.shape)
         if grad is None:
-            return None, None, None, None
+            return None, None, None, None, None
         x_dtype, delta_dtype = ctx.dtypes
-        return grad.to(x_dtype), grad.to(delta_dtype), dw, None
+        return grad.to(x_dtype), grad.to(delta_dtype), dw, None, None
 
 
-def add_rms_norm_train(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_rms_norm_train(x: Tensor, delta: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None
+                       ) -> tuple[Tensor, Tensor]:
     """:func:`add_rms_norm_triton` with a backward."""
-    return _AddRMSNorm.apply(x, delta, weight, eps)
+    return _AddRMSNorm.apply(x, delta, weight, eps, out_dtype)
 
 
 class _MeanOfNorms(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
+                out_dtype: torch.dtype | None) -> Tensor:
         ctx.save_for_backward(a, b, weight_a, weight_b)
         ctx.eps = eps
-        return mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps)
+        return mean_of_rms_norms_triton(a, b, weight_a, weight_b, eps, out_dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -335,12 +364,13 @@ class _MeanOfNorms(torch.autograd.Function):
             dw = _norm_backward(rows, w, dyr, dx, ctx.eps, scale=0.5)
             grads.append((dx.view(x.shape), dw.to(w.dtype)))
         (da, dwa), (db, dwb) = grads
-        return da, db, dwa, dwb, None
+        return da, db, dwa, dwb, None, None
 
 
-def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float) -> Tensor:
+def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
+                            out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`mean_of_rms_norms_triton` with a backward."""
-    return _MeanOfNorms.apply(a, b, weight_a, weight_b, eps)
+    return _MeanOfNorms.apply(a, b, weight_a, weight_b, eps, out_dtype)
 
 
 @triton.jit
