@@ -262,12 +262,11 @@ def hymba_training(rate: float, batch: int = 1, checkpointing: bool = True, cuda
     model.gradient_checkpointing_enable(checkpointing)
     ids = torch.randint(0, model.config.vocab_size, (batch, TRAIN_LEN), device="cuda")
 
-    if cuda_graph:  # as `hymba train --cuda-graph` runs a micro-step: replay, then zero in place
+    if cuda_graph:  # as `hymba train --cuda-graph` runs an optimizer step's first micro-step
         graph = TrainingGraph(model, torch.bfloat16)
 
         def step():
             graph(ids, ids)
-            model.zero_grad(set_to_none=False)
     else:
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):

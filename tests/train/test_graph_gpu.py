@@ -1,5 +1,5 @@
 """TrainingGraph (CUDA only): replayed micro-steps give the eager steps' losses and gradients,
-accumulate like them, and follow the parameters after an optimizer step; `train(cuda_graph=True)`
+write or accumulate them like them, and follow the parameters after an optimizer step; `train(cuda_graph=True)`
 matches the eager run."""
 
 from __future__ import annotations
@@ -51,18 +51,28 @@ def test_replays_match_eager_steps(dtype):
     opt_e = torch.optim.SGD(eager.parameters(), lr=0.1)
     opt_g = torch.optim.SGD(graphed.parameters(), lr=0.1)
     for update in range(2):
-        for micro in range(3):  # the first call captures; the others replay and accumulate
+        # micro-step 0 writes the gradients (captured at update 0, then replayed over the last
+        # update's gradients); 1 and 2 add to them (captured at 1, replayed at 2)
+        for micro in range(3):
             ids = torch.randint(0, SHAPE["vocab_size"], (2, 200), device="cuda")
             expected = _eager_step(eager, ids, dtype)
-            loss = graph(ids, ids)
+            loss = graph(ids, ids, accumulate=micro > 0)
             assert abs(loss.item() - expected.item()) <= tol * abs(expected.item()), (update, micro)
         for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
             assert q.grad is not None, name
             assert _rel(q.grad, p.grad) <= 10 * tol, (update, name)
         opt_e.step()
         opt_g.step()
-        opt_e.zero_grad(set_to_none=True)
-        opt_g.zero_grad(set_to_none=False)  # the graph adds into these tensors
+        opt_e.zero_grad(set_to_none=True)  # the graph's next step writes its gradients
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_first_call_cannot_accumulate():
+    _, _, graph = _pair(None)
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, 150), device="cuda")
+    with pytest.raises(ValueError, match="only later calls may accumulate"):
+        graph(ids, ids, accumulate=True)
 
 
 @pytest.mark.gpu

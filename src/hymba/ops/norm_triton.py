@@ -51,6 +51,12 @@ def _out_dtype(promoted: torch.dtype, wanted: torch.dtype | None) -> tuple[torch
     return promoted, wanted
 
 
+def _cast(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``x`` cast to ``dtype`` if given (through autograd: the backward sees the gradient as
+    the cast passes it on)."""
+    return x if dtype is None else x.to(dtype)
+
+
 def _row_launch(width: int, device: torch.device) -> dict:
     """Block, warps and PDL of a one-row-per-program kernel over rows of ``width`` columns."""
     return dict(**_row_block(width), **pdl_launch(device))
@@ -78,8 +84,7 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtyp
         _rms_norm_kernel[(rows.shape[0],)](
             rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d, x.device),
         )
-    out = out.view(shape)
-    return out if cast is None else out.to(cast)
+    return _cast(out.view(shape), cast)
 
 
 @triton.jit
@@ -113,8 +118,7 @@ def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float, ou
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
             out.stride(0), eps, **_row_launch(d, x.device),
         )
-    out = out.view(shape)
-    return total.view(shape), (out if cast is None else out.to(cast))
+    return total.view(shape), _cast(out.view(shape), cast)
 
 
 @triton.jit
@@ -151,8 +155,7 @@ def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: T
             ar, br, weight_a.contiguous(), weight_b.contiguous(), out, d, ar.stride(0), br.stride(0),
             out.stride(0), eps, ROUND=store == promoted, **_row_launch(d, a.device),
         )
-    out = out.view(shape)
-    return out if cast is None else out.to(cast)
+    return _cast(out.view(shape), cast)
 
 
 @triton.jit
@@ -302,7 +305,8 @@ class _NormParts(torch.autograd.Function):
 
 def rms_norm_train(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`rms_norm_triton` with a backward."""
-    return _NormParts.apply(x, eps, (x.shape[-1],), out_dtype, weight)
+    store, cast = _out_dtype(torch.promote_types(x.dtype, weight.dtype), out_dtype)
+    return _cast(_NormParts.apply(x, eps, (x.shape[-1],), store, weight), cast)
 
 
 def rms_norm_parts_train(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
@@ -342,7 +346,10 @@ class _AddRMSNorm(torch.autograd.Function):
 def add_rms_norm_train(x: Tensor, delta: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None
                        ) -> tuple[Tensor, Tensor]:
     """:func:`add_rms_norm_triton` with a backward."""
-    return _AddRMSNorm.apply(x, delta, weight, eps, out_dtype)
+    promoted = torch.promote_types(torch.promote_types(x.dtype, delta.dtype), weight.dtype)
+    store, cast = _out_dtype(promoted, out_dtype)
+    total, out = _AddRMSNorm.apply(x, delta, weight, eps, store)
+    return total, _cast(out, cast)
 
 
 class _MeanOfNorms(torch.autograd.Function):
@@ -370,7 +377,8 @@ class _MeanOfNorms(torch.autograd.Function):
 def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
                             out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`mean_of_rms_norms_triton` with a backward."""
-    return _MeanOfNorms.apply(a, b, weight_a, weight_b, eps, out_dtype)
+    store, cast = _out_dtype(torch.promote_types(a.dtype, weight_a.dtype), out_dtype)
+    return _cast(_MeanOfNorms.apply(a, b, weight_a, weight_b, eps, store), cast)
 
 
 @triton.jit

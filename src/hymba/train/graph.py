@@ -5,9 +5,11 @@ those launches take longer than the GPU takes to run them (an H100: 312 ms a ste
 kernels). Replaying a captured graph launches them all at once. Training rows are packed to a
 fixed (batch, seq_len), so one graph serves every micro-batch.
 
-Replays add into the parameters' ``.grad`` tensors in place, like an eager backward. Zero them
-in place (``optimizer.zero_grad(set_to_none=False)``), never set them to None: the graph keeps
-writing to the tensors that existed when it was captured.
+The first micro-step of an optimizer step writes the parameters' ``.grad`` tensors (no zeroing,
+no adding: a graph captured with the gradients unset, whose backward allocates them); later
+micro-steps of gradient accumulation replay a second graph that adds into them. Both graphs share
+one memory pool, and the gradients live in it: never set them to None afterwards (zero them in
+place if you must, ``optimizer.zero_grad(set_to_none=False)``).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from ..model.layout import InputError
 
 
 class TrainingGraph:
-    """``graph(input_ids, labels)``: the next-token loss of one micro-batch (labels -100 are
-    ignored), its gradient times ``loss_scale`` added to ``.grad``, through a CUDA graph.
+    """``graph(input_ids, labels, accumulate=False)``: the next-token loss of one micro-batch
+    (labels -100 are ignored), with its gradient times ``loss_scale`` written to ``.grad`` or,
+    with ``accumulate``, added to it, through a CUDA graph.
 
-    The first call fixes the batch shape, runs the step eagerly on a side stream (compilation
-    and lazy initialisation stay outside the graph) and captures it; later calls copy the batch
-    into the graph's inputs and replay it. The returned loss is a buffer that the next call
-    overwrites.
+    The first call of each kind fixes the batch shape, runs the step eagerly on a side stream
+    (compilation and lazy initialisation stay outside the graph; its gradient counts) and captures
+    it; later calls copy the batch into the graph's inputs and replay it. The first call cannot
+    accumulate. The returned loss is a buffer that the next call of the same kind overwrites.
     """
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None, loss_scale: float = 1.0) -> None:
@@ -37,8 +40,8 @@ class TrainingGraph:
         self.model, self.loss_scale, self.autocast_dtype = model, loss_scale, autocast_dtype
         self.input_ids: Tensor | None = None
         self.labels: Tensor | None = None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.loss: Tensor | None = None
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by `accumulate`
+        self.losses: dict[bool, Tensor] = {}
 
     def _step(self) -> Tensor:
         autocast = (torch.autocast("cuda", dtype=self.autocast_dtype) if self.autocast_dtype
@@ -48,7 +51,9 @@ class TrainingGraph:
         (loss * self.loss_scale).backward()
         return loss.detach()
 
-    def __call__(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+    def __call__(self, input_ids: Tensor, labels: Tensor, accumulate: bool = False) -> Tensor:
+        if accumulate and False not in self.graphs:
+            raise ValueError("the first call writes the gradients: only later calls may accumulate")
         if self.input_ids is None:
             self.input_ids = torch.empty_like(input_ids, dtype=torch.long, device=self.device)
             self.labels = torch.empty_like(self.input_ids)
@@ -62,18 +67,38 @@ class TrainingGraph:
                 raise InputError(f"token ids must lie in [0, {vocab})")
         self.input_ids.copy_(input_ids, non_blocking=True)
         self.labels.copy_(labels, non_blocking=True)
-        if self.graph is not None:
-            self.graph.replay()
-            return self.loss
+        if accumulate in self.graphs:
+            self.graphs[accumulate].replay()
+            return self.losses[accumulate]
+        return self._capture(accumulate)
+
+    def _capture(self, accumulate: bool) -> Tensor:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not accumulate:
+            for p in params:
+                p.grad = None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             loss = self._step()  # a real micro-step: its gradient counts
         torch.cuda.current_stream().wait_stream(side)
+        eager_grads = [p.grad for p in params]
+        if not accumulate:  # unset, so that the captured backward allocates the gradients
+            for p in params:
+                p.grad = None
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records kernels without running them
-            self.loss = self._step()
-        self.graph = graph
+        pool = self.graphs[False].pool() if False in self.graphs else None
+        with torch.cuda.graph(graph, pool=pool):  # records kernels without running them
+            self.losses[accumulate] = self._step()
+        self.graphs[accumulate] = graph
+        if not accumulate:  # the graph's gradient tensors take the eager step's values
+            for p, eager in zip(params, eager_grads):
+                if p.grad is None:
+                    p.grad = eager
+                elif eager is None:
+                    p.grad.zero_()
+                else:
+                    p.grad.copy_(eager)
         return loss
 
 

@@ -333,8 +333,8 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
                 x, labels = split_labels(stream.batch(step * args.grad_accum + micro))
                 has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
                 if graph is not None:  # a batch without targets adds a zero gradient: skipped
-                    if has_targets:
-                        loss_sum += float(graph(x, labels))
+                    if has_targets:  # the first one writes the gradients, the others add to them
+                        loss_sum += float(graph(x, labels, accumulate=counted > 0))
                         counted += 1
                     continue
                 x, labels = x.to(device), labels.to(device)
@@ -345,6 +345,8 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
                     (loss / args.grad_accum).backward()
                 loss_sum += float(loss.detach())
                 counted += has_targets
+            if graph is not None and counted == 0:  # no micro-step wrote this step's gradients
+                optimizer.zero_grad(set_to_none=False)
             loss_value = world.mean(loss_sum / max(counted, 1), device)
             if not math.isfinite(loss_value):
                 last = ckpt.list_checkpoints(out)
@@ -354,7 +356,8 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
             clip = args.grad_clip if args.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             optimizer.step()
-            optimizer.zero_grad(set_to_none=graph is None)  # the graph adds into the same tensors
+            if graph is None:  # a graph's next step writes the gradients
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             losses.append(loss_value)
             tok_s = tokens_per_step / (time.perf_counter() - t0)
