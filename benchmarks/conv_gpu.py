@@ -22,7 +22,7 @@ from hymba.ops.conv import causal_conv1d_reference
 from hymba.ops.conv_triton import causal_conv1d_train, causal_conv1d_triton
 
 # backward tiles timed by --bwd-sweep: (time steps, channels, warps)
-BWD_SWEEP = [(32, 128, 4), (32, 128, 8), (16, 128, 4), (16, 256, 8), (32, 64, 4), (64, 64, 8)]
+BWD_SWEEP = [(32, 128, 8), (32, 128, 4), (16, 128, 4), (16, 256, 8), (64, 64, 8), (8, 256, 4)]
 
 
 def cuda_us(fn, calls: int = 20) -> float:

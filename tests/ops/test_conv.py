@@ -120,6 +120,17 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tile", [(8, 256, 4), (64, 64, 8)])
+def test_triton_backward_tiles(tile, triton_device, monkeypatch):
+    """Other backward tiles (as ``conv_gpu.py --bwd-sweep`` times them) give the same gradients."""
+    from hymba.ops import conv_triton
+
+    for name, value in zip(("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS"), tile):
+        monkeypatch.setattr(conv_triton, name, value)
+    test_triton_backward_matches_reference(torch.float32, torch.float32, 1e-4, 200, True, True, True, triton_device)
+
+
+@pytest.mark.gpu
 def test_dispatch_under_autograd(triton_device, monkeypatch):
     """With autograd recording: the Triton function from a zero state over at least a kernel's
     steps, the reference otherwise (a given initial state, or a shorter sequence)."""

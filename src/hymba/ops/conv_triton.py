@@ -3,8 +3,9 @@
 One program per (row, block of time steps, block of channels) sums the ``kernel`` shifted inputs,
 reading the inputs that precede the sequence from the initial state. Same roundings as the
 reference (``F.conv1d`` then SiLU, each rounded to the input's dtype). The backward (training,
-from a zero initial state) recomputes the pre-activation at the ``kernel`` later steps each
-input reaches, so nothing but the input is saved.
+from a zero initial state) saves nothing but the input: a first kernel recomputes the
+pre-activation and writes the gradient there (float32) with each block's share of the weight
+and bias gradients, a second sums the ``kernel`` steps each input reaches.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from torch import Tensor
 
 BLOCK_T = 32
 BLOCK_C = 128
-# The backward's tile (time steps, channels) and warps. It holds the K input tiles and three
-# running tiles, so a large tile spills: 32 x 128 on 4 warps needs 255 registers and spills, 16 x 256
-# on 8 warps 137 (offline sm_90 builds); timed by ``benchmarks/conv_gpu.py --bwd-sweep``.
+# The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
+# for the weight gradient. Timed by ``benchmarks/conv_gpu.py --bwd-sweep``.
 BWD_BLOCK_T = 32
 BWD_BLOCK_C = 128
-BWD_WARPS = 4
+BWD_WARPS = 8
 
 
 @triton.jit
@@ -97,50 +97,59 @@ def causal_conv1d_triton(
 
 
 @triton.jit
-def _causal_conv_bwd_kernel(
-    x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, C, num_tblocks,
-    sx_b, sx_l, sw_c, sdy_b, sdy_l,
+def _causal_conv_grad_kernel(
+    x_ptr, w_ptr, b_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, L, C, num_tblocks, sx_b, sx_l, sw_c, sdy_b, sdy_l,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
-    """dx of a (time block, channel block) of one row, and the block's shares of dw and db (rows
-    of ``dw_ptr``/``db_ptr`` per (row, time block)). With g(u) = dy(u)·SiLU'(pre(u)):
-    dx(s) = Σ_k w_k g(s + K-1-k), dw_k = Σ_t g(t) x(t-K+1+k), db = Σ_t g(t)."""
+    """Backward pass 1 over a (time block, channel block) of one row: the gradient at the
+    pre-activation, g(t) = dy(t)·SiLU'(pre(t)) (float32, contiguous (b, L, C)), and the block's
+    shares of dw_k = Σ_t g(t) x(t-K+1+k) and db = Σ_t g(t) (rows of ``dw_ptr``/``db_ptr`` per
+    (row, time block))."""
     b = tl.program_id(0).to(tl.int64)
     tb = tl.program_id(1)
     t = tb * BT + tl.arange(0, BT)
     c = tl.program_id(2) * BC + tl.arange(0, BC)
+    t_ok = t < L
     c_ok = c < C
     dtype = x_ptr.dtype.element_ty
-    x_row = x_ptr + b * sx_b + c[None, :]
+    pre = tl.zeros((BT, BC), tl.float32)
+    taps = ()  # the K inputs each step reads, kept for dw
+    for k in tl.static_range(K):
+        src = t - (K - 1) + k
+        w = tl.load(w_ptr + c * sw_c + k, mask=c_ok, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + b * sx_b + src[:, None].to(tl.int64) * sx_l + c[None, :],
+                    mask=((src >= 0) & t_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        pre += w[None, :] * v
+        taps = taps + (v,)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    g = tl.load(dy_ptr + b * sdy_b + t[:, None].to(tl.int64) * sdy_l + c[None, :],
+                mask=t_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    if ACT:  # SiLU' at the rounded pre-activation, as the forward applies SiLU to it
+        p = pre.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-p))
+        g = g * sig * (1.0 + p * (1.0 - sig))
+    tl.store(g_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], g, mask=t_ok[:, None] & c_ok[None, :])
+    share = (b * num_tblocks + tb) * C
+    for k in tl.static_range(K):
+        tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * taps[k], axis=0), mask=c_ok)
+    tl.store(db_ptr + share + c, tl.sum(g, axis=0), mask=c_ok)
+
+
+@triton.jit
+def _causal_conv_dx_kernel(g_ptr, w_ptr, dx_ptr, L, C, sw_c, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """Backward pass 2: dx(s) = Σ_j w_{K-1-j} g(s + j) (g, dx contiguous (b, L, C))."""
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    c = tl.program_id(2) * BC + tl.arange(0, BC)
+    c_ok = c < C
     dx = tl.zeros((BT, BC), tl.float32)
-    taps = ()  # the K input tiles the steps t read, kept from j = 0 for dw
-    for j in tl.static_range(K):  # g at the steps t + j, which read x(t) through tap K-1-j
+    for j in tl.static_range(K):
         u = t + j
-        u_ok = u < L
-        pre = tl.zeros((BT, BC), tl.float32)
-        for k in tl.static_range(K):
-            src = u - (K - 1) + k
-            w = tl.load(w_ptr + c * sw_c + k, mask=c_ok, other=0.0).to(tl.float32)
-            v = tl.load(x_row + src[:, None].to(tl.int64) * sx_l,
-                        mask=((src >= 0) & u_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-            pre += w[None, :] * v
-            if j == 0:
-                taps = taps + (v,)
-        if HAS_BIAS:
-            pre += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        g = tl.load(dy_ptr + b * sdy_b + u[:, None].to(tl.int64) * sdy_l + c[None, :],
-                    mask=u_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-        if ACT:  # SiLU' at the rounded pre-activation, as the forward applies SiLU to it
-            p = pre.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
-            sig = 1.0 / (1.0 + tl.exp(-p))
-            g = g * sig * (1.0 + p * (1.0 - sig))
-        w_j = tl.load(w_ptr + c * sw_c + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32)
-        dx += w_j[None, :] * g
-        if j == 0:  # g(t) itself: this block's shares of dw and db
-            share = (b * num_tblocks + tb) * C
-            for k in tl.static_range(K):
-                tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * taps[k], axis=0), mask=c_ok)
-            tl.store(db_ptr + share + c, tl.sum(g, axis=0), mask=c_ok)
+        w = tl.load(w_ptr + c * sw_c + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + b * L * C + u[:, None].to(tl.int64) * C + c[None, :],
+                    mask=(u < L)[:, None] & c_ok[None, :], other=0.0)
+        dx += w[None, :] * g
     tl.store(dx_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=(t < L)[:, None] & c_ok[None, :])
 
@@ -170,15 +179,18 @@ class _CausalConv(torch.autograd.Function):
         dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
         blocks = triton.cdiv(length, BWD_BLOCK_T)
         f32 = dict(dtype=torch.float32, device=x.device)
+        g = torch.empty(batch, length, channels, **f32)  # the gradient at the pre-activation
         dw = torch.empty(batch * blocks, channels, kernel, **f32)
         db = torch.empty(batch * blocks, channels, **f32)
         if batch and length:
-            _causal_conv_bwd_kernel[(batch, blocks, triton.cdiv(channels, BWD_BLOCK_C))](
-                x, w, bias if bias is not None else w, dy, dx, dw, db, length, channels, blocks,
+            grid = (batch, blocks, triton.cdiv(channels, BWD_BLOCK_C))
+            tiles = dict(K=kernel, BT=BWD_BLOCK_T, BC=BWD_BLOCK_C, num_warps=BWD_WARPS)
+            _causal_conv_grad_kernel[grid](
+                x, w, bias if bias is not None else w, dy, g, dw, db, length, channels, blocks,
                 x.stride(0), x.stride(1), w.stride(0), dy.stride(0), dy.stride(1),
-                K=kernel, HAS_BIAS=bias is not None, ACT=ctx.activation, BT=BWD_BLOCK_T, BC=BWD_BLOCK_C,
-                num_warps=BWD_WARPS,
+                HAS_BIAS=bias is not None, ACT=ctx.activation, **tiles,
             )
+            _causal_conv_dx_kernel[grid](g, w, dx, length, channels, w.stride(0), **tiles)
         if dfinal is not None:
             dx[:, length - kernel:] += dfinal.transpose(1, 2).to(dx.dtype)
         return (dx, dw.sum(0).reshape(weight.shape).to(weight.dtype),
