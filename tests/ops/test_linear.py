@@ -264,3 +264,41 @@ def test_accumulate_adds_into_the_residual_on_cuda(dtype):
     w.requires_grad_(True)
     out = linear(x, w, None, res2, accumulate=True)
     assert out is not res2 and out.requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA autocast")
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_autocast_training_forms_float32_weight_gradients(x_dtype, bias):
+    """Under CUDA autocast with float32 parameters, linear (and the unfused SwiGLU) compute as
+    autocast does, and form the parameters' gradients in float32 inside the product: the same
+    output and input gradient, and weight gradients at least as close to float64's."""
+    from hymba.ops.linear import _mm_writes_float32
+
+    if not _mm_writes_float32(torch.device("cuda")):
+        pytest.skip("this PyTorch's matrix product cannot write float32 from bf16")
+    torch.manual_seed(0)
+    x = torch.randn(2, 70, 64, device="cuda").to(x_dtype)
+    w = torch.randn(48, 64, device="cuda") / 8
+    b = torch.randn(48, device="cuda") if bias else None
+    dy = torch.randn(2, 70, 48, device="cuda")
+
+    def run(fn, dtype=None):
+        leaves = [t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (x, w, b) if t is not None]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype is None):
+            y = fn(*leaves)
+        y.backward(dy.to(y.dtype))
+        return y, [t.grad for t in leaves], y.grad_fn
+
+    ours, ours_grads, grad_fn = run(lambda *t: linear(*t))
+    auto, auto_grads, _ = run(lambda *t: F.linear(*t))
+    _, exact_grads, _ = run(lambda *t: F.linear(*t), torch.float64)
+    assert "AutocastLinear" in type(grad_fn).__name__
+    assert ours.dtype == auto.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, auto, rtol=0, atol=0)
+    assert ours_grads[0].dtype == x_dtype
+    torch.testing.assert_close(ours_grads[0], auto_grads[0], rtol=2**-7, atol=1e-3)
+    for got, theirs, want in zip(ours_grads[1:], auto_grads[1:], exact_grads[1:]):
+        assert got.dtype == torch.float32
+        assert (got.double() - want).norm() <= (theirs.double() - want).norm()

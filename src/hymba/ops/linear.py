@@ -4,6 +4,7 @@ cuBLAS, plus the SwiGLU MLP's gate and up products fused in one pass."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -70,11 +71,71 @@ def linear(
         n, k = weight.shape
         residual.view(-1, n).addmm_(x.reshape(-1, k), weight.t())
         return residual
-    if _misaligned(x, weight):
-        y = _aligned_linear(x, weight, bias)
-    else:
-        y = F.linear(x, weight, bias)
+    y = _product(x, weight, bias)
     return y if residual is None else residual + y
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` through cuBLAS: on padded widths where they are misaligned,
+    with float32 weight gradients under autocast."""
+    if _misaligned(x, weight):
+        return _aligned_linear(x, weight, bias)
+    if _float32_weight_grad(x, weight, bias):
+        return _AutocastLinear.apply(x, weight, bias, torch.get_autocast_dtype("cuda"))
+    return F.linear(x, weight, bias)
+
+
+class _AutocastLinear(torch.autograd.Function):
+    """``F.linear`` of float32 parameters under autocast, as autocast runs it (inputs cast to the
+    autocast dtype), but with the parameters' gradients formed in float32 by the matrix product
+    itself. Autocast forms them in its dtype and casts them: per weight a bf16 write and read
+    and a float32 write more, and a rounding less here."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+        with torch.autocast("cuda", enabled=False):
+            x16, w16 = x.to(dtype), weight.to(dtype)
+            y = F.linear(x16, w16, None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(x16, w16)
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x16, w16 = ctx.saved_tensors
+        dx = dw = db = None
+        rows = dy.reshape(-1, dy.shape[-1])
+        if ctx.needs_input_grad[0]:
+            dx = (dy @ w16).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(rows.t(), x16.reshape(-1, x16.shape[-1]), out_dtype=torch.float32)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = rows.sum(0, dtype=torch.float32)
+        return dx, dw, db, None
+
+
+def _float32_weight_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether :class:`_AutocastLinear` runs this product: CUDA autocast to a 16-bit dtype, float32
+    parameters that autograd records, and a PyTorch whose matrix product writes float32 from
+    16-bit inputs."""
+    if not (x.is_cuda and torch.is_autocast_enabled("cuda") and torch.is_grad_enabled()):
+        return False
+    if torch.get_autocast_dtype("cuda") not in (torch.bfloat16, torch.float16):
+        return False
+    params = [weight] if bias is None else [weight, bias]
+    if any(p.dtype != torch.float32 for p in params) or not any(p.requires_grad for p in params):
+        return False
+    return x.dim() >= 2 and _mm_writes_float32(x.device)
+
+
+@functools.cache
+def _mm_writes_float32(device: torch.device) -> bool:
+    """Whether ``torch.mm(a, b, out_dtype=torch.float32)`` takes bf16 inputs (PyTorch 2.8 and later)."""
+    a = torch.ones(16, 16, dtype=torch.bfloat16, device=device)
+    try:
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
 
 
 # cuBLAS's fast Hopper kernels read and write their matrices by 16-byte rows: a product whose
@@ -134,4 +195,4 @@ def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
         from .linear_triton import swiglu_dot
 
         return swiglu_dot(x, gate_weight, up_weight)
-    return silu_mul(F.linear(x, gate_weight), F.linear(x, up_weight))
+    return silu_mul(_product(x, gate_weight), _product(x, up_weight))
