@@ -22,7 +22,7 @@ from hymba.ops.conv import causal_conv1d_reference
 from hymba.ops.conv_triton import causal_conv1d_train, causal_conv1d_triton
 
 # backward tiles timed by --bwd-sweep: (time steps, channels, warps)
-BWD_SWEEP = [(32, 128, 8), (32, 128, 4), (16, 128, 4), (16, 256, 8), (64, 64, 8), (8, 256, 4)]
+BWD_SWEEP = [(16, 128, 16), (16, 128, 8), (8, 128, 4), (32, 128, 16), (16, 256, 16), (8, 256, 8)]
 
 
 def cuda_us(fn, calls: int = 20) -> float:

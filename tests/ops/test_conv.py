@@ -120,12 +120,13 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", [(8, 256, 4), (64, 64, 8)])
+@pytest.mark.parametrize("tile", [(8, 256, 4, 4), (64, 64, 8, 1024), (16, 128, 16, 2)])
 def test_triton_backward_tiles(tile, triton_device, monkeypatch):
-    """Other backward tiles (as ``conv_gpu.py --bwd-sweep`` times them) give the same gradients."""
+    """Other backward tiles (as ``conv_gpu.py --bwd-sweep`` times them) and time segments of
+    several blocks (few programs; the last segment cut short) give the same gradients."""
     from hymba.ops import conv_triton
 
-    for name, value in zip(("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS"), tile):
+    for name, value in zip(("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS", "GRAD_PROGRAMS"), tile):
         monkeypatch.setattr(conv_triton, name, value)
     test_triton_backward_matches_reference(torch.float32, torch.float32, 1e-4, 200, True, True, True, triton_device)
 

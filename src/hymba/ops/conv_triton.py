@@ -18,10 +18,13 @@ from torch import Tensor
 BLOCK_T = 32
 BLOCK_C = 128
 # The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
-# for the weight gradient. Timed by ``benchmarks/conv_gpu.py --bwd-sweep``.
-BWD_BLOCK_T = 32
+# and K + 1 running sums for the weight and bias gradients. Timed by ``benchmarks/conv_gpu.py
+# --bwd-sweep``; 16 x 128 on 16 warps needs 82 registers, on 8 warps 166 (offline sm_90 builds).
+# The first runs about GRAD_PROGRAMS programs, each over a time segment.
+BWD_BLOCK_T = 16
 BWD_BLOCK_C = 128
-BWD_WARPS = 8
+BWD_WARPS = 16
+GRAD_PROGRAMS = 1024
 
 
 def _taps(weight: Tensor, channels: int, kernel: int) -> Tensor:
@@ -103,42 +106,57 @@ def causal_conv1d_triton(
 
 @triton.jit
 def _causal_conv_grad_kernel(
-    x_ptr, w_ptr, b_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, L, C, num_tblocks, sx_b, sx_l, sw_k, sdy_b, sdy_l,
+    x_ptr, w_ptr, b_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, L, C, seg_len, num_segs, sx_b, sx_l, sw_k, sdy_b, sdy_l,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
-    """Backward pass 1 over a (time block, channel block) of one row: the gradient at the
-    pre-activation, g(t) = dy(t)·SiLU'(pre(t)) (float32, contiguous (b, L, C)), and the block's
-    shares of dw_k = Σ_t g(t) x(t-K+1+k) and db = Σ_t g(t) (rows of ``dw_ptr``/``db_ptr`` per
-    (row, time block))."""
+    """Backward pass 1 over a (time segment, channel block) of one row, BT steps at a time: the
+    gradient at the pre-activation, g(t) = dy(t)·SiLU'(pre(t)) (float32, contiguous (b, L, C)),
+    and the segment's shares of dw_k = Σ_t g(t) x(t-K+1+k) and db = Σ_t g(t) (rows of
+    ``dw_ptr``/``db_ptr`` per (row, segment)), summed elementwise over the segment's blocks and
+    reduced over time once (a reduction per block kept shared memory busy)."""
     b = tl.program_id(0).to(tl.int64)
-    tb = tl.program_id(1)
-    t = tb * BT + tl.arange(0, BT)
+    seg = tl.program_id(1)
     c = tl.program_id(2) * BC + tl.arange(0, BC)
-    t_ok = t < L
     c_ok = c < C
     dtype = x_ptr.dtype.element_ty
-    pre = tl.zeros((BT, BC), tl.float32)
-    taps = ()  # the K inputs each step reads, kept for dw
+    weights = ()
     for k in tl.static_range(K):
-        src = t - (K - 1) + k
-        w = tl.load(w_ptr + k * sw_k + c, mask=c_ok, other=0.0).to(tl.float32)
-        v = tl.load(x_ptr + b * sx_b + src[:, None].to(tl.int64) * sx_l + c[None, :],
-                    mask=((src >= 0) & t_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-        pre += w[None, :] * v
-        taps = taps + (v,)
+        weights = weights + (tl.load(w_ptr + k * sw_k + c, mask=c_ok, other=0.0).to(tl.float32),)
     if HAS_BIAS:
-        pre += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    g = tl.load(dy_ptr + b * sdy_b + t[:, None].to(tl.int64) * sdy_l + c[None, :],
-                mask=t_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-    if ACT:  # SiLU' at the rounded pre-activation, as the forward applies SiLU to it
-        p = pre.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
-        sig = 1.0 / (1.0 + tl.exp(-p))
-        g = g * sig * (1.0 + p * (1.0 - sig))
-    tl.store(g_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], g, mask=t_ok[:, None] & c_ok[None, :])
-    share = (b * num_tblocks + tb) * C
+        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    sums = ()  # Σ_t g(t) x(t-K+1+k) for each k, then Σ_t g(t), elementwise over the block
+    for _ in tl.static_range(K + 1):
+        sums = sums + (tl.zeros((BT, BC), tl.float32),)
+    start = seg * seg_len
+    for t0 in range(start, tl.minimum(start + seg_len, L), BT):
+        t = t0 + tl.arange(0, BT)
+        t_ok = t < L
+        pre = tl.zeros((BT, BC), tl.float32)
+        taps = ()  # the K inputs each step reads
+        for k in tl.static_range(K):
+            src = t - (K - 1) + k
+            v = tl.load(x_ptr + b * sx_b + src[:, None].to(tl.int64) * sx_l + c[None, :],
+                        mask=((src >= 0) & t_ok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            pre += weights[k][None, :] * v
+            taps = taps + (v,)
+        if HAS_BIAS:
+            pre += bias[None, :]
+        g = tl.load(dy_ptr + b * sdy_b + t[:, None].to(tl.int64) * sdy_l + c[None, :],
+                    mask=t_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        if ACT:  # SiLU' at the rounded pre-activation, as the forward applies SiLU to it
+            p = pre.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+            sig = 1.0 / (1.0 + tl.exp(-p))
+            g = g * sig * (1.0 + p * (1.0 - sig))
+        tl.store(g_ptr + b * L * C + t[:, None].to(tl.int64) * C + c[None, :], g,
+                 mask=t_ok[:, None] & c_ok[None, :])
+        added = ()
+        for k in tl.static_range(K):
+            added = added + (sums[k] + g * taps[k],)
+        sums = added + (sums[K] + g,)
+    share = (b * num_segs + seg) * C
     for k in tl.static_range(K):
-        tl.store(dw_ptr + (share + c) * K + k, tl.sum(g * taps[k], axis=0), mask=c_ok)
-    tl.store(db_ptr + share + c, tl.sum(g, axis=0), mask=c_ok)
+        tl.store(dw_ptr + (share + c) * K + k, tl.sum(sums[k], axis=0), mask=c_ok)
+    tl.store(db_ptr + share + c, tl.sum(sums[K], axis=0), mask=c_ok)
 
 
 @triton.jit
@@ -182,20 +200,24 @@ class _CausalConv(torch.autograd.Function):
             dy = dy.contiguous()
         w = _taps(weight, channels, kernel)
         dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-        blocks = triton.cdiv(length, BWD_BLOCK_T)
+        c_blocks = triton.cdiv(channels, BWD_BLOCK_C)
+        # time segments of whole blocks, about GRAD_PROGRAMS programs in all
+        num_segs = max(1, min(triton.cdiv(length, BWD_BLOCK_T), GRAD_PROGRAMS // max(1, batch * c_blocks)))
+        seg_len = triton.cdiv(triton.cdiv(length, num_segs), BWD_BLOCK_T) * BWD_BLOCK_T
+        num_segs = triton.cdiv(length, seg_len) if length else 1
         f32 = dict(dtype=torch.float32, device=x.device)
         g = torch.empty(batch, length, channels, **f32)  # the gradient at the pre-activation
-        dw = torch.empty(batch * blocks, channels, kernel, **f32)
-        db = torch.empty(batch * blocks, channels, **f32)
+        dw = torch.empty(batch * num_segs, channels, kernel, **f32)
+        db = torch.empty(batch * num_segs, channels, **f32)
         if batch and length:
-            grid = (batch, blocks, triton.cdiv(channels, BWD_BLOCK_C))
             tiles = dict(K=kernel, BT=BWD_BLOCK_T, BC=BWD_BLOCK_C, num_warps=BWD_WARPS)
-            _causal_conv_grad_kernel[grid](
-                x, w, bias if bias is not None else w, dy, g, dw, db, length, channels, blocks,
+            _causal_conv_grad_kernel[(batch, num_segs, c_blocks)](
+                x, w, bias if bias is not None else w, dy, g, dw, db, length, channels, seg_len, num_segs,
                 x.stride(0), x.stride(1), w.stride(0), dy.stride(0), dy.stride(1),
                 HAS_BIAS=bias is not None, ACT=ctx.activation, **tiles,
             )
-            _causal_conv_dx_kernel[grid](g, w, dx, length, channels, w.stride(0), **tiles)
+            _causal_conv_dx_kernel[(batch, triton.cdiv(length, BWD_BLOCK_T), c_blocks)](
+                g, w, dx, length, channels, w.stride(0), **tiles)
         if dfinal is not None:
             dx[:, length - kernel:] += dfinal.transpose(1, 2).to(dx.dtype)
         return (dx, dw.sum(0).reshape(weight.shape).to(weight.dtype),
