@@ -132,6 +132,27 @@ def test_triton_backward_tiles(tile, triton_device, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_triton_backward_of_an_input_with_strided_channels(triton_device):
+    """An input whose channels are not adjacent in memory gets the reference's gradients."""
+    from hymba.ops.conv import causal_conv1d_reference
+    from hymba.ops.conv_triton import causal_conv1d_train
+
+    torch.manual_seed(1)
+    base = torch.randn(2, 50, 40, 2, device=triton_device)
+    w, b = torch.randn(40, 4, device=triton_device), torch.randn(40, device=triton_device)
+    dy = torch.randn(2, 50, 40, device=triton_device)
+    grads = []
+    for conv in (causal_conv1d_train, causal_conv1d_reference):
+        x = base[..., 0].detach().requires_grad_(True)  # channel stride 2
+        assert x.stride(-1) == 2
+        leaves = [x] + [t.detach().clone().requires_grad_(True) for t in (w, b)]
+        conv(*leaves)[0].backward(dy)
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
 def test_dispatch_under_autograd(triton_device, monkeypatch):
     """With autograd recording: the Triton function from a zero state over at least a kernel's
     steps, the reference otherwise (a given initial state, or a shorter sequence)."""

@@ -63,16 +63,24 @@ def test_replays_match_eager_steps(dtype):
             assert _rel(q.grad, p.grad) <= 10 * tol, (update, name)
         opt_e.step()
         opt_g.step()
-        opt_e.zero_grad(set_to_none=True)  # the graph's next step writes its gradients
+        opt_e.zero_grad(set_to_none=True)
+        opt_g.zero_grad(set_to_none=True)  # the graph's next first micro-step puts its gradients back
 
 
 @pytest.mark.gpu
 @requires_cuda
-def test_first_call_cannot_accumulate():
-    _, _, graph = _pair(None)
+def test_accumulating_needs_the_graphs_own_gradients():
+    _, graphed, graph = _pair(None)
     ids = torch.randint(0, SHAPE["vocab_size"], (2, 150), device="cuda")
     with pytest.raises(ValueError, match="only later calls may accumulate"):
         graph(ids, ids, accumulate=True)
+    graph(ids, ids)
+    graphed.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="replaced"):
+        graph(ids, ids, accumulate=True)
+    graph(ids, ids)  # a first micro-step puts them back
+    graph(ids, ids, accumulate=True)
+    assert all(p.grad is not None for p in graphed.parameters())
 
 
 @pytest.mark.gpu

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .derived import derived
+
 BLOCK_T = 32
 BLOCK_C = 128
 # The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
@@ -30,8 +32,9 @@ GRAD_PROGRAMS = 1024
 def _taps(weight: Tensor, channels: int, kernel: int) -> Tensor:
     """The weight as (kernel, channels), contiguous: a tap's weights for a block of channels
     load as one vector (read as (channels, kernel), the loads of a tap are strided, and they
-    kept the backward's L1 busy: 226 us of an H100 at Hymba-1.5B's 4K training shape)."""
-    return weight.reshape(channels, kernel).t().contiguous()
+    kept the backward's L1 busy: 226 us of an H100 at Hymba-1.5B's 4K training shape). Kept
+    between calls while the weight is unchanged (prefill), see :func:`hymba.ops.derived`."""
+    return derived(weight, "conv taps", lambda w: w.detach().reshape(channels, kernel).t().contiguous())
 
 
 @triton.jit
@@ -183,6 +186,8 @@ class _CausalConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: bool) -> tuple[Tensor, Tensor]:
+        if x.stride(-1) != 1:  # the backward reads x with unit channel stride
+            x = x.contiguous()
         out, final = causal_conv1d_triton(x, weight, bias, None, activation)
         ctx.save_for_backward(x, weight, bias)
         ctx.activation = activation

@@ -25,7 +25,9 @@ def linear_input_dtype(x: Tensor) -> torch.dtype | None:
     directly (``out_dtype``), the same values without a cast kernel either way (forward and
     backward)."""
     kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    if not torch.amp.is_autocast_available(kind) or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
 
 
 def _cast(x: Tensor, dtype: torch.dtype | None) -> Tensor:

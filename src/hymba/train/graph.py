@@ -8,8 +8,9 @@ fixed (batch, seq_len), so one graph serves every micro-batch.
 The first micro-step of an optimizer step writes the parameters' ``.grad`` tensors (no zeroing,
 no adding: a graph captured with the gradients unset, whose backward allocates them); later
 micro-steps of gradient accumulation replay a second graph that adds into them. Both graphs share
-one memory pool, and the gradients live in it: never set them to None afterwards (zero them in
-place if you must, ``optimizer.zero_grad(set_to_none=False)``).
+one memory pool, and the gradients live in it: the graph puts them back on the parameters when a
+first micro-step replays (after ``zero_grad()`` set them to None, say), and refuses to add to
+gradients that are no longer its own.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class TrainingGraph:
     The first call of each kind fixes the batch shape, runs the step eagerly on a side stream
     (compilation and lazy initialisation stay outside the graph; its gradient counts) and captures
     it; later calls copy the batch into the graph's inputs and replay it. The first call cannot
-    accumulate. The returned loss is a buffer that the next call of the same kind overwrites.
+    accumulate.
     """
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None, loss_scale: float = 1.0) -> None:
@@ -42,6 +43,7 @@ class TrainingGraph:
         self.labels: Tensor | None = None
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by `accumulate`
         self.losses: dict[bool, Tensor] = {}
+        self.grads: list[tuple[nn.Parameter, Tensor]] = []  # the gradients the graphs write
 
     def _step(self) -> Tensor:
         autocast = (torch.autocast("cuda", dtype=self.autocast_dtype) if self.autocast_dtype
@@ -67,9 +69,16 @@ class TrainingGraph:
                 raise InputError(f"token ids must lie in [0, {vocab})")
         self.input_ids.copy_(input_ids, non_blocking=True)
         self.labels.copy_(labels, non_blocking=True)
+        if accumulate and any(p.grad is not g for p, g in self.grads):
+            raise ValueError("the gradients were replaced since the graph wrote them; zero them in place "
+                             "(zero_grad(set_to_none=False)) or start the next step with accumulate=False")
         if accumulate in self.graphs:
             self.graphs[accumulate].replay()
-            return self.losses[accumulate]
+            if not accumulate:  # every gradient rewritten: back on the parameters, whatever happened to them
+                for p, g in self.grads:
+                    if p.grad is not g:
+                        p.grad = g
+            return self.losses[accumulate].clone()  # the buffer is shared with the other graph's pool
         return self._capture(accumulate)
 
     def _capture(self, accumulate: bool) -> Tensor:
@@ -93,12 +102,11 @@ class TrainingGraph:
         self.graphs[accumulate] = graph
         if not accumulate:  # the graph's gradient tensors take the eager step's values
             for p, eager in zip(params, eager_grads):
-                if p.grad is None:
-                    p.grad = eager
-                elif eager is None:
-                    p.grad.zero_()
-                else:
+                if (p.grad is None) != (eager is None):
+                    raise RuntimeError("the captured step reached other parameters than the eager one")
+                if p.grad is not None:
                     p.grad.copy_(eager)
+                    self.grads.append((p, p.grad))
         return loss
 
 
