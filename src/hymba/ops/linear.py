@@ -4,7 +4,6 @@ cuBLAS, plus the SwiGLU MLP's gate and up products fused in one pass."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -114,6 +113,10 @@ class _AutocastLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+# torch.mm(a, b, out_dtype=torch.float32) of bf16/fp16 inputs on CUDA (PyTorch 2.8 and later)
+_MM_WRITES_FLOAT32 = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+
+
 def _float32_weight_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether :class:`_AutocastLinear` runs this product: CUDA autocast to a 16-bit dtype, float32
     parameters that autograd records, and a PyTorch whose matrix product writes float32 from
@@ -125,17 +128,7 @@ def _float32_weight_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool
     params = [weight] if bias is None else [weight, bias]
     if any(p.dtype != torch.float32 for p in params) or not any(p.requires_grad for p in params):
         return False
-    return x.dim() >= 2 and _mm_writes_float32(x.device)
-
-
-@functools.cache
-def _mm_writes_float32(device: torch.device) -> bool:
-    """Whether ``torch.mm(a, b, out_dtype=torch.float32)`` takes bf16 inputs (PyTorch 2.8 and later)."""
-    a = torch.ones(16, 16, dtype=torch.bfloat16, device=device)
-    try:
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
-    except (TypeError, RuntimeError):
-        return False
+    return x.dim() >= 2 and _MM_WRITES_FLOAT32
 
 
 # cuBLAS's fast Hopper kernels read and write their matrices by 16-byte rows: a product whose
