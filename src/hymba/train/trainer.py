@@ -345,8 +345,12 @@ def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tok
                     (loss / args.grad_accum).backward()
                 loss_sum += float(loss.detach())
                 counted += has_targets
-            if graph is not None and counted == 0:  # no micro-step wrote this step's gradients
-                optimizer.zero_grad(set_to_none=False)
+            if graph is not None and counted == 0:  # no micro-step wrote this step's gradients:
+                for p in params:  # zeros, as the eager path's zero-loss backward gives
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    else:
+                        p.grad.zero_()
             loss_value = world.mean(loss_sum / max(counted, 1), device)
             if not math.isfinite(loss_value):
                 last = ckpt.list_checkpoints(out)
