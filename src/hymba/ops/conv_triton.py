@@ -4,8 +4,8 @@ One program per (row, block of time steps, block of channels) sums the ``kernel`
 reading the inputs that precede the sequence from the initial state. Same roundings as the
 reference (``F.conv1d`` then SiLU, each rounded to the input's dtype). The backward (training,
 from a zero initial state) saves nothing but the input: a first kernel recomputes the
-pre-activation and writes the gradient there (float32) with each block's share of the weight
-and bias gradients, a second sums the ``kernel`` steps each input reaches.
+pre-activation and writes the gradient there (float32) with each time segment's share of the
+weight and bias gradients, a second sums the ``kernel`` steps each input reaches.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ BLOCK_T = 32
 BLOCK_C = 128
 # The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
 # and K + 1 running sums for the weight and bias gradients. Timed by ``benchmarks/conv_gpu.py
-# --bwd-sweep``; 16 x 128 on 16 warps needs 82 registers, on 8 warps 166 (offline sm_90 builds).
-# The first runs about GRAD_PROGRAMS programs, each over a time segment.
+# --bwd-sweep`` (its back-to-back timing measured the host; it now replays a CUDA graph, not yet
+# run); 16 x 128 on 16 warps needs 82 registers, on 8 warps 166 (offline sm_90 builds). The first
+# runs about GRAD_PROGRAMS programs, each over a time segment.
 BWD_BLOCK_T = 16
 BWD_BLOCK_C = 128
 BWD_WARPS = 16
