@@ -82,7 +82,7 @@ def main() -> None:
         print(f"b={batch} L={length}: reference {ref:8.1f} us | triton {tri:8.1f} us "
               f"({moved / tri / 1e6:.2f} TB/s) | ×{ref / tri:.1f}", flush=True)
     batch, length = 1, 4224
-    ref = training_us(lambda x, w, b: causal_conv1d_reference(x, w, b), batch, length)
+    ref = training_us(causal_conv1d_reference, batch, length)
     tri = training_us(causal_conv1d_train, batch, length)
     rows.append(dict(batch=batch, length=length, training=True, reference_us=ref, triton_us=tri))
     print(f"b={batch} L={length} fwd+bwd: reference {ref:8.1f} us | triton {tri:8.1f} us | ×{ref / tri:.1f}",

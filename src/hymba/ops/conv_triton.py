@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .derived import derived
+from .scan.triton import split_steps
 
 BLOCK_T = 32
 BLOCK_C = 128
@@ -208,9 +209,8 @@ class _CausalConv(torch.autograd.Function):
         dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
         c_blocks = triton.cdiv(channels, BWD_BLOCK_C)
         # time segments of whole blocks, about GRAD_PROGRAMS programs in all
-        num_segs = max(1, min(triton.cdiv(length, BWD_BLOCK_T), GRAD_PROGRAMS // max(1, batch * c_blocks)))
-        seg_len = triton.cdiv(triton.cdiv(length, num_segs), BWD_BLOCK_T) * BWD_BLOCK_T
-        num_segs = triton.cdiv(length, seg_len) if length else 1
+        wanted = max(1, min(triton.cdiv(length, BWD_BLOCK_T), GRAD_PROGRAMS // max(1, batch * c_blocks)))
+        num_segs, seg_len = split_steps(length, wanted, BWD_BLOCK_T)
         f32 = dict(dtype=torch.float32, device=x.device)
         g = torch.empty(batch, length, channels, **f32)  # the gradient at the pre-activation
         dw = torch.empty(batch * num_segs, channels, kernel, **f32)

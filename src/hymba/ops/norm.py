@@ -31,6 +31,8 @@ def linear_input_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def _cast(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``x`` cast to ``dtype`` if given (through autograd: the backward sees the gradient as the
+    cast passes it on)."""
     return x if dtype is None else x.to(dtype)
 
 

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .norm import _cast
 from .pdl_triton import pdl_launch, wait_for_producers
 from .triton_gate import num_sms
 
@@ -49,12 +50,6 @@ def _out_dtype(promoted: torch.dtype, wanted: torch.dtype | None) -> tuple[torch
     if promoted == torch.float32:
         return wanted, None
     return promoted, wanted
-
-
-def _cast(x: Tensor, dtype: torch.dtype | None) -> Tensor:
-    """``x`` cast to ``dtype`` if given (through autograd: the backward sees the gradient as
-    the cast passes it on)."""
-    return x if dtype is None else x.to(dtype)
 
 
 def _row_launch(width: int, device: torch.device) -> dict:

@@ -16,8 +16,7 @@ segments run in parallel and stitched, since both recurrences are linear:
   zero carry and keeps the carry at its start and ΣΔ; pass 2 starts every segment from the carry
   the later segments give and forms every gradient. It recomputes each chunk's states from the
   state the forward saved at the chunk's start, walking forward once (keeping s_{t-1} of each
-  step in a small per-program scratch buffer that stays in cache, or in registers) and then
-  backward.
+  step in a small per-program scratch buffer that stays in cache) and then backward.
 
 Δ's softplus and bias, the D skip and the SiLU gate are fused, so each input is read once per
 pass and each output is written once. Same signature and semantics as
@@ -402,7 +401,7 @@ def segments_for(batch: int, blocks: int, length: int, chunk: int, target: int |
     ``target`` programs (default ``TARGET_PROGRAMS``)."""
     want = max(1, (target or TARGET_PROGRAMS) // max(1, batch * blocks))
     count = max(1, min(want, length // MIN_SEGMENT))
-    return _split(length, count, chunk)
+    return split_steps(length, count, chunk)
 
 
 def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | None, target: int | None = None
@@ -410,10 +409,12 @@ def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | 
     """The caller's number of ``segments`` if given, else :func:`segments_for`'s."""
     if segments is None:
         return segments_for(batch, blocks, length, chunk, target)
-    return _split(length, segments, chunk)
+    return split_steps(length, segments, chunk)
 
 
-def _split(length: int, count: int, chunk: int) -> tuple[int, int]:
+def split_steps(length: int, count: int, chunk: int) -> tuple[int, int]:
+    """``length`` steps cut into about ``count`` segments of a whole number of ``chunk`` steps:
+    (number of segments, segment length)."""
     seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
     return triton.cdiv(max(length, 1), seg_len), seg_len
 
@@ -524,8 +525,7 @@ class _TritonScan(torch.autograd.Function):
             A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
         meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
-                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u),
-                    num_warps=warps)
+                    N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
         _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
