@@ -21,8 +21,10 @@ from hymba.ops import conv_triton
 from hymba.ops.conv import causal_conv1d_reference
 from hymba.ops.conv_triton import causal_conv1d_train, causal_conv1d_triton
 
-# backward tiles timed by --bwd-sweep: (time steps, channels, warps)
-BWD_SWEEP = [(16, 128, 16), (16, 128, 8), (8, 128, 4), (32, 128, 16), (16, 256, 16), (8, 256, 8)]
+# backward launches timed by --bwd-sweep: (time steps, channels, warps, programs of the first pass)
+BWD_SWEEP = [(16, 128, 16, 1024), (8, 128, 4, 1024), (8, 128, 2, 1024), (4, 128, 4, 1024), (4, 128, 2, 1024),
+             (8, 64, 2, 1024), (8, 64, 4, 1024), (16, 128, 4, 1024), (8, 256, 4, 1024), (8, 128, 4, 512),
+             (8, 128, 4, 2048), (4, 128, 2, 2048)]
 
 
 def cuda_us(fn, calls: int = 20) -> float:
@@ -50,14 +52,20 @@ def training_us(conv, batch: int, length: int) -> float:
 
 
 def bwd_sweep(batch: int = 1, length: int = 4224) -> list[dict]:
-    defaults = conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS
+    names = ("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS", "GRAD_PROGRAMS")
+    defaults = [getattr(conv_triton, name) for name in names]
     rows = []
-    for bt, bc, warps in BWD_SWEEP:
-        conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS = bt, bc, warps
+    for setting in BWD_SWEEP:
+        for name, value in zip(names, setting):
+            setattr(conv_triton, name, value)
+        bt, bc, warps, programs = setting
         us = training_us(causal_conv1d_train, batch, length)
-        rows.append(dict(batch=batch, length=length, block_t=bt, block_c=bc, warps=warps, fwd_bwd_us=us))
-        print(f"b={batch} L={length} fwd+bwd, backward tile {bt} x {bc} on {warps} warps: {us:8.1f} us", flush=True)
-    conv_triton.BWD_BLOCK_T, conv_triton.BWD_BLOCK_C, conv_triton.BWD_WARPS = defaults
+        rows.append(dict(batch=batch, length=length, block_t=bt, block_c=bc, warps=warps, grad_programs=programs,
+                         fwd_bwd_us=us))
+        print(f"b={batch} L={length} fwd+bwd, backward tile {bt} x {bc} on {warps} warps, {programs} programs: "
+              f"{us:8.1f} us", flush=True)
+    for name, value in zip(names, defaults):
+        setattr(conv_triton, name, value)
     return rows
 
 

@@ -141,6 +141,25 @@ def test_backward_launches_its_own_blocks_and_segments(
                                      device=dev)
 
 
+@cuda_only
+@pytest.mark.parametrize("n", [2, 3, 8, 16])
+def test_channel_sums_by_shuffles(monkeypatch, n):
+    """The backward's dB/dC sums over a warp's channels by warp shuffles (a GPU-only path: inline
+    PTX) match the reference and ``tl.sum``'s, for state sizes 2-16 (padded to 2, 4, 8, 16)."""
+    from hymba.ops.scan import triton as scan_triton
+
+    assert_float32_matches_reference(scan_triton.selective_scan_triton, (2, 300, 40, n), seed=n, device="cuda")
+    args = random_inputs(2, 300, 40, n, torch.float32, seed=n + 1, device="cuda")
+    dy = torch.randn(2, 300, 40, device="cuda")
+    ds = torch.randn_like(args["initial_state"])
+    grads = []
+    for scatter in (True, False):
+        monkeypatch.setattr(scan_triton, "BWD_SCATTER", scatter)
+        grads.append(run(scan_triton.selective_scan_triton, args, dy, ds)[2])
+    for name in ("B", "C"):
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("prefetch", [2, 3])
 def test_saving_forward_prefetch(monkeypatch, prefetch, dev):
     """The forward that saves states for the backward may prefetch its own number of steps."""
