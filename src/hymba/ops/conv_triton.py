@@ -21,13 +21,14 @@ from .scan.triton import split_steps
 BLOCK_T = 32
 BLOCK_C = 128
 # The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
-# and K + 1 running sums for the weight and bias gradients. Timed by ``benchmarks/conv_gpu.py
-# --bwd-sweep`` (its back-to-back timing measured the host; it now replays a CUDA graph, not yet
-# run); 16 x 128 on 16 warps needs 82 registers, on 8 warps 166 (offline sm_90 builds). The first
-# runs about GRAD_PROGRAMS programs, each over a time segment.
-BWD_BLOCK_T = 16
-BWD_BLOCK_C = 128
-BWD_WARPS = 16
+# and K + 1 running sums for the weight and bias gradients, and runs about GRAD_PROGRAMS
+# programs, each over a time segment. ``benchmarks/conv_gpu.py --bwd-sweep`` (forward + backward
+# replayed as a CUDA graph; H100, b=1, 4,224 steps): 8 x 64 on 4 warps 149 us, 8 x 128 on 4
+# warps 170 us, 16 x 128 on 16 warps 239 us, 8 x 256 on 4 warps 198 us; 512 or 2,048 programs
+# instead of 1,024 within 5%.
+BWD_BLOCK_T = 8
+BWD_BLOCK_C = 64
+BWD_WARPS = 4
 GRAD_PROGRAMS = 1024
 
 
