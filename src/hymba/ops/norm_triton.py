@@ -223,22 +223,11 @@ BWD_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
-def _row_grad(x, w, dy, n_cols, eps):
-    """For one row of y = w · round(x · rstd(x)) (``x`` in its dtype, ``w`` and ``dy`` float32):
-    x's gradient, and the row's term of the weight gradient (both float32)."""
-    x32 = x.to(tl.float32)
-    inv = tl.math.rsqrt(tl.sum(x32 * x32, axis=0) / n_cols + eps)
-    xhat = x32 * inv
-    g = dy * w
-    dx = inv * (g - xhat * (tl.sum(g * xhat, axis=0) / n_cols))
-    return dx, dy * xhat.to(x.dtype, fp_downcast_rounding="rtne").to(tl.float32)
-
-
-@triton.jit
 def _rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, dres_ptr, dx_ptr, dw_ptr, n_rows, n_cols, rows_per_program,
-                         stride_x, stride_dy, stride_dres, stride_dx, eps,
+                         stride_x, stride_dy, stride_dres, stride_dx, eps, scale,
                          HAS_DRES: tl.constexpr, BLOCK: tl.constexpr):
-    """Rows [pid·R, (pid+1)·R) of the backward of y = w · round(x · rstd(x)): dx (plus ``dres``, x's gradient from another path) and this program's
+    """Rows [pid·R, (pid+1)·R) of the backward of y = w · round(x · rstd(x)) for the upstream
+    gradient ``scale · dy``: dx (plus ``dres``, x's gradient from another path) and this program's
     share of dw (a float32 row of ``dw_ptr``)."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -248,65 +237,34 @@ def _rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, dres_ptr, dx_ptr, dw_ptr, n_rows,
         row = pid.to(tl.int64) * rows_per_program + i
         keep = (cols < n_cols) & (row < n_rows)  # the last program's rows may run out
         x = tl.load(x_ptr + row * stride_x + cols, mask=keep, other=0.0)
-        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=keep, other=0.0).to(tl.float32)
-        dx, dw_row = _row_grad(x, w, dy, n_cols, eps)
-        dw += dw_row
+        x32 = x.to(tl.float32)
+        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=keep, other=0.0).to(tl.float32) * scale
+        inv = tl.math.rsqrt(tl.sum(x32 * x32, axis=0) / n_cols + eps)
+        xhat = x32 * inv
+        dw += dy * xhat.to(x.dtype, fp_downcast_rounding="rtne").to(tl.float32)
+        g = dy * w
+        dx = inv * (g - xhat * (tl.sum(g * xhat, axis=0) / n_cols))
         if HAS_DRES:
             dx += tl.load(dres_ptr + row * stride_dres + cols, mask=keep, other=0.0).to(tl.float32)
         tl.store(dx_ptr + row * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=keep)
     tl.store(dw_ptr + pid * n_cols + cols, dw, mask=cols < n_cols)
 
 
-@triton.jit
-def _mean_of_norms_bwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, dy_ptr, da_ptr, db_ptr, dw_ptr, n_rows, n_cols,
-                              rows_per_program, stride_a, stride_b, stride_dy, stride_da, stride_db, eps,
-                              BLOCK: tl.constexpr):
-    """Rows [pid·R, (pid+1)·R) of the backward of (norm_a(a) + norm_b(b)) / 2: da, db and this
-    program's shares of both weights' gradients (float32 rows 2·pid and 2·pid + 1 of ``dw_ptr``),
-    the upstream gradient read once for both."""
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    inside = cols < n_cols
-    wa = tl.load(wa_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    wb = tl.load(wb_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    dwa = tl.zeros((BLOCK,), dtype=tl.float32)
-    dwb = tl.zeros((BLOCK,), dtype=tl.float32)
-    for i in range(rows_per_program):
-        row = pid.to(tl.int64) * rows_per_program + i
-        keep = inside & (row < n_rows)  # the last program's rows may run out
-        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=keep, other=0.0).to(tl.float32) * 0.5
-        a = tl.load(a_ptr + row * stride_a + cols, mask=keep, other=0.0)
-        da, dwa_row = _row_grad(a, wa, dy, n_cols, eps)
-        dwa += dwa_row
-        tl.store(da_ptr + row * stride_da + cols, da.to(da_ptr.dtype.element_ty), mask=keep)
-        b = tl.load(b_ptr + row * stride_b + cols, mask=keep, other=0.0)
-        db, dwb_row = _row_grad(b, wb, dy, n_cols, eps)
-        dwb += dwb_row
-        tl.store(db_ptr + row * stride_db + cols, db.to(db_ptr.dtype.element_ty), mask=keep)
-    tl.store(dw_ptr + 2 * pid * n_cols + cols, dwa, mask=inside)
-    tl.store(dw_ptr + (2 * pid + 1) * n_cols + cols, dwb, mask=inside)
-
-
-def _programs(n_rows: int, device: torch.device) -> tuple[int, int]:
-    """(programs, rows per program) of a norm's backward."""
-    per = triton.cdiv(n_rows, min(n_rows, BWD_PROGRAMS_PER_SM * num_sms(device)))
-    return triton.cdiv(n_rows, per), per
-
-
-def _norm_backward(x: Tensor, weight: Tensor, dy: Tensor, dx: Tensor, eps: float, dres: Tensor | None = None
-                   ) -> Tensor:
-    """Write the gradient of ``rms_norm(x, weight)`` for the upstream ``dy`` (plus ``dres``) into
-    ``dx``; return the weight's gradient in float32. All rows are (rows, D) with
+def _norm_backward(x: Tensor, weight: Tensor, dy: Tensor, dx: Tensor, eps: float, scale: float = 1.0,
+                   dres: Tensor | None = None) -> Tensor:
+    """Write the gradient of ``rms_norm(x, weight)`` for the upstream ``scale · dy`` (plus
+    ``dres``) into ``dx``; return the weight's gradient in float32. All rows are (rows, D) with
     unit column stride (column slices of wider rows are fine)."""
     n_rows, d = x.shape
     if n_rows == 0:
         return torch.zeros(d, dtype=torch.float32, device=x.device)
-    programs, per = _programs(n_rows, x.device)
+    per = triton.cdiv(n_rows, min(n_rows, BWD_PROGRAMS_PER_SM * num_sms(x.device)))
+    programs = triton.cdiv(n_rows, per)
     partial = torch.empty(programs, d, dtype=torch.float32, device=x.device)
     res = dres if dres is not None else dy
     _rms_norm_bwd_kernel[(programs,)](
         x, weight.contiguous(), dy, res, dx, partial, n_rows, d, per,
-        x.stride(0), dy.stride(0), res.stride(0), dx.stride(0), eps,
+        x.stride(0), dy.stride(0), res.stride(0), dx.stride(0), eps, scale,
         HAS_DRES=dres is not None, **_row_block(d),
     )
     return partial.sum(0)
@@ -400,21 +358,15 @@ class _MeanOfNorms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         a, b, weight_a, weight_b = ctx.saved_tensors
-        ar, br, dyr = _rows(a), _rows(b), _rows(dy)
-        n_rows, d = ar.shape
-        da = torch.empty(ar.shape, dtype=a.dtype, device=a.device)
-        db = torch.empty(br.shape, dtype=b.dtype, device=b.device)
-        if n_rows == 0:
-            dw = torch.zeros(2, d, dtype=torch.float32, device=a.device)
-        else:
-            programs, per = _programs(n_rows, a.device)
-            partial = torch.empty(programs, 2, d, dtype=torch.float32, device=a.device)
-            _mean_of_norms_bwd_kernel[(programs,)](
-                ar, br, weight_a.contiguous(), weight_b.contiguous(), dyr, da, db, partial, n_rows, d, per,
-                ar.stride(0), br.stride(0), dyr.stride(0), da.stride(0), db.stride(0), ctx.eps, **_row_block(d),
-            )
-            dw = partial.sum(0)
-        return da.view(a.shape), db.view(b.shape), dw[0].to(weight_a.dtype), dw[1].to(weight_b.dtype), None, None
+        dyr = _rows(dy)
+        grads = []
+        for x, w in ((a, weight_a), (b, weight_b)):
+            rows = _rows(x)
+            dx = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+            dw = _norm_backward(rows, w, dyr, dx, ctx.eps, scale=0.5)
+            grads.append((dx.view(x.shape), dw.to(w.dtype)))
+        (da, dwa), (db, dwb) = grads
+        return da, db, dwa, dwb, None, None
 
 
 def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Tensor, eps: float,
