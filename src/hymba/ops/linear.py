@@ -52,8 +52,7 @@ def linear(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, accumulate: bool = False
 ) -> Tensor:
     """``F.linear(x, weight, bias)``, plus ``residual`` (added to the product rounded to x's dtype,
-    as ``residual + F.linear(...)`` does; under CUDA autocast with float32 parameters and a float32
-    residual, added to the unrounded product by the product itself, see :class:`_AutocastLinear`): a Triton kernel for a decode step's rows on CUDA
+    as ``residual + F.linear(...)`` does): a Triton kernel for a decode step's rows on CUDA
     without autograd, where it is faster than cuBLAS (:func:`kernel_for`; the residual added in its
     epilogue, if it has the output's shape and dtype); cuBLAS otherwise.
 
@@ -71,8 +70,6 @@ def linear(
         n, k = weight.shape
         residual.view(-1, n).addmm_(x.reshape(-1, k), weight.t())
         return residual
-    if residual is not None and _adds_float32_residual(x, weight, bias, residual):
-        return _AutocastLinear.apply(x, weight, None, torch.get_autocast_dtype("cuda"), residual)
     y = _product(x, weight, bias)
     return y if residual is None else residual + y
 
@@ -83,7 +80,7 @@ def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if _misaligned(x, weight):
         return _aligned_linear(x, weight, bias)
     if _float32_weight_grad(x, weight, bias):
-        return _AutocastLinear.apply(x, weight, bias, torch.get_autocast_dtype("cuda"), None)
+        return _AutocastLinear.apply(x, weight, bias, torch.get_autocast_dtype("cuda"))
     return F.linear(x, weight, bias)
 
 
@@ -91,33 +88,21 @@ class _AutocastLinear(torch.autograd.Function):
     """``F.linear`` of float32 parameters under autocast, as autocast runs it (inputs cast to the
     autocast dtype), but with the parameters' gradients formed in float32 by the matrix product
     itself. Autocast forms them in its dtype and casts them: per weight a bf16 write and read
-    and a float32 write more, and a rounding less here.
-
-    With a float32 ``residual`` (no bias) the result is ``residual + x Wᵀ`` in float32, added by
-    the product itself: no separate add kernel, and the product is not rounded to the autocast
-    dtype before the sum."""
+    and a float32 write more, and a rounding less here."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype,
-                residual: Tensor | None = None) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
         with torch.autocast("cuda", enabled=False):
             x16, w16 = x.to(dtype), weight.to(dtype)
-            if residual is None:
-                y = F.linear(x16, w16, None if bias is None else bias.to(dtype))
-            else:
-                n, k = weight.shape
-                y = torch.addmm(residual.reshape(-1, n), x16.reshape(-1, k), w16.t(), out_dtype=torch.float32)
-                y = y.view(residual.shape)
+            y = F.linear(x16, w16, None if bias is None else bias.to(dtype))
         ctx.save_for_backward(x16, w16)
-        ctx.x_dtype, ctx.has_bias, ctx.dtype = x.dtype, bias is not None, dtype
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x16, w16 = ctx.saved_tensors
         dx = dw = db = None
-        dres = dy if ctx.needs_input_grad[4] else None
-        dy = dy.to(ctx.dtype)  # a float32 sum's gradient, as autograd would round it for the product
         rows = dy.reshape(-1, dy.shape[-1])
         if ctx.needs_input_grad[0]:
             dx = (dy @ w16).to(ctx.x_dtype)
@@ -125,7 +110,7 @@ class _AutocastLinear(torch.autograd.Function):
             dw = torch.mm(rows.t(), x16.reshape(-1, x16.shape[-1]), out_dtype=torch.float32)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = rows.sum(0, dtype=torch.float32)
-        return dx, dw, db, None, dres
+        return dx, dw, db, None
 
 
 # torch.mm(a, b, out_dtype=torch.float32) of bf16/fp16 inputs on CUDA (PyTorch 2.8 and later)
@@ -144,18 +129,6 @@ def _float32_weight_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool
     if any(p.dtype != torch.float32 for p in params) or not any(p.requires_grad for p in params):
         return False
     return x.dim() >= 2 and _MM_WRITES_FLOAT32
-
-
-def _adds_float32_residual(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor) -> bool:
-    """Whether :class:`_AutocastLinear` adds ``residual`` inside the product: its conditions, no
-    bias, aligned widths, and a float32 residual of the output's shape with unit column stride
-    (a view to rows)."""
-    if bias is not None or not _float32_weight_grad(x, weight, bias) or _misaligned(x, weight):
-        return False
-    n, k = weight.shape
-    if residual.dtype != torch.float32 or residual.shape != (*x.shape[:-1], n) or not residual.is_contiguous():
-        return False
-    return n % ALIGN == 0 and k % ALIGN == 0
 
 
 # cuBLAS's fast Hopper kernels read and write their matrices by 16-byte rows: a product whose
