@@ -66,6 +66,9 @@ MIN_SEGMENT = 256
 # for, and 2-16 states; at 32 it spills); else ``tl.sum``. Offline sm_90 build at Hymba's shape:
 # 268 -> 84 shuffles and 2,680 -> 2,384 instructions in pass 2.
 BWD_SCATTER = True
+# Registers a thread of the backward's pass 2 may use (None: the compiler's choice, 254 at
+# Hymba's shape, which holds an SM to 8 warps; 168 lets 12 run for 24 bytes of spills).
+BWD_MAXNREG = None
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -600,7 +603,8 @@ class _TritonScan(torch.autograd.Function):
                     SCATTER=BWD_SCATTER and _fast_math(u) and block_d == 16 and warps == 1 and 2 <= N <= 16)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry
             _scan_bwd_kernel[(b, blocks, num_segs - 1)](*args, **meta, LOCAL=True)
-        _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, LOCAL=False)
+        cap = dict(maxnreg=BWD_MAXNREG) if BWD_MAXNREG and meta["FAST"] else {}
+        _scan_bwd_kernel[(b, blocks, num_segs)](*args, **meta, **cap, LOCAL=False)
         A_t, D_t, bias_t, h0_t, B_t, C_t = ctx.dtypes
         dbc = dbc.sum(1)
         return (
