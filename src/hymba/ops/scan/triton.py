@@ -59,16 +59,21 @@ BWD_PREFETCH = 1
 CHUNK = 4
 FWD_UNROLL = 8
 TARGET_PROGRAMS = 2048
-BWD_TARGET_PROGRAMS = 2048
+BWD_TARGET_PROGRAMS = 3168  # with BWD_MAXNREG (12 programs an SM): see there
 MIN_SEGMENT = 256
 # The backward's per-step sums of dB and dC over a warp's 16 channels as a transposing reduction
 # of warp shuffles (inline PTX: on a GPU, at 16 channels on one warp, the layout it is written
 # for, and 2-16 states; at 32 it spills); else ``tl.sum``. Offline sm_90 build at Hymba's shape:
-# 268 -> 84 shuffles and 2,680 -> 2,384 instructions in pass 2.
+# 268 -> 84 shuffles and 2,680 -> 2,384 instructions in pass 2; H100, b=1, 4,224 steps, forward +
+# backward 1.652 -> 1.611 ms (the pass waits on latency more than it issues instructions).
 BWD_SCATTER = True
 # Registers a thread of the backward's pass 2 may use (None: the compiler's choice, 254 at
-# Hymba's shape, which holds an SM to 8 warps; 168 lets 12 run for 24 bytes of spills).
-BWD_MAXNREG = None
+# Hymba's shape, which holds an SM to 8 warps; 168 lets 12 run for 24 bytes of spills; on a GPU
+# only, as a compile option, so the results do not change). H100,
+# b=1, 4,224 steps, forward + backward: 1.613 ms uncapped at 2,048 programs, 1.602 at 3,168;
+# capped at 168: 1.848 at 2,048, 1.613 at 1,584, 1.493 at 3,168, 1.754 at 4,224; at 152 (192
+# bytes of spills) 1.970 at 2,048.
+BWD_MAXNREG = 168
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
