@@ -254,7 +254,8 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _shfl_xor(x, m: tl.constexpr):
-    """x from the lane whose id differs in bit ``m`` (a warp shuffle; every lane takes part)."""
+    """x from the lane whose id differs from this one's by the bit mask ``m`` (8, 4, 2 or 1; a warp
+    shuffle, in which every lane takes part)."""
     if m == 8:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
