@@ -70,6 +70,8 @@ def test_replays_match_eager_steps(dtype):
 @pytest.mark.gpu
 @requires_cuda
 def test_accumulating_needs_the_graphs_own_gradients():
+    """Accumulating is refused before a first micro-step and after the gradients were replaced; a
+    first micro-step puts the graph's gradients back."""
     _, graphed, graph = _pair(None)
     ids = torch.randint(0, SHAPE["vocab_size"], (2, 150), device="cuda")
     with pytest.raises(ValueError, match="only later calls may accumulate"):
