@@ -1,6 +1,6 @@
 """Decode-step linear layers on one GPU: the Triton kernels against cuBLAS at Hymba-1.5B's shapes.
 
-    python benchmarks/linear_gpu.py [--rows 1 4 32 128] [--sweep] [--json out.json]
+    python benchmarks/linear_gpu.py [--rows 1 4 32 128] [--sweep] [--gemv-sweep] [--only NAME ...] [--json out.json]
 
 For every weight of a decode step (bf16; the gate and up projections as one fused SwiGLU call
 against two cuBLAS products and the gate) and 1 to 128 activation rows, cuBLAS, the matrix-vector
@@ -8,7 +8,9 @@ kernel (up to four rows, not the SwiGLU) and the tensor-core kernel are each tim
 graph of at least 40 calls (this host cannot launch small kernels as fast as the GPU runs them),
 cycling through enough weight copies to defeat the 60 MB L2, so the weights come from
 HBM as in a real step. Bandwidth = weight bytes / time. ``--sweep`` also times the tensor-core
-kernel's knob grid and reports the best setting per shape. Outputs are checked against float64 products.
+kernel's knob grid and reports the best setting per shape, ``--gemv-sweep`` the matrix-vector
+kernel's; ``--only`` keeps the shapes whose names start with the given words. Outputs are checked
+against float64 products.
 """
 
 from __future__ import annotations
@@ -56,9 +58,16 @@ def dot_grid(rows: int, n: int, k: int, gated: bool) -> list[dict]:
     return grid
 
 
-def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
-    """cuBLAS, the GEMV (up to four rows) and the tensor-core kernel at its defaults and (with
-    ``sweep``) at its best knobs, for one shape."""
+def gemv_grid(k: int) -> list[dict]:
+    """The matrix-vector kernel's knob grid: columns per step (up to the padded width), programs
+    per SM and warps."""
+    widths = [bk for bk in (128, 256, 512, 1024, 2048, 4096) if bk <= max(128, triton.next_power_of_2(k))]
+    return [dict(block_k=bk, waves=w, num_warps=nw) for bk, w, nw in itertools.product(widths, (1, 2, 4, 8), (4, 8))]
+
+
+def measure(name: str, k: int, n: int, rows: int, sweep: bool, gemv_sweep: bool = False) -> dict:
+    """cuBLAS, the GEMV (up to four rows) and the tensor-core kernel at their defaults and (with
+    ``sweep`` / ``gemv_sweep``) at their best knobs, for one shape."""
     gated = name.startswith("gate")
     nbytes = (2 if gated else 1) * n * k * 2
     copies = max(1, int(L2_DEFEAT_BYTES // nbytes))
@@ -75,8 +84,8 @@ def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
             return silu_mul(*(F.linear(x, w) for w in weights(i)))
         return F.linear(x, weights(i)[0])
 
-    def gemv(i: int) -> torch.Tensor:
-        return linear_triton(x, *weights(i))
+    def gemv(i: int, knobs: dict | None = None) -> torch.Tensor:
+        return linear_triton(x, *weights(i), **(knobs or {}))
 
     def dot(i: int, knobs: dict | None = None) -> torch.Tensor:
         return (swiglu_dot if gated else linear_dot)(x, *weights(i), knobs=knobs)
@@ -99,6 +108,13 @@ def measure(name: str, k: int, n: int, rows: int, sweep: bool) -> dict:
         if t < best["us"]:
             best = dict(knobs, us=t)
     result["best"] = best
+    if with_gemv and gemv_sweep:
+        best_gemv = dict(us=result["gemv_us"])
+        for knobs in gemv_grid(k):
+            t = graph_time(lambda i, kn=knobs: gemv(i, kn), calls) * 1e6
+            if t < best_gemv["us"]:
+                best_gemv = dict(knobs, us=t)
+        result["best_gemv"] = best_gemv
     return result
 
 
@@ -106,13 +122,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 32, 128])
     parser.add_argument("--sweep", action="store_true", help="also time the tensor-core kernel's knob grid")
+    parser.add_argument("--gemv-sweep", action="store_true", help="also time the matrix-vector kernel's knob grid")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only the shapes whose names start with these")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    shapes = [s for s in SHAPES if not args.only or s[0].startswith(tuple(args.only))]
     results, step = [], {}
     print(f"{'shape':<24}{'rows':>5}{'MB':>7}{'cuBLAS us':>10}{'TB/s':>6}{'GEMV us':>9}{'TB/s':>6}"
           f"{'dot us':>8}{'TB/s':>6}{'best us':>9}{'TB/s':>6}  best knobs", flush=True)
-    for rows, (name, k, n, per_step) in itertools.product(args.rows, SHAPES):
-        r = measure(name, k, n, rows, args.sweep)
+    for rows, (name, k, n, per_step) in itertools.product(args.rows, shapes):
+        r = measure(name, k, n, rows, args.sweep, args.gemv_sweep)
         results.append(r)
         totals = step.setdefault(rows, dict(cublas_ms=0.0, gemv_ms=0.0, dot_ms=0.0, best_ms=0.0))
         for key, us in (("cublas_ms", r["cublas_us"]), ("gemv_ms", r["gemv_us"]), ("dot_ms", r["dot_us"]),
@@ -124,6 +143,10 @@ def main() -> None:
         print(f"{name:<24}{rows:>5}{mb:>7.1f}{r['cublas_us']:>10.1f}{mb / r['cublas_us']:>6.2f}{gemv}"
               f"{r['dot_us']:>8.1f}{mb / r['dot_us']:>6.2f}{r['best']['us']:>9.1f}{mb / r['best']['us']:>6.2f}"
               f"  {knobs}  err {r['max_err']:.1e}", flush=True)
+        if "best_gemv" in r:
+            g = r["best_gemv"]
+            print(f"{'':<24}best GEMV {g['us']:.1f} us ({mb / g['us']:.2f} TB/s): "
+                  + (", ".join(f"{key}={v}" for key, v in g.items() if key != "us") or "the defaults"), flush=True)
         if args.json:
             args.json.write_text(json.dumps(dict(shapes=results, step=step), indent=2))
     for rows, t in step.items():

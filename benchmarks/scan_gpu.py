@@ -62,10 +62,11 @@ def bench(fn, args: dict, backward: bool) -> float:
 
 # Launch settings timed by --launch-sweep. Forward: (steps prefetched, target programs); more
 # programs hide more latency when the registers leave room for them (pass 2 uses 243 registers
-# at 4 steps ahead, 128 at 2). Backward: (channels per program, warps, target programs).
+# at 4 steps ahead, 128 at 2). Backward: (channels per program, warps, target programs; None:
+# whole waves of programs, scan_triton.backward_segments).
 FWD_SWEEP = [(4, 1024), (2, 1024), (2, 2048), (1, 2048), (2, 4096), (1, 4096)]
 SAVE_SWEEP = [2, 1]  # steps prefetched by the forward that saves states (167 / 129 registers)
-BWD_SWEEP = [(16, 1, 3168), (16, 1, 2048), (8, 1, 2048), (16, 2, 2048), (16, 1, 4096), (32, 2, 2048)]
+BWD_SWEEP = [(16, 1, None), (16, 1, 3168), (16, 1, 2048), (8, 1, 2048), (16, 2, 2048), (16, 1, 4096), (32, 2, 2048)]
 BWD_SETTINGS = ("BWD_BLOCK_D", "BWD_WARPS", "BWD_TARGET_PROGRAMS")
 
 

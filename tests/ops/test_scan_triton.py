@@ -240,6 +240,23 @@ def test_segments_fill_the_gpu_at_small_batch():
     assert segments_for(batch=1, blocks=100, length=300, chunk=16)[0] == 1  # too short to split
 
 
+def test_backward_segments_fill_whole_waves():
+    """The backward's time segments: as many programs as whole waves take, no wave nearly empty."""
+    pytest.importorskip("triton", reason="the Triton scan needs Triton")
+    from hymba.ops.scan.triton import MIN_SEGMENT, backward_segments
+
+    for batch, length in [(1, 4224), (2, 4224), (3, 5000), (8, 4224), (1, 100_000)]:
+        count, seg_len = backward_segments(batch, 200, length, 4, 1584)
+        assert seg_len % 4 == 0 and count * seg_len >= length > (count - 1) * seg_len
+        assert count == 1 or seg_len >= MIN_SEGMENT - 4
+        assert batch * 200 * count <= 4 * 1584 or count == 1
+    # 15 segments at b=1 and b=2 run 3,000 and 6,000 programs: 2 and 4 waves with a full last one;
+    # 16 would leave 32 and 64 programs in a last wave
+    assert backward_segments(1, 200, 4224, 4, 1584) == (15, 284)
+    assert backward_segments(2, 200, 4224, 4, 1584) == (15, 284)
+    assert backward_segments(1, 200, 300, 4, 1584)[0] == 1  # too short to split
+
+
 def test_gradients_with_the_models_strides_and_no_states(dev):
     """As the model trains: u a transposed view, z and B/C column slices of wider projections, no
     initial state and the final state unused; every gradient matches the reference."""

@@ -24,13 +24,15 @@ from torch import Tensor
 from .pdl_triton import pdl_launch, wait_for_producers
 from .triton_gate import num_sms
 
-# Matrix-vector tuning knobs, chosen on an H200 with benchmarks/linear_gpu.py: columns per step
-# (None: 512 for rows of 2048 or more, else 128), the least number of programs to aim for (as a
-# multiple of the SM count) and warps. (Pipeline stages would change nothing: Triton pipelines
+# Matrix-vector tuning knobs (columns per step, the least number of programs to aim for as a
+# multiple of the SM count, warps) for weight rows of at least LONG_ROW columns and for shorter
+# ones, chosen with ``benchmarks/linear_gpu.py --gemv-sweep`` on an H100 at one activation row:
+# the output projection (3,200 columns) 7.0 -> 5.9 us and the down projection (5,504) 9.9 -> 8.0
+# us against the earlier (512, 4, 4). (Pipeline stages would change nothing: Triton pipelines
 # only loads that feed a dot, so the kernel prefetches the next tile itself.)
-BLOCK_K = None
-WAVES = 4
-NUM_WARPS = 4
+LONG_ROW = 2048
+LONG_ROW_KNOBS = (1024, 1, 8)
+SHORT_ROW_KNOBS = (128, 4, 4)
 TILE = 4096
 
 
@@ -128,10 +130,11 @@ def _residual(residual: Tensor | None, m: int, n: int) -> Tensor | None:
 
 
 def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
-                  block_k: int | None = BLOCK_K, waves: int = WAVES, num_warps: int = NUM_WARPS) -> Tensor:
+                  block_k: int | None = None, waves: int | None = None, num_warps: int | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` (plus ``residual``) by the matrix-vector kernel, for a few
     rows of ``x`` (the dispatch uses it for one) and a weight with unit column stride; the keyword
-    arguments are its knobs."""
+    arguments are its knobs (None: ``LONG_ROW_KNOBS`` or ``SHORT_ROW_KNOBS`` by the weight's
+    width)."""
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x, weight)
@@ -140,8 +143,8 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residua
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m and n:
         rows_p = triton.next_power_of_2(m)
-        if block_k is None:
-            block_k = 512 if k >= 2048 else 128
+        defaults = LONG_ROW_KNOBS if k >= LONG_ROW else SHORT_ROW_KNOBS
+        block_k, waves, num_warps = (v if v is not None else d for v, d in zip((block_k, waves, num_warps), defaults))
         bk = min(block_k, max(16, triton.next_power_of_2(k)))
         # the widest block of output features that still gives every SM ``waves`` programs, with
         # at most TILE float32 accumulators per program (32 a thread at 4 warps)

@@ -26,6 +26,7 @@ PyTorch scan (the kernels compute in float32).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra.cuda import libdevice
 
-from ..triton_gate import needs_grad
+from ..triton_gate import needs_grad, num_sms
 from .chunked import selective_scan_chunked
 
 # Channels per program (one per lane) and warps (BWD_* for the backward, unless the caller sets
@@ -43,8 +44,9 @@ from .chunked import selective_scan_chunked
 # saves the state every CHUNK steps for the backward, which recomputes the states of one chunk
 # at a time (H100, b=1, 4,224 steps: backward 2.08 ms at 8 steps, 1.62 ms at 4, 3.34 ms at 16);
 # a forward that saves nothing runs FWD_UNROLL steps per unrolled block (0.26 ms at 8, 0.28 ms
-# at 4). Time segments are added until about TARGET_PROGRAMS programs run (BWD_TARGET_PROGRAMS
-# for the backward, whose segments are its own), none shorter than MIN_SEGMENT steps. Measured
+# at 4). The forward adds time segments until about TARGET_PROGRAMS programs run, none shorter
+# than MIN_SEGMENT steps; the backward picks its own by :func:`backward_segments` (or, if
+# BWD_TARGET_PROGRAMS is set, as the forward does with that target). Measured
 # with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward needs 128
 # registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
 BLOCK_D = 32
@@ -59,7 +61,7 @@ BWD_PREFETCH = 1
 CHUNK = 4
 FWD_UNROLL = 8
 TARGET_PROGRAMS = 2048
-BWD_TARGET_PROGRAMS = 3168  # with BWD_MAXNREG (12 programs an SM): see there
+BWD_TARGET_PROGRAMS: int | None = None
 MIN_SEGMENT = 256
 # The backward's per-step sums of dB and dC over a warp's 16 channels as a transposing reduction
 # of warp shuffles (inline PTX: on a GPU, at 16 channels on one warp, the layout it is written
@@ -72,7 +74,8 @@ BWD_SCATTER = True
 # only, as a compile option, so the results do not change). H100,
 # b=1, 4,224 steps, forward + backward: 1.613 ms uncapped at 2,048 programs, 1.602 at 3,168;
 # capped at 168: 1.848 at 2,048, 1.613 at 1,584, 1.493 at 3,168, 1.754 at 4,224; at 152 (192
-# bytes of spills) 1.970 at 2,048.
+# bytes of spills) 1.970 at 2,048. The program count matters through whole waves of programs
+# (:func:`backward_segments`).
 BWD_MAXNREG = 168
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -484,6 +487,32 @@ def segments_for(batch: int, blocks: int, length: int, chunk: int, target: int |
     return split_steps(length, count, chunk)
 
 
+@functools.cache
+def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: int) -> tuple[int, int]:
+    """(number of time segments, segment length) for the backward, whose programs run in waves of
+    ``wave`` at a time (SMs x programs an SM): the count, none shorter than MIN_SEGMENT steps and
+    up to four waves, whose waves x segment length is least (the fewest segments of equals). A
+    wave that ends with few programs costs as much as a full one: H100, 4,224 steps, 200 channel
+    blocks a sequence, waves of 1,584, forward + backward 1.495 ms at b=1 with 15 segments (two
+    waves) and 1.750 with 16 (three); at b=2 2.916 ms with 7, 2.856 with 11, 2.796 with 15 and
+    3.020 with 16 (benchmarks/NOTES-gpu.md item 65)."""
+    most = max(1, min(length // MIN_SEGMENT, 4 * wave // max(1, batch * blocks)))
+    best = None
+    for count in range(1, most + 1):
+        segs, seg_len = split_steps(length, count, chunk)
+        cost = triton.cdiv(batch * blocks * segs, wave) * seg_len
+        if best is None or cost < best[0]:
+            best = (cost, segs, seg_len)
+    return best[1], best[2]
+
+
+def _backward_wave(device: torch.device, warps: int) -> int:
+    """Programs of the backward's pass 2 that run at once: SMs x programs an SM, as the register
+    cap allows (the compiler's choice, up to 255 registers, without one)."""
+    registers = 8 * triton.cdiv(BWD_MAXNREG or 255, 8) * 32 * warps
+    return num_sms(device) * max(1, 65536 // registers)
+
+
 def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | None, target: int | None = None
               ) -> tuple[int, int]:
     """The caller's number of ``segments`` if given, else :func:`segments_for`'s."""
@@ -581,7 +610,10 @@ class _TritonScan(torch.autograd.Function):
         n = A.shape[1]
         block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
         blocks = triton.cdiv(d, block_d)
-        num_segs, seg_len = _segments(b, blocks, L, CHUNK, segments, BWD_TARGET_PROGRAMS)
+        if segments is None and BWD_TARGET_PROGRAMS is None:
+            num_segs, seg_len = backward_segments(b, blocks, L, CHUNK, _backward_wave(u.device, warps))
+        else:
+            num_segs, seg_len = _segments(b, blocks, L, CHUNK, segments, BWD_TARGET_PROGRAMS)
         f32 = dict(dtype=torch.float32, device=u.device)
         dy = dy.contiguous()
         du = torch.empty(b, L, d, dtype=u.dtype, device=u.device)
@@ -640,7 +672,8 @@ def selective_scan_triton(
 ) -> tuple[Tensor, Tensor]:
     """Same signature and results as :func:`selective_scan_reference`. ``block_d`` (a power of
     two), ``num_warps`` and ``segments`` (time segments run in parallel) set the launches; by
-    default ``BLOCK_D`` (``BWD_BLOCK_D`` for the backward), ``WARPS`` and :func:`segments_for`."""
+    default ``BLOCK_D`` (``BWD_BLOCK_D`` for the backward), ``WARPS`` and :func:`segments_for`
+    (:func:`backward_segments` for the backward)."""
     if u.dtype == torch.float64:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     # Save the chunk states for a backward only when autograd records the call: parameters that
