@@ -54,14 +54,18 @@ def test_tuned_tiles_on_hymba_heads():
         assert kernel_options(q, v)  # the tuned tiles were passed
 
 
+@pytest.mark.parametrize("split", [False, True])  # True: q a (b, L, H, d) view, as split from a projection
 @pytest.mark.parametrize("L", [256, 200])  # 200: a partial last block
-def test_flex_gradients_match_sdpa(L):
+def test_flex_gradients_match_sdpa(L, split):
     q, k, v = qkv(1, 8, 2, L, 32, 64, torch.float32, seed=1)
     grads = []
     for fn in (lambda *x: flex_attention_swa(*x, 64, 8), lambda *x: sdpa_reference(*x, 64, 8, 0)):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        fn(*leaves).square().sum().backward()
-        grads.append([t.grad for t in leaves])
+        rows = q.transpose(1, 2).contiguous().requires_grad_(True)
+        out = fn(rows.transpose(1, 2) if split else leaves[0], *leaves[1:])
+        # the gradient arrives as the model's (b, L, H·d) rows give it back
+        out.transpose(1, 2).reshape(1, L, -1).square().sum().backward()
+        grads.append([rows.grad.transpose(1, 2) if split else leaves[0].grad, leaves[1].grad, leaves[2].grad])
     for a, b in zip(*grads):
         assert ((a - b).norm() / b.norm()).item() < 1e-4
 

@@ -11,14 +11,20 @@ from hymba.ops.attention import attention_mask, sdpa_attention
 flex = pytest.importorskip("hymba.ops.flex", reason="this torch has no FlexAttention")
 
 
+def _eager(monkeypatch) -> None:
+    """FlexAttention run eagerly (no compiler on CPU), through the same wrappers."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    eager = {(static, last): flex._heads_last if last else flex_attention for static in (False, True) for last in (False, True)}
+    monkeypatch.setattr(flex, "_compiled", eager)
+
+
 @pytest.mark.parametrize(
     "lq, lk, window, num_meta, offset",
     [(40, 40, None, 0, 0), (40, 40, 8, 4, 0), (30, 38, 8, 8, 0), (30, 38, None, 8, 0), (20, 50, 6, 8, 3)],
 )
 def test_block_mask_matches_the_boolean_mask(monkeypatch, lq, lk, window, num_meta, offset):
-    from torch.nn.attention.flex_attention import flex_attention
-
-    monkeypatch.setattr(flex, "_compiled", {False: flex_attention, True: flex_attention})  # eager: no compiler on CPU
+    _eager(monkeypatch)
     g = torch.Generator().manual_seed(lq + lk)
     q, k, v = (torch.randn(1, h, n, d, generator=g) for h, n, d in ((4, lq, 16), (2, lk, 16), (2, lk, 32)))
     out = flex.flex_attention_swa(q, k, v, window, num_meta, offset)
@@ -26,6 +32,18 @@ def test_block_mask_matches_the_boolean_mask(monkeypatch, lq, lk, window, num_me
     q_pos = k_pos[lk - lq :]
     want = sdpa_attention(q, k, v, attention_mask(q_pos, k_pos, window, num_meta))
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_queries_split_from_a_projection_keep_their_layout(monkeypatch):
+    """Queries that are a (b, L, H, d) view give an output in that memory order (so it transposes
+    back to (b, L, H·d) without a copy), with the values of contiguous queries."""
+    _eager(monkeypatch)
+    g = torch.Generator().manual_seed(5)
+    k, v = (torch.randn(1, 2, 24, d, generator=g) for d in (16, 32))
+    split = torch.randn(1, 24, 4, 16, generator=g).transpose(1, 2)  # as split from a projection
+    out = flex.flex_attention_swa(split, k, v, 8, 4)
+    assert out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, flex.flex_attention_swa(split.contiguous(), k, v, 8, 4), rtol=1e-6, atol=1e-6)
 
 
 def test_more_queries_than_keys_is_an_error():

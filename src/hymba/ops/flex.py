@@ -11,7 +11,9 @@ autograd records (training, whose rows are packed to one shape) get kernels comp
 exact shape, whatever ran before: the dynamic-length ones are slower. Block masks are built once
 per (query and key lengths, window, meta tokens, offset) and cached. The output keeps the query's
 memory layout, so a query that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output
-that transposes back to (b, L, H·d) without a copy. K and V are made contiguous: compiled for
+that transposes back to (b, L, H·d) without a copy; the compiled region then returns it in
+(b, L, H, d) order, whose gradient arrives contiguous (returned as (b, H, L, d), the compiled
+backward copied each incoming gradient to that order first). K and V are made contiguous: compiled for
 dynamic lengths, strided K/V views of the projection ran 2-3x slower
 (``benchmarks/flex_gpu.py --layouts``).
 """
@@ -54,18 +56,25 @@ _SM90_TILES = {
 # past this many share the dynamic compilation (each exact shape is one more compilation).
 STATIC_SHAPES = 8
 
-# torch.compile'd FlexAttention by "exact shapes" (True: autograd) or automatic dynamic shapes
-# (False: inference): two wrappers, so neither's compilations serve the other's calls
+# torch.compile'd FlexAttention by ("exact shapes" (True: autograd) or automatic dynamic shapes
+# (False: inference), output in (b, L, H, d) order): separate wrappers, so none's compilations
+# serve the others' calls
 _compiled: dict = {}
 _static_shapes: set[tuple] = set()
 
 
-def _flex(static: bool = False):
-    if static not in _compiled:
+def _heads_last(q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
+    """FlexAttention's output transposed to (b, Lq, Hq, d_v), for queries in that memory order."""
+    return flex_attention(q, k, v, **options).transpose(1, 2)
+
+
+def _flex(static: bool = False, heads_last: bool = False):
+    key = static, heads_last
+    if key not in _compiled:
         config = torch._dynamo.config
         setattr(config, _LIMIT_SETTING, max(getattr(config, _LIMIT_SETTING), RECOMPILE_LIMIT))
-        _compiled[static] = torch.compile(flex_attention, dynamic=False if static else None)
-    return _compiled[static]
+        _compiled[key] = torch.compile(_heads_last if heads_last else flex_attention, dynamic=False if static else None)
+    return _compiled[key]
 
 
 def _exact_shape(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -113,5 +122,7 @@ def flex_attention_swa(
         q = q.contiguous()
     k, v = k.contiguous(), v.contiguous()
     mask = _block_mask(q.shape[2], k.shape[2], window, num_meta, offset, str(q.device))
-    return _flex(_exact_shape(q, k, v))(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
-                                        kernel_options=kernel_options(q, v))
+    options = dict(block_mask=mask, enable_gqa=q.shape[1] != k.shape[1], kernel_options=kernel_options(q, v))
+    if q.stride(1) < q.stride(2):  # a (b, L, H, d) view
+        return _flex(_exact_shape(q, k, v), heads_last=True)(q, k, v, **options).transpose(1, 2)
+    return _flex(_exact_shape(q, k, v))(q, k, v, **options)
