@@ -150,7 +150,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(dict(shapes=results, step=step), indent=2))
     for rows, t in step.items():
-        print(f"one decode step's linear layers, {rows} row(s): " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
+        what = "the shapes above" if args.only else "one decode step's linear layers"
+        print(f"{what}, {rows} row(s), per step: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
 
 
 if __name__ == "__main__":

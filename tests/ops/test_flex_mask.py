@@ -11,12 +11,21 @@ from hymba.ops.attention import attention_mask, sdpa_attention
 flex = pytest.importorskip("hymba.ops.flex", reason="this torch has no FlexAttention")
 
 
-def _eager(monkeypatch) -> None:
-    """FlexAttention run eagerly (no compiler on CPU), through the same wrappers."""
+def _eager(monkeypatch) -> list[tuple[bool, bool]]:
+    """FlexAttention run eagerly (no compiler on CPU), through the same wrappers; returns the list
+    of wrapper keys (exact shape, output in (b, L, H, d) order) the calls use."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    eager = {(static, last): flex._heads_last if last else flex_attention for static in (False, True) for last in (False, True)}
-    monkeypatch.setattr(flex, "_compiled", eager)
+    used = []
+
+    def wrapper(key):
+        def run(*args, **kwargs):
+            used.append(key)
+            return (flex._heads_last if key[1] else flex_attention)(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(flex, "_compiled", {(s, h): wrapper((s, h)) for s in (False, True) for h in (False, True)})
+    return used
 
 
 @pytest.mark.parametrize(
@@ -34,16 +43,21 @@ def test_block_mask_matches_the_boolean_mask(monkeypatch, lq, lk, window, num_me
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
-def test_queries_split_from_a_projection_keep_their_layout(monkeypatch):
-    """Queries that are a (b, L, H, d) view give an output in that memory order (so it transposes
-    back to (b, L, H·d) without a copy), with the values of contiguous queries."""
-    _eager(monkeypatch)
+@pytest.mark.parametrize("heads, length", [(4, 24), (1, 24), (4, 1)])
+def test_queries_split_from_a_projection_keep_their_layout(monkeypatch, heads, length):
+    """Queries that are a (b, L, H, d) view run the wrapper that returns the output in that
+    memory order (so it transposes back to (b, L, H·d) without a copy, and its gradient arrives
+    in the order the compiled backward expects), with the values of contiguous queries. One head
+    or one position: both orders are the same memory (and either wrapper serves both calls)."""
+    used = _eager(monkeypatch)
     g = torch.Generator().manual_seed(5)
-    k, v = (torch.randn(1, 2, 24, d, generator=g) for d in (16, 32))
-    split = torch.randn(1, 24, 4, 16, generator=g).transpose(1, 2)  # as split from a projection
+    k, v = (torch.randn(1, 1, length, d, generator=g) for d in (16, 32))
+    split = torch.randn(1, length, heads, 16, generator=g).transpose(1, 2)  # as split from a projection
     out = flex.flex_attention_swa(split, k, v, 8, 4)
     assert out.transpose(1, 2).is_contiguous()
     torch.testing.assert_close(out, flex.flex_attention_swa(split.contiguous(), k, v, 8, 4), rtol=1e-6, atol=1e-6)
+    want = {(4, 24): [(False, True), (False, False)], (1, 24): [(False, False)] * 2, (4, 1): [(False, True)] * 2}
+    assert used == want[heads, length]
 
 
 def test_more_queries_than_keys_is_an_error():

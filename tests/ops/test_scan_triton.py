@@ -123,13 +123,13 @@ def test_forward_launches_and_time_segments(block_d, warps, segments, dev):
 
 @pytest.mark.parametrize(
     "bwd_block_d, bwd_warps, fwd_programs, bwd_programs",
-    [(16, 1, 8, 20), (8, 1, 4, 4), (64, 1, 30, 1), (16, 2, 8, 20), (32, 4, 6, 6)],
+    [(16, 1, 8, 20), (8, 1, 4, 4), (64, 1, 30, 1), (16, 2, 8, 20), (32, 4, 6, 6), (16, 1, 8, None)],
 )
 def test_backward_launches_its_own_blocks_and_segments(
     monkeypatch, bwd_block_d, bwd_warps, fwd_programs, bwd_programs, dev
 ):
     """By default the backward picks its own channel block, warps and time segments, unlike the
-    forward's; the gradients match the reference either way."""
+    forward's (None: by whole waves of programs); the gradients match the reference either way."""
     from hymba.ops.scan import triton as scan_triton
 
     monkeypatch.setattr(scan_triton, "MIN_SEGMENT", 16)
@@ -243,18 +243,18 @@ def test_segments_fill_the_gpu_at_small_batch():
 def test_backward_segments_fill_whole_waves():
     """The backward's time segments: as many programs as whole waves take, no wave nearly empty."""
     pytest.importorskip("triton", reason="the Triton scan needs Triton")
-    from hymba.ops.scan.triton import MIN_SEGMENT, backward_segments
+    from hymba.ops.scan.triton import backward_segments
 
     for batch, length in [(1, 4224), (2, 4224), (3, 5000), (8, 4224), (1, 100_000)]:
-        count, seg_len = backward_segments(batch, 200, length, 4, 1584)
+        count, seg_len = backward_segments(batch, 200, length, 4, 1584, 256)
         assert seg_len % 4 == 0 and count * seg_len >= length > (count - 1) * seg_len
-        assert count == 1 or seg_len >= MIN_SEGMENT - 4
-        assert batch * 200 * count <= 4 * 1584 or count == 1
+        assert count <= max(1, length // 256) and (batch * 200 * count <= 4 * 1584 or count == 1)
     # 15 segments at b=1 and b=2 run 3,000 and 6,000 programs: 2 and 4 waves with a full last one;
     # 16 would leave 32 and 64 programs in a last wave
-    assert backward_segments(1, 200, 4224, 4, 1584) == (15, 284)
-    assert backward_segments(2, 200, 4224, 4, 1584) == (15, 284)
-    assert backward_segments(1, 200, 300, 4, 1584)[0] == 1  # too short to split
+    assert backward_segments(1, 200, 4224, 4, 1584, 256) == (15, 284)
+    assert backward_segments(2, 200, 4224, 4, 1584, 256) == (15, 284)
+    assert backward_segments(1, 200, 300, 4, 1584, 256)[0] == 1  # too short to split
+    assert backward_segments(1, 200, 300, 4, 1584, 16)[0] > 1
 
 
 def test_gradients_with_the_models_strides_and_no_states(dev):

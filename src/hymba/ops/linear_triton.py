@@ -26,7 +26,8 @@ from .triton_gate import num_sms
 
 # Matrix-vector tuning knobs (columns per step, the least number of programs to aim for as a
 # multiple of the SM count, warps) for weight rows of at least LONG_ROW columns and for shorter
-# ones, chosen with ``benchmarks/linear_gpu.py --gemv-sweep`` on an H100 at one activation row:
+# ones, chosen with ``benchmarks/linear_gpu.py --gemv-sweep`` on an H100 at one activation row
+# (the only row count the dispatch gives this kernel):
 # the output projection (3,200 columns) 7.0 -> 5.9 us and the down projection (5,504) 9.9 -> 8.0
 # us against the earlier (512, 4, 4). (Pipeline stages would change nothing: Triton pipelines
 # only loads that feed a dot, so the kernel prefetches the next tile itself.)
@@ -147,7 +148,7 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residua
         block_k, waves, num_warps = (v if v is not None else d for v, d in zip((block_k, waves, num_warps), defaults))
         bk = min(block_k, max(16, triton.next_power_of_2(k)))
         # the widest block of output features that still gives every SM ``waves`` programs, with
-        # at most TILE float32 accumulators per program (32 a thread at 4 warps)
+        # at most TILE float32 accumulators per program (32 a thread at 4 warps, 16 at 8)
         most = max(1, TILE // (bk * rows_p))
         per_program = max(1, n // (waves * num_sms(x.device)))
         bn = min(1 << (per_program.bit_length() - 1), most)

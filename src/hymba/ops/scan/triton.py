@@ -487,16 +487,19 @@ def segments_for(batch: int, blocks: int, length: int, chunk: int, target: int |
     return split_steps(length, count, chunk)
 
 
-@functools.cache
-def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: int) -> tuple[int, int]:
+@functools.lru_cache(maxsize=256)
+def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: int, min_segment: int
+                      ) -> tuple[int, int]:
     """(number of time segments, segment length) for the backward, whose programs run in waves of
-    ``wave`` at a time (SMs x programs an SM): the count, none shorter than MIN_SEGMENT steps and
-    up to four waves, whose waves x segment length is least (the fewest segments of equals). A
-    wave that ends with few programs costs as much as a full one: H100, 4,224 steps, 200 channel
-    blocks a sequence, waves of 1,584, forward + backward 1.495 ms at b=1 with 15 segments (two
-    waves) and 1.750 with 16 (three); at b=2 2.916 ms with 7, 2.856 with 11, 2.796 with 15 and
-    3.020 with 16 (benchmarks/NOTES-gpu.md item 65)."""
-    most = max(1, min(length // MIN_SEGMENT, 4 * wave // max(1, batch * blocks)))
+    ``wave`` at a time (SMs x programs an SM): of the counts up to ``length // min_segment`` and
+    up to four waves, the one whose waves x segment length is least (the fewest segments of
+    equals). A wave that ends with few programs costs as much as a full one: H100, 4,224 steps,
+    200 channel blocks a sequence, waves of 1,584, forward + backward 1.495 ms at b=1 with 15
+    segments (two waves) and 1.750 with 16 (three); at b=2 2.916 ms with 7, 2.856 with 11, 2.796
+    with 15 and 3.020 with 16 (benchmarks/NOTES-gpu.md item 65)."""
+    if wave < 1:
+        raise ValueError(f"a wave of {wave} programs")
+    most = max(1, min(length // min_segment, 4 * wave // max(1, batch * blocks)))
     best = None
     for count in range(1, most + 1):
         segs, seg_len = split_steps(length, count, chunk)
@@ -508,7 +511,8 @@ def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: in
 
 def _backward_wave(device: torch.device, warps: int) -> int:
     """Programs of the backward's pass 2 that run at once: SMs x programs an SM, as the register
-    cap allows (the compiler's choice, up to 255 registers, without one)."""
+    cap allows (the compiler's choice, up to 255 registers, without one; on a CPU, under Triton's
+    interpreter, the cap is not applied but the count only shapes the segments)."""
     registers = 8 * triton.cdiv(BWD_MAXNREG or 255, 8) * 32 * warps
     return num_sms(device) * max(1, 65536 // registers)
 
@@ -611,7 +615,7 @@ class _TritonScan(torch.autograd.Function):
         block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
         blocks = triton.cdiv(d, block_d)
         if segments is None and BWD_TARGET_PROGRAMS is None:
-            num_segs, seg_len = backward_segments(b, blocks, L, CHUNK, _backward_wave(u.device, warps))
+            num_segs, seg_len = backward_segments(b, blocks, L, CHUNK, _backward_wave(u.device, warps), MIN_SEGMENT)
         else:
             num_segs, seg_len = _segments(b, blocks, L, CHUNK, segments, BWD_TARGET_PROGRAMS)
         f32 = dict(dtype=torch.float32, device=u.device)
