@@ -122,7 +122,7 @@ def flex_attention_swa(
         q = q.contiguous()
     k, v = k.contiguous(), v.contiguous()
     mask = _block_mask(q.shape[2], k.shape[2], window, num_meta, offset, str(q.device))
-    options = dict(block_mask=mask, enable_gqa=q.shape[1] != k.shape[1], kernel_options=kernel_options(q, v))
-    if q.stride(1) < q.stride(2):  # a (b, L, H, d) view
-        return _flex(_exact_shape(q, k, v), heads_last=True)(q, k, v, **options).transpose(1, 2)
-    return _flex(_exact_shape(q, k, v))(q, k, v, **options)
+    heads_last = q.stride(1) < q.stride(2)  # a (b, L, H, d) view
+    out = _flex(_exact_shape(q, k, v), heads_last)(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
+                                                    kernel_options=kernel_options(q, v))
+    return out.transpose(1, 2) if heads_last else out
