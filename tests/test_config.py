@@ -57,6 +57,15 @@ def test_fixture_config_loads(fixture_dir):
         (dict(rope_type="yarn"), "rope_type"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(mlp_hidden_act="gelu"), "mlp_hidden_act"),
+        (dict(rope_theta="abc"), "rope_theta"),
+        (dict(rope_theta=0), "rope_theta"),
+        (dict(rope_theta=-1.0), "rope_theta"),
+        (dict(max_position_embeddings=10), "max_position_embeddings"),  # NTK base would be complex
+        (dict(orig_max_position_embeddings=0), "orig_max_position_embeddings"),
+        (dict(num_experts=4), "num_experts"),
+        (dict(tie_word_embeddings="false"), "tie_word_embeddings"),
+        (dict(rope=1), "rope"),
+        (dict(attention_dropout=1.5), "attention_dropout"),
     ],
 )
 def test_invalid_values_name_the_field(change, field):

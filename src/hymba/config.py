@@ -169,6 +169,19 @@ class HymbaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "must be a positive integer")
+        for name in ("tie_word_embeddings", "rope", "mamba_conv_bias", "mamba_proj_bias",
+                     "mamba_inner_layernorms"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
+        for name in ("rope_theta", "initializer_range"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                fail(name, "must be a positive number")
+        if not isinstance(self.attention_dropout, (int, float)) or not 0 <= self.attention_dropout < 1:
+            fail("attention_dropout", "must be a number in [0, 1)")
+        for name in ("num_experts", "num_experts_per_tok"):
+            if getattr(self, name) != 1:
+                fail(name, "only 1 (no mixture of experts) is supported")
         if self.mixer_type not in ("hybrid", "attention", "ssm"):
             fail("mixer_type", "must be 'hybrid', 'attention' or 'ssm'")
         if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
@@ -203,8 +216,17 @@ class HymbaConfig:
             fail("sliding_window", "must be null (all layers global) or an integer >= 1")
         if self.rope_type not in (None, "default", "ntk"):
             fail("rope_type", "must be null, 'default' or 'ntk'")
-        if self.rope and self.rope_type == "ntk" and not self.orig_max_position_embeddings:
-            fail("orig_max_position_embeddings", "is required by rope_type 'ntk'")
+        orig = self.orig_max_position_embeddings
+        if orig is not None and (not isinstance(orig, int) or isinstance(orig, bool) or orig < 1):
+            fail("orig_max_position_embeddings", "must be null or a positive integer")
+        if self.has_attention and self.rope and self.rope_type == "ntk":
+            if not orig:
+                fail("orig_max_position_embeddings", "is required by rope_type 'ntk'")
+            if 2 * self.max_position_embeddings <= orig:  # NTK base (2 * max / orig - 1) ** ...
+                fail("max_position_embeddings", f"must exceed orig_max_position_embeddings / 2 = {orig / 2:g} "
+                     "for rope_type 'ntk'")
+            if self.qk_head_dim <= 2:
+                fail("num_attention_heads", "rope_type 'ntk' needs a query/key head dim above 2")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", f"must lie in [0, vocab_size={self.vocab_size})")
         n = self.num_hidden_layers
