@@ -66,6 +66,7 @@ def test_fixture_config_loads(fixture_dir):
         (dict(tie_word_embeddings="false"), "tie_word_embeddings"),
         (dict(rope=1), "rope"),
         (dict(attention_dropout=1.5), "attention_dropout"),
+        (dict(torch_dtype="int8"), "torch_dtype"),
     ],
 )
 def test_invalid_values_name_the_field(change, field):

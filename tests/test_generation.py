@@ -166,3 +166,11 @@ def test_stop_strings_cut_generation_and_stream(text_model):
     assert len(new) < 15  # the only row stopped, so generation ended early
     with pytest.raises(InputError, match="tokenizer"):
         model.generate(ids, stop_strings=["x"])
+
+
+def test_stream_checks_sampling_arguments_as_generate_does(text_model):
+    model, tok = text_model
+    with pytest.raises(InputError, match="top_p"):
+        list(stream(model, tok, "the quick", do_sample=True, top_p=0.0))
+    with pytest.raises(InputError, match="top_k"):
+        list(stream(model, tok, "the quick", do_sample=True, top_k=-2))

@@ -63,3 +63,12 @@ def test_errors(tmp_path, folder):
     tok = HymbaTokenizer(Tokenizer(models.BPE()), {})
     with pytest.raises(TokenizerError, match="no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_text_that_is_not_utf8_is_refused(folder):
+    tok = load_tokenizer(folder)
+    not_utf8 = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python reads such argv/stdin
+    with pytest.raises(TokenizerError, match="not valid UTF-8"):
+        tok.encode(not_utf8)
+    with pytest.raises(TokenizerError, match="str"):
+        tok.encode(b"cafe")

@@ -182,6 +182,8 @@ class HymbaConfig:
         for name in ("num_experts", "num_experts_per_tok"):
             if getattr(self, name) != 1:
                 fail(name, "only 1 (no mixture of experts) is supported")
+        if self.torch_dtype not in (None, "float32", "bfloat16", "float16"):
+            fail("torch_dtype", "must be float32, bfloat16 or float16")
         if self.mixer_type not in ("hybrid", "attention", "ssm"):
             fail("mixer_type", "must be 'hybrid', 'attention' or 'ssm'")
         if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):

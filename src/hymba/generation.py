@@ -370,8 +370,8 @@ def stream(
     if not ids:
         raise InputError("the prompt is empty: give at least one token")
     sampling = SamplingConfig(
-        do_sample=bool(do_sample), temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
-        repetition_penalty=repetition_penalty,
+        do_sample=bool(do_sample), temperature=temperature, top_k=0 if top_k is None else top_k,
+        top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
     )
     eos = tokenizer.eos_token_id
     run = DecodeLoop(

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 
 class TokenizerError(ValueError):
-    """A tokenizer folder is missing or malformed."""
+    """A tokenizer folder is missing or malformed, or a text cannot be encoded."""
 
 
 def _token_text(value: Any) -> str | None:
@@ -108,6 +108,12 @@ class HymbaTokenizer:
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of ``text``; a BOS is prepended when the tokenizer asks for it (or
         ``add_bos=True``) unless the text already starts with one."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"can only encode text (str), got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. argv or stdin bytes that were not UTF-8
+            raise TokenizerError(f"the text is not valid UTF-8 (at character {exc.start})") from None
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         bos = self.bos_token_id
         if (self.add_bos_token if add_bos is None else add_bos) and bos is not None:

@@ -69,6 +69,24 @@ def test_generate_streams_the_continuation(checkpoint, capsys):
     assert "top_p" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--device", "foo"], "--device 'foo' is not a device"),
+    (["--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")], "not valid UTF-8"),
+])
+def test_generate_bad_input_is_one_line(checkpoint, capsys, extra, message):
+    args = ["generate", "--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "3", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_generate_dtype_choices(checkpoint, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(checkpoint), "--prompt", "x", "--dtype", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
 def test_chat_repl_keeps_history_resets_and_exits_on_eof(checkpoint, monkeypatch):
     import hymba.generation as generation
 

@@ -28,6 +28,8 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys):
     assert main(["info", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hymba info: error:") and "\n" not in err
+    assert main(["info", "--preset", "tiny", "--seq", "-5"]) == 2
+    assert "--seq must be >= 1" in capsys.readouterr().err
     assert main(["info", "--model", str(tmp_path / "missing")]) == 2
     (tmp_path / "config.json").write_text("{")
     assert main(["info", "--model", str(tmp_path)]) == 2

@@ -46,7 +46,13 @@ def test_hymba_train_flags_override_config_file(corpus, config_file, tmp_path, c
 @pytest.mark.parametrize("extra, message", [
     (["--data", "/no/such/dir"], "data path /no/such/dir does not exist"),
     (["--seq-len", "100"], "max_position_embeddings"),
-    (["--tokenizer", "/no/such/tok"], "no tokenizer.json"),
+    (["--tokenizer", "/no/such/tok"], "tokenizer folder /no/such/tok does not exist"),
+    (["--init-from", "/no/such/ckpt"], "init_from folder /no/such/ckpt does not exist"),
+    (["--sample-tokens", "5000"], "sample_prompt + sample_tokens"),
+    (["--min-lr", "-1"], "min_lr must be a non-negative number"),
+    (["--warmup", "-3"], "warmup must be a non-negative number"),
+    (["--val-fraction", "1"], "val_fraction must be a number in [0, 1)"),
+    (["--device", "foo"], "device 'foo' is not a device"),
 ])
 def test_hymba_train_errors_are_one_line(corpus, config_file, tmp_path, capsys, extra, message):
     argv = ["train", "--config", str(config_file), "--data", str(corpus), "--out", str(tmp_path / "r"),
@@ -62,6 +68,35 @@ def test_bad_config_file(tmp_path, capsys):
     path.write_text("max_steps: 3\nlearning_rate: 1\n")
     assert main(["train", "--config", str(path)]) == 2
     assert "unknown training setting(s): learning_rate" in capsys.readouterr().err
+
+
+def test_config_file_values_are_type_checked(corpus, tmp_path, capsys):
+    path = tmp_path / "c.yaml"  # YAML 1.1 reads 1e-3 as text: it is taken as the number
+    path.write_text(f"lr: 1e-3\nmax_steps: '2'\nseq_len: 16\nbatch_size: 2\nsample_tokens: 0\n"
+                    f"model: {json.dumps(SMALL_MODEL)}\n")
+    assert main(["train", "--config", str(path), "--data", str(corpus), "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    for text, message in (("lr: fast\n", "lr must be a positive number, got 'fast'"),
+                          ("max_steps: 2.5\n", "max_steps must be a positive integer, got 2.5"),
+                          ("progress: 'no'\n", "progress must be true or false")):
+        path.write_text(text)
+        assert main(["train", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
+def test_a_damaged_training_state_is_named(corpus, config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--config", str(config_file), "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*base, "--max-steps", "2"]) == 0
+    state = out / "checkpoint-00000002"
+    (state / "optimizer.pt").write_bytes(b"garbage")
+    assert main(["train", "--resume", str(out), "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optimizer.pt is corrupt" in err and "weights_only" not in err and "\n" not in err
+    (state / "trainer_state.json").write_text("{broken")
+    assert main(["train", "--resume", str(out), "--max-steps", "3"]) == 2
+    assert "trainer_state.json is corrupt" in capsys.readouterr().err
 
 
 def test_overwrite_replaces_a_run_and_resume_needs_a_checkpoint(corpus, config_file, tmp_path, capsys):

@@ -14,6 +14,14 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> N
     group.add_argument("--preset", metavar="NAME", help="a built-in shape: hymba-1.5b, hymba-350m, hymba-125m, tiny")
 
 
+def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """``--device`` and (unless ``dtype`` is False) ``--dtype``, with the same meaning everywhere."""
+    if dtype:
+        parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                            help="compute dtype (default: the checkpoint's)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+
+
 def load_config(args: argparse.Namespace):
     from ..config import HymbaConfig
 
@@ -44,8 +52,14 @@ def resolve_device(name: str | None) -> str:
 
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 

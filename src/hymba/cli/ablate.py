@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from . import CLIError
-from ._common import require_plots, resolve_device
+from ._common import add_runtime_args, require_plots, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
     p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(p, dtype=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: ablation-BUDGET)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",

@@ -7,7 +7,7 @@ import json
 import os
 
 from . import CLIError
-from ._common import add_model_args
+from ._common import add_model_args, add_runtime_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=1024, help="analyse at most this many tokens")
     p.add_argument("--out", metavar="DIR", default="analysis", help="output folder (default: analysis)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--device", default="auto")
+    add_runtime_args(p)
     p.add_argument("--seed", type=int, default=0, help="init seed for --preset models")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from . import CLIError
-from ._common import add_model_args
+from ._common import add_model_args, add_runtime_args
 
 
 def _ints(text: str) -> list[int]:
@@ -50,8 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="needle depths in [0, 1]")
     r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--dtype", default=None)
-    r.add_argument("--device", default="auto")
+    add_runtime_args(r)
     r.add_argument("--seed", type=int, default=0, help="init seed for --preset models")
     r.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     r.add_argument("--plot", metavar="PNG", help="plot accuracy against length (needs matplotlib)")

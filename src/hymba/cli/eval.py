@@ -6,6 +6,7 @@ import argparse
 import json
 
 from . import CLIError
+from ._common import add_runtime_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ppl.add_argument("--stride", type=int, default=None,
                      help="new tokens scored per window after the first (default: window/2)")
     ppl.add_argument("--batch-size", type=int, default=4)
-    ppl.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: checkpoint's)")
-    ppl.add_argument("--device", default="auto")
+    add_runtime_args(ppl)
     ppl.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     ppl.set_defaults(func=run_ppl)
 

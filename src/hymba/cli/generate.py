@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import CLIError
+from ._common import add_runtime_args
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -23,8 +24,7 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None
     p.add_argument("--swa-decode", choices=("trained", "reference"), default="trained",
                    help="sliding-window decode semantics: 'trained' (= the full forward, default) or "
                         "'reference' (NVIDIA's cache: one key fewer, token-for-token with its generate)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: checkpoint's)")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(p)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:

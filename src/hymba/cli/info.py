@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import CLIError
 from ._common import add_model_args, load_config
 
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     if args.seq < 1:
-        raise ValueError("--seq must be >= 1")
+        raise CLIError(f"--seq must be >= 1, got {args.seq}")
     plan = config.layer_plan()
     print(f"Hymba model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"mixer {config.mixer_type}, {config.num_memory_tokens} meta tokens, vocab {config.vocab_size}")

@@ -105,10 +105,9 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def _saved_args(resume: str) -> dict[str, Any]:
-    from ..train.checkpointing import STATE_NAME, resolve_resume
+    from ..train.checkpointing import read_trainer_state, resolve_resume
 
-    with open(os.path.join(resolve_resume(resume), STATE_NAME), encoding="utf-8") as fh:
-        saved = json.load(fh).get("args", {})
+    saved = read_trainer_state(resolve_resume(resume)).get("args", {})
     return {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "init_from")}
 
 
@@ -127,16 +126,36 @@ def build_train_args(args: argparse.Namespace):
     if flags.get("resume"):
         settings.update(_saved_args(flags["resume"]))
         settings["out"] = _run_folder(flags["resume"])
+    fields = {f.name: f for f in dataclasses.fields(TrainArgs)}
     if args.config:
-        settings.update(read_config_file(args.config))
+        settings.update(_numbers_from_text(read_config_file(args.config), fields))
     settings.update(flags)
-    known = {f.name for f in dataclasses.fields(TrainArgs)}
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(set(settings) - set(fields))
     if unknown:
         raise CLIError(f"unknown training setting(s): {', '.join(unknown)}")
     if isinstance(settings.get("data"), str):
         settings["data"] = [settings["data"]]
     return TrainArgs(**settings)
+
+
+def _numbers_from_text(settings: dict[str, Any], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
+    """Numbers written as text become numbers: PyYAML reads ``lr: 1e-3`` as the string '1e-3'
+    (YAML 1.1 floats need a dot). Anything else is left for :meth:`TrainArgs.validate` to name."""
+    out = dict(settings)
+    for name, value in settings.items():
+        field = fields.get(name)
+        kind = type(field.default) if field is not None else None
+        if not isinstance(value, str) or kind not in (int, float):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if kind is float:
+            out[name] = number
+        elif number.is_integer():
+            out[name] = int(number)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -123,15 +123,39 @@ def remove_stale_temporaries(run_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def read_trainer_state(path: str) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint ``path`` (step, data position, arguments)."""
+    file = os.path.join(path, STATE_NAME)
+    try:
+        with open(file, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{file} is corrupt: not valid JSON") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("args", {}), dict)):
+        raise CheckpointError(f"{file} is not a training state: it needs a step and the arguments")
+    return state
+
+
+def _load_tensors(file: str) -> Any:
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except Exception:  # a truncated or foreign file fails in the unpickler, whatever its error type
+        raise CheckpointError(f"{file} is corrupt or not written by hymba train") from None
+
+
 def load_training_state(path: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimizer and RNG from checkpoint ``path``; return its trainer state."""
+    state = read_trainer_state(path)
+    opt_state = _load_tensors(os.path.join(path, "optimizer.pt"))
+    rng = _load_tensors(os.path.join(path, "rng.pt"))
     try:
-        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as fh:
-            state = json.load(fh)
-        opt_state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True, map_location="cpu")
-        rng = torch.load(os.path.join(path, "rng.pt"), weights_only=True)
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot read the training state in {path}: {exc}") from None
-    optimizer.load_state_dict(opt_state)
-    set_rng_state(rng)
+        optimizer.load_state_dict(opt_state)
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"the optimizer or RNG state in {path} does not fit this run: {exc}") from None
     return state

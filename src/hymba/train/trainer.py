@@ -87,13 +87,37 @@ class TrainArgs:
     progress: bool = True
 
     def validate(self) -> None:
-        for name in ("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches",
-                     "save_every", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise TrainError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise TrainError(f"lr must be positive, got {self.lr}")
+        """Raise :class:`TrainError` naming the first setting of the wrong type or range."""
+
+        def check(names: tuple[str, ...], ok, what: str) -> None:
+            for name in names:
+                value = getattr(self, name)
+                if not ok(value):
+                    raise TrainError(f"{name} must be {what}, got {value!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        check(("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches",
+               "save_every", "log_every"), lambda v: is_int(v) and v >= 1, "a positive integer")
+        check(("keep_checkpoints", "sample_tokens", "seed"), lambda v: is_int(v) and v >= 0,
+              "a non-negative integer")
+        check(("threads",), lambda v: v is None or (is_int(v) and v >= 1), "a positive integer")
+        check(("lr",), lambda v: is_number(v) and v > 0, "a positive number")
+        check(("min_lr", "warmup", "weight_decay", "grad_clip"), lambda v: is_number(v) and v >= 0,
+              "a non-negative number")
+        check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+        check(("overwrite", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
+              lambda v: isinstance(v, bool), "true or false")
+        check(("out", "preset", "device", "sample_prompt"), lambda v: isinstance(v, str), "a string")
+        check(("init_from", "resume", "tokenizer"), lambda v: v is None or isinstance(v, str), "a path")
+        check(("data",), lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+              "a list of paths")
+        check(("model",), lambda v: isinstance(v, dict), "a mapping of config fields")
         if self.schedule not in ("wsd", "cosine"):
             raise TrainError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
         if self.dtype not in (None, "float32", "bfloat16"):
@@ -128,9 +152,13 @@ def _check_out_dir(args: TrainArgs) -> None:
 def _resolve_device(name: str) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise TrainError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"device {name} requested but CUDA is not available")
-    return torch.device(name)
+    return device
 
 
 def _load_tokenizer(args: TrainArgs, resume_dir: str | None) -> HymbaTokenizer:
@@ -230,12 +258,27 @@ def _sample(model: HymbaForCausalLM, tokenizer: HymbaTokenizer, prompt: str, tok
     return tokenizer.decode(out[0].tolist())
 
 
+def _check_sample_length(args: TrainArgs, tokenizer: HymbaTokenizer, config: HymbaConfig) -> None:
+    """Fail before training, not after it, when the closing sample cannot be generated."""
+    if args.sample_tokens:
+        length = len(tokenizer.encode(args.sample_prompt)) + args.sample_tokens
+        if length > config.max_position_embeddings:
+            raise TrainError(f"sample_prompt + sample_tokens = {length} tokens exceeds the model's "
+                             f"maximum of {config.max_position_embeddings} (max_position_embeddings)")
+
+
 def train(args: TrainArgs) -> dict[str, Any]:
     """Run training as ``args`` says; return a summary (losses, baseline, speed, paths, sample).
 
     Under ``torchrun`` every rank calls this; ``batch_size`` is then the global micro-batch, split
     evenly over the ranks, and only rank 0 writes files (its summary has the sample)."""
     args.validate()
+    for name in ("init_from", "tokenizer"):
+        folder = getattr(args, name)
+        if folder and not os.path.isdir(folder):
+            raise TrainError(f"{name} folder {folder} does not exist")
+    if args.init_from and args.model:
+        raise TrainError("model overrides shape a from-scratch run; init_from keeps its checkpoint's config")
     _check_out_dir(args)
     try:
         resume_dir = ckpt.resolve_resume(args.resume) if args.resume else None
@@ -244,6 +287,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     device = _resolve_device(args.device)
     tokenizer = _load_tokenizer(args, resume_dir)
     config = _model_config(args, tokenizer, resume_dir)
+    _check_sample_length(args, tokenizer, config)
     data = _load_data(args, tokenizer)
     world = distributed.setup(device.type)
     try:
