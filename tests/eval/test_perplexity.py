@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from hymba import HymbaForCausalLM, InputError
+from hymba import HymbaConfig, HymbaForCausalLM, InputError
 from hymba.cli import main
 from hymba.eval.perplexity import read_documents, token_perplexity
 from hymba.eval.scoring import score_pairs, sliding_windows
@@ -90,3 +90,12 @@ def test_cli_ppl(tiny_checkpoint, tmp_path, capsys):
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert "bits/byte" in capsys.readouterr().out
     assert main(["eval", "ppl", "--model", str(tiny_checkpoint), "--data", str(tmp_path / "nope.txt")]) == 2
+    capsys.readouterr()
+    limit = HymbaConfig.load(tiny_checkpoint).max_position_embeddings
+    for extra, message in ((["--window", str(limit + 1)], f"--window must be in 2..{limit}"),
+                           (["--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+                           (["--data", str(tmp_path)], "is a folder")):
+        argv = ["eval", "ppl", "--model", str(tiny_checkpoint), "--data", str(plain), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err

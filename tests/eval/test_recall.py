@@ -96,3 +96,6 @@ def test_cli(tiny_checkpoint, tmp_path, capsys):
         ("mqar", 40), ("mqar", 80), ("niah", 40), ("niah", 80), ("passkey", 40), ("passkey", 80)]
     assert "beyond" in capsys.readouterr().out
     assert main(["bench", "recall", "--preset", "tiny", "--task", "passkey", "--lengths", "40"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "recall", "--preset", "tiny", "--task", "mqar", "--lengths", "100000"]) == 2
+    assert "--lengths must lie in 1..2048" in capsys.readouterr().err

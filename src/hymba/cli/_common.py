@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from typing import Any
 
 from . import CLIError
 
@@ -73,3 +75,25 @@ def require_plots(args: argparse.Namespace) -> None:
         require_matplotlib()
     except ImportError as exc:
         raise CLIError(f"{exc}; or pass --no-plots") from None
+
+
+def check_output_file(path: str | None, flag: str = "--json") -> None:
+    """Fail before any work when an output file named by ``flag`` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path} is a folder; name a file")
+    if not os.path.isdir(folder):
+        raise CLIError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a temporary file renamed into place)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from . import CLIError
-from ._common import add_model_args, add_runtime_args
+from ._common import add_model_args, add_runtime_args, check_output_file, write_json
 
 
 def _ints(text: str) -> list[int]:
@@ -76,12 +75,16 @@ def run_recall(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
     if args.samples < 1 or args.batch_size < 1:
         raise CLIError("--samples and --batch-size must be >= 1")
+    check_output_file(args.json)
     from ._common import load_model
 
     model = load_model(args)
     config = model.config
     queries = args.pairs if args.queries is None else args.queries
     lengths = args.lengths or default_lengths(config, 1 + 2 * args.pairs + 2 * queries)
+    limit = config.max_position_embeddings
+    if not all(1 <= n <= limit for n in lengths):
+        raise CLIError(f"--lengths must lie in 1..{limit} (the model's max_position_embeddings)")
     rows: list[dict] = []
     synthetic = [t for t in args.task if t != "passkey"]
     if synthetic:
@@ -106,9 +109,7 @@ def run_recall(args: argparse.Namespace) -> int:
         detail = row.get("per_query") or row.get("per_depth")
         print(f"{row['task']:<8} {row['length']:>7} {where:>9} {row['accuracy']:>9.3f}  {detail}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"model": args.model or args.preset, "window": window, "rows": rows}, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, {"model": args.model or args.preset, "window": window, "rows": rows})
     if args.plot:
         from ..eval.plots import recall_curves
 

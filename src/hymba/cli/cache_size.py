@@ -4,9 +4,8 @@ transformers sized the same way (a real :class:`~hymba.cache.HybridCache` on the
 from __future__ import annotations
 
 import argparse
-import json
 
-from ._common import add_model_args, load_config
+from ._common import add_model_args, check_output_file, load_config, write_json
 
 # Paper Table 1/2 (arXiv 2411.13676): Hymba-1.5B cache at 8K tokens, fp16, and Llama-3.2-3B's.
 PAPER_MB, PAPER_RATIO = 78.6, 11.67
@@ -61,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seq < 1 or args.batch < 1:
         raise CLIError("--seq and --batch must be >= 1")
+    check_output_file(args.json)
     config = load_config(args)
     plan = config.layer_plan()
     name = args.model or args.preset or "tiny"
@@ -100,6 +100,5 @@ def run(args: argparse.Namespace) -> int:
               f"({parts['total'] / mb - PAPER_MB:+.2f} MB); with the meta-token K/V counted per request "
               f"it would be {(parts['total'] + parts['meta_kv']) / mb:.2f} MB.")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(args.json, result)
     return 0

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from . import CLIError
-from ._common import add_runtime_args
+from ._common import add_runtime_args, check_output_file, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,12 +39,14 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
+    check_output_file(args.json)
     texts = read_documents(args.data, args.field)
     model = load_model(args)
     tokenizer = load_tokenizer(args.model)
-    window = args.window or model.config.max_position_embeddings
-    if window < 2:
-        raise CLIError("--window must be >= 2")
+    limit = model.config.max_position_embeddings
+    window = args.window or limit
+    if not 2 <= window <= limit:
+        raise CLIError(f"--window must be in 2..{limit} (the model's max_position_embeddings)")
     stride = args.stride if args.stride is not None else max(1, window // 2)
     if not 1 <= stride <= window:
         raise CLIError(f"--stride must be in 1..{window}")
@@ -55,7 +56,5 @@ def run_ppl(args: argparse.Namespace) -> int:
     print(f"loss {result.loss:.4f}  perplexity {result.perplexity:.3f}  "
           f"bits/byte {result.bits_per_byte:.4f}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"model": args.model, "data": args.data, **result.to_dict()}, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, {"model": args.model, "data": args.data, **result.to_dict()})
     return 0

@@ -53,6 +53,8 @@ def read_documents(paths: Sequence[str | os.PathLike], field: str = "text") -> l
     any other file is one UTF-8 text document."""
     docs: list[str] = []
     for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            raise InputError(f"data path {path} is a folder; give text or .jsonl files")
         if not os.path.isfile(path):
             raise InputError(f"data file {path} does not exist")
         try:
