@@ -114,6 +114,8 @@ def test_activation_checkpointing_gives_same_gradients():
     "ids, mask, message",
     [
         (torch.zeros(1, 0, dtype=torch.long), None, "empty"),
+        (torch.zeros(0, 3, dtype=torch.long), None, "empty"),
+        ([[1, 2]], None, "tensor, got list"),
         (torch.tensor([[1, 2, 500]]), None, "outside the vocabulary"),
         (torch.tensor([[1, -1]]), None, "outside the vocabulary"),
         (torch.tensor([[1.0, 2.0]]), None, "integer"),

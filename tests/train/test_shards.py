@@ -12,6 +12,7 @@ from hymba import load_tokenizer
 from hymba.cli import main
 from hymba.train import sources
 from hymba.train.bpe import bundled_data_dir
+from hymba.train.data import load_rows
 from hymba.train.encoding import CHAT_TEMPLATE, DocumentEncoder, chat_segments
 from hymba.train.shards import ShardWriter, open_shards, split_labels, write_shards
 from hymba.train.sources import DataError, Piece, iter_documents, iter_pieces
@@ -125,6 +126,10 @@ def test_shard_errors(tmp_path, tokenizer):
         open_shards(str(tmp_path / "tok"), other, 10, 0.1)
     with pytest.raises(DataError, match="too few"):
         open_shards(str(tmp_path / "tok"), tokenizer, 100_000, 0.1)
+    text = tmp_path / "more.txt"
+    text.write_text("More text.")
+    with pytest.raises(DataError, match="give it as the only data path"):
+        load_rows([str(tmp_path / "tok"), str(text)], tokenizer, 10, 0.1)
 
 
 def test_tokenize_cli(tmp_path, capsys):

@@ -39,6 +39,7 @@ def test_hymba_train_flags_override_config_file(corpus, config_file, tmp_path, c
 
     # resume takes the saved settings; only --max-steps changes
     assert main(["train", "--resume", str(out), "--max-steps", "4", "--no-progress"]) == 0
+    assert "for 1 step (resumed; now at step 4) in" in capsys.readouterr().out
     with open(out / "metrics.jsonl", encoding="utf-8") as fh:
         assert [json.loads(line)["step"] for line in fh] == [1, 2, 3, 4]
 

@@ -168,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    print(f"trained {summary['parameters']:,} parameters for {summary['steps']} steps "
+    trained = summary["trained_steps"]
+    steps = f"{trained} step{'' if trained == 1 else 's'}"
+    if trained != summary["steps"]:
+        steps += f" (resumed; now at step {summary['steps']})"
+    print(f"trained {summary['parameters']:,} parameters for {steps} "
           f"in {summary['wall_s']:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)")
     print(f"final train loss {summary['train_loss']:.4f} (mean of the last 10 steps), "
           f"validation loss {summary['val_loss']:.4f}, "

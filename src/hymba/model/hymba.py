@@ -41,12 +41,14 @@ class HymbaModel(nn.Module):
         self.gradient_checkpointing = False
 
     def _check_ids(self, input_ids: Tensor) -> None:
+        if not isinstance(input_ids, Tensor):
+            raise InputError(f"input_ids must be a (batch, length) tensor, got {type(input_ids).__name__}")
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        if input_ids.shape[1] == 0:
-            raise InputError("input_ids is empty: give at least one token")
+        if input_ids.numel() == 0:
+            raise InputError(f"input_ids {tuple(input_ids.shape)} is empty: give at least one row of one token")
         if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
             return  # a graph being captured cannot read the device: its caller checks the ids
         lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read of the device

@@ -118,6 +118,9 @@ def load_rows(paths: Sequence[str], tokenizer: HymbaTokenizer, seq_len: int, val
     (memory-mapped, so the corpus may be larger than memory)."""
     if len(paths) == 1 and is_shard_folder(paths[0]):
         return PackedData(*open_shards(paths[0], tokenizer, seq_len, val_fraction))
+    shard_folders = [p for p in paths if is_shard_folder(p)]
+    if shard_folders:
+        raise DataError(f"{shard_folders[0]} is a 'hymba tokenize' folder: give it as the only data path")
     tokens = tokenize_files(paths, tokenizer)
     if not len(tokens):
         raise DataError(f"the corpus is empty (no text in {', '.join(paths)})")
