@@ -54,6 +54,7 @@ def test_hymba_train_flags_override_config_file(corpus, config_file, tmp_path, c
     (["--warmup", "-3"], "warmup must be a non-negative number"),
     (["--val-fraction", "1"], "val_fraction must be a number in [0, 1)"),
     (["--device", "foo"], "device 'foo' is not a device"),
+    (["--preset", "hymba-125m", "--init-from", "/x"], "--preset shapes a from-scratch run"),
 ])
 def test_hymba_train_errors_are_one_line(corpus, config_file, tmp_path, capsys, extra, message):
     argv = ["train", "--config", str(config_file), "--data", str(corpus), "--out", str(tmp_path / "r"),

@@ -122,6 +122,8 @@ def build_train_args(args: argparse.Namespace):
     from ..train import TrainArgs
 
     flags = {_RENAMED.get(k, k): v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    if "preset" in flags and ("init_from" in flags or "resume" in flags):
+        raise CLIError("--preset shapes a from-scratch run; --init-from and --resume keep their checkpoint's shape")
     settings: dict[str, Any] = {}
     if flags.get("resume"):
         settings.update(_saved_args(flags["resume"]))
