@@ -83,6 +83,13 @@ def test_dtype_and_device_arguments(saved):
         HymbaForCausalLM.from_pretrained(saved, dtype="int8")
 
 
+def test_float64_round_trip(tmp_path, tiny_model):
+    tiny_model.double().save_pretrained(tmp_path / "f64")
+    loaded = HymbaForCausalLM.from_pretrained(tmp_path / "f64")
+    assert loaded.dtype == torch.float64 and loaded.config.torch_dtype == "float64"
+    assert_same_weights(loaded, tiny_model)
+
+
 def test_tied_head_present_in_file_is_accepted(saved):
     tensors = load_file(saved / "model.safetensors")
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()

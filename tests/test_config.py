@@ -74,6 +74,15 @@ def test_invalid_values_name_the_field(change, field):
         HymbaConfig.from_preset("tiny", **change)
 
 
+def test_numbers_written_as_text_are_read_as_numbers():
+    data = {**HymbaConfig.from_preset("tiny").to_dict(), "rope_theta": "1e6", "hidden_size": "128",
+            "torch_dtype": "bf16"}
+    cfg = HymbaConfig.from_dict(data)
+    assert cfg.rope_theta == 1e6 and cfg.hidden_size == 128 and cfg.torch_dtype == "bf16"
+    with pytest.raises(ConfigError, match="rope_theta"):
+        HymbaConfig.from_dict({**data, "rope_theta": "large"})
+
+
 def test_malformed_config_files(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):

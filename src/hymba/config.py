@@ -23,6 +23,32 @@ class ConfigError(ValueError):
     """A configuration value is invalid. The message names the field."""
 
 
+# torch dtype names (and the usual aliases) that a checkpoint's ``torch_dtype`` may give.
+FLOAT_DTYPE_NAMES = frozenset({"float32", "float", "fp32", "bfloat16", "bf16", "float16", "half", "fp16",
+                               "float64", "double"})
+
+
+def numbers_from_text(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``values`` with numbers written as text made numbers, for the fields of dataclass ``cls``
+    annotated ``int`` or ``float`` (also ``... | None``): PyYAML reads ``1e-3`` as a string (YAML 1.1
+    floats need a dot). Text that is not a number is left for validation to name."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        value = values.get(f.name)
+        kind = str(f.type).split(" ")[0]
+        if not isinstance(value, str) or kind not in ("int", "float"):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if kind == "float":
+            out[f.name] = number
+        elif number.is_integer():
+            out[f.name] = int(number)
+    return out
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """What one decoder layer is. Built by :meth:`HymbaConfig.layer_plan`, read everywhere else.
@@ -182,8 +208,8 @@ class HymbaConfig:
         for name in ("num_experts", "num_experts_per_tok"):
             if getattr(self, name) != 1:
                 fail(name, "only 1 (no mixture of experts) is supported")
-        if self.torch_dtype not in (None, "float32", "bfloat16", "float16"):
-            fail("torch_dtype", "must be float32, bfloat16 or float16")
+        if self.torch_dtype is not None and self.torch_dtype not in FLOAT_DTYPE_NAMES:
+            fail("torch_dtype", "must name a floating-point dtype such as float32, bfloat16 or float16")
         if self.mixer_type not in ("hybrid", "attention", "ssm"):
             fail("mixer_type", "must be 'hybrid', 'attention' or 'ssm'")
         if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
@@ -302,7 +328,7 @@ class HymbaConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = numbers_from_text({k: v for k, v in data.items() if k in known}, cls)
         extra = {k: v for k, v in data.items() if k not in known}
         if "model_type" in data and data["model_type"] != "hymba":
             raise ConfigError(f"config model_type is {data['model_type']!r}, expected 'hymba'")

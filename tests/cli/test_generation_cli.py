@@ -72,13 +72,22 @@ def test_generate_streams_the_continuation(checkpoint, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1]"),
     (["--device", "foo"], "--device 'foo' is not a device"),
-    (["--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")], "not valid UTF-8"),
+    (["--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")], "the prompt is not valid UTF-8"),
 ])
 def test_generate_bad_input_is_one_line(checkpoint, capsys, extra, message):
     args = ["generate", "--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "3", *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_generate_reads_the_prompt_from_stdin_as_bytes(checkpoint, capsys, monkeypatch):
+    args = ["generate", "--model", str(checkpoint), "--prompt", "-", "--max-new-tokens", "2"]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"the quick")))
+    assert main(args) == 0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9"), encoding="utf-8"))
+    assert main(args) == 2
+    assert "the prompt is not valid UTF-8" in capsys.readouterr().err
 
 
 def test_generate_dtype_choices(checkpoint, capsys):

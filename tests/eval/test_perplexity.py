@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from hymba import HymbaConfig, HymbaForCausalLM, InputError
+from hymba import HymbaForCausalLM, InputError
 from hymba.cli import main
 from hymba.eval.perplexity import read_documents, token_perplexity
 from hymba.eval.scoring import score_pairs, sliding_windows
@@ -91,8 +91,7 @@ def test_cli_ppl(tiny_checkpoint, tmp_path, capsys):
     assert "bits/byte" in capsys.readouterr().out
     assert main(["eval", "ppl", "--model", str(tiny_checkpoint), "--data", str(tmp_path / "nope.txt")]) == 2
     capsys.readouterr()
-    limit = HymbaConfig.load(tiny_checkpoint).max_position_embeddings
-    for extra, message in ((["--window", str(limit + 1)], f"--window must be in 2..{limit}"),
+    for extra, message in ((["--window", "1"], "--window must be >= 2"),
                            (["--json", str(tmp_path / "no" / "x.json")], "does not exist"),
                            (["--data", str(tmp_path)], "is a folder")):
         argv = ["eval", "ppl", "--model", str(tiny_checkpoint), "--data", str(plain), *extra]

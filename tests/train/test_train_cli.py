@@ -74,10 +74,12 @@ def test_bad_config_file(tmp_path, capsys):
 
 def test_config_file_values_are_type_checked(corpus, tmp_path, capsys):
     path = tmp_path / "c.yaml"  # YAML 1.1 reads 1e-3 as text: it is taken as the number
+    model = {**SMALL_MODEL, "rope_theta": "1e4"}
     path.write_text(f"lr: 1e-3\nmax_steps: '2'\nseq_len: 16\nbatch_size: 2\nsample_tokens: 0\n"
-                    f"model: {json.dumps(SMALL_MODEL)}\n")
+                    f"model: {json.dumps(model)}\n")
     assert main(["train", "--config", str(path), "--data", str(corpus), "--out", str(tmp_path / "r"),
                  "--no-progress"]) == 0
+    assert HymbaForCausalLM.from_pretrained(tmp_path / "r" / "final").config.rope_theta == 1e4
     for text, message in (("lr: fast\n", "lr must be a positive number, got 'fast'"),
                           ("max_steps: 2.5\n", "max_steps must be a positive integer, got 2.5"),
                           ("progress: 'no'\n", "progress must be true or false")):

@@ -241,3 +241,18 @@ def test_compile_flag(reference_run, corpus, tmp_path, monkeypatch):
     summary = train(small_args(corpus, tmp_path / "compiled", compile=True))
     assert len(compiled) == 1
     assert summary["losses"] == pytest.approx(reference_run["losses"], rel=1e-5)
+
+
+def test_train_args_take_path_objects_and_name_bad_values(tmp_path):
+    from pathlib import Path
+
+    from hymba.train import TrainArgs
+
+    args = TrainArgs(data=(Path("a.txt"), "b.txt"), tokenizer=Path("/tok"), out=tmp_path / "run", device=None)
+    assert args.data == ["a.txt", "b.txt"] and args.tokenizer == "/tok" and args.out == str(tmp_path / "run")
+    args.validate()
+    for bad, message in ((dict(lr="fast"), "lr must be a positive number"), (dict(max_steps=True), "max_steps"),
+                         (dict(decay_fraction=2.0), "decay_fraction"), (dict(grad_clip=math.nan), "grad_clip"),
+                         (dict(model=[1]), "model must be a mapping")):
+        with pytest.raises(TrainError, match=message):
+            TrainArgs(**bad).validate()

@@ -2,7 +2,8 @@
 
 Every module in this package that defines ``register(subparsers)`` adds one subcommand; its
 handler imports what it needs lazily so that ``hymba --help`` stays fast. Errors that come from
-bad input (config, checkpoint, flags, prompts, data) print one line and exit with status 2.
+bad input (config, checkpoint, flags, prompts, data) print one line and exit with status 2; running
+out of memory prints one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -52,9 +53,22 @@ def main(argv: list[str] | None = None) -> int:
             PermissionError) as exc:
         print(f"hymba {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        print(f"hymba {args.command}: error: out of memory ({detail}); "
+              "try shorter inputs, a smaller batch or another device", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, torch's CUDA OutOfMemoryError or its CPU allocator's."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> N
 def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     """``--device`` and (unless ``dtype`` is False) ``--dtype``, with the same meaning everywhere."""
     if dtype:
-        parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+        parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default=None,
                             help="compute dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 
@@ -81,9 +81,13 @@ def check_output_file(path: str | None, flag: str = "--json") -> None:
     """Fail before any work when an output file named by ``flag`` cannot be written."""
     if path is None:
         return
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path} is a folder; name a file")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise CLIError(f"{flag} {path} is not writable")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CLIError(f"{flag} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -91,9 +95,14 @@ def check_output_file(path: str | None, flag: str = "--json") -> None:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (a temporary file renamed into place)."""
+    """Write ``data`` as indented JSON. A new or regular file is replaced atomically (a temporary
+    file renamed into place); anything else (a link, /dev/stdout, a pipe) is written to directly."""
+    text = json.dumps(data, indent=2) + "\n"
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
+        fh.write(text)
     os.replace(tmp, path)

@@ -61,9 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from ..generation import stream
     from ..tokenizer import TokenizerError
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":  # bytes, so that text which is not UTF-8 gets the error below, whatever the locale
+        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    else:
+        prompt = args.prompt
     if not prompt:
         raise CLIError("the prompt is empty")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CLIError(f"the prompt is not valid UTF-8 (at character {exc.start})") from None
     model, tokenizer = load_model_and_tokenizer(args)
     stops = list(args.stop)
     if args.chat:

@@ -119,6 +119,7 @@ def _run_folder(resume: str) -> str:
 
 def build_train_args(args: argparse.Namespace):
     """Merge defaults, a resumed run's arguments, the config file and the flags."""
+    from ..config import numbers_from_text
     from ..train import TrainArgs
 
     flags = {_RENAMED.get(k, k): v for k, v in vars(args).items() if k not in ("config", "func", "command")}
@@ -128,36 +129,14 @@ def build_train_args(args: argparse.Namespace):
     if flags.get("resume"):
         settings.update(_saved_args(flags["resume"]))
         settings["out"] = _run_folder(flags["resume"])
-    fields = {f.name: f for f in dataclasses.fields(TrainArgs)}
     if args.config:
-        settings.update(_numbers_from_text(read_config_file(args.config), fields))
+        settings.update(numbers_from_text(read_config_file(args.config), TrainArgs))
     settings.update(flags)
-    unknown = sorted(set(settings) - set(fields))
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainArgs)})
     if unknown:
         raise CLIError(f"unknown training setting(s): {', '.join(unknown)}")
-    if isinstance(settings.get("data"), str):
-        settings["data"] = [settings["data"]]
     return TrainArgs(**settings)
 
-
-def _numbers_from_text(settings: dict[str, Any], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
-    """Numbers written as text become numbers: PyYAML reads ``lr: 1e-3`` as the string '1e-3'
-    (YAML 1.1 floats need a dot). Anything else is left for :meth:`TrainArgs.validate` to name."""
-    out = dict(settings)
-    for name, value in settings.items():
-        field = fields.get(name)
-        kind = type(field.default) if field is not None else None
-        if not isinstance(value, str) or kind not in (int, float):
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        if kind is float:
-            out[name] = number
-        elif number.is_integer():
-            out[name] = int(number)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

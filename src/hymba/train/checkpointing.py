@@ -139,13 +139,21 @@ def read_trainer_state(path: str) -> dict[str, Any]:
     return state
 
 
-def _load_tensors(file: str) -> Any:
+def _load_tensors(file: str, mmap: bool = False) -> Any:
     try:
-        return torch.load(file, weights_only=True, map_location="cpu")
+        return torch.load(file, weights_only=True, map_location="cpu", mmap=mmap)
     except OSError as exc:
         raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
     except Exception:  # a truncated or foreign file fails in the unpickler, whatever its error type
         raise CheckpointError(f"{file} is corrupt or not written by hymba train") from None
+
+
+def check_training_state(path: str) -> None:
+    """Raise :class:`CheckpointError` if checkpoint ``path``'s training state cannot be read
+    (the tensor files are memory-mapped, not read into memory)."""
+    read_trainer_state(path)
+    for name in ("optimizer.pt", "rng.pt"):
+        _load_tensors(os.path.join(path, name), mmap=True)
 
 
 def load_training_state(path: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import CheckpointError
-from ..config import HymbaConfig
+from ..config import HymbaConfig, numbers_from_text
 from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
@@ -86,6 +86,15 @@ class TrainArgs:
     sample_tokens: int = 60
     progress: bool = True
 
+    def __post_init__(self) -> None:  # paths may be given as os.PathLike, data as any sequence
+        for name in ("out", "init_from", "resume", "tokenizer"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = [self.data]
+        if isinstance(self.data, (list, tuple)):
+            self.data = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.data]
+
     def validate(self) -> None:
         """Raise :class:`TrainError` naming the first setting of the wrong type or range."""
 
@@ -113,7 +122,8 @@ class TrainArgs:
         check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         check(("overwrite", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
               lambda v: isinstance(v, bool), "true or false")
-        check(("out", "preset", "device", "sample_prompt"), lambda v: isinstance(v, str), "a string")
+        check(("out", "preset", "sample_prompt"), lambda v: isinstance(v, str), "a string")
+        check(("device",), lambda v: v is None or isinstance(v, str), "a device name")
         check(("init_from", "resume", "tokenizer"), lambda v: v is None or isinstance(v, str), "a path")
         check(("data",), lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
               "a list of paths")
@@ -158,6 +168,8 @@ def _resolve_device(name: str) -> torch.device:
         raise TrainError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TrainError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -173,7 +185,8 @@ def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, resume_dir: str | 
         ids = {k: v for k, v in (("bos_token_id", tokenizer.bos_token_id),
                                  ("eos_token_id", tokenizer.eos_token_id),
                                  ("pad_token_id", tokenizer.pad_token_id)) if v is not None}
-        overrides = {"vocab_size": len(tokenizer), **ids, "torch_dtype": "float32", **args.model}
+        model = numbers_from_text(args.model, HymbaConfig)  # a YAML file's "1e6" is text
+        overrides = {"vocab_size": len(tokenizer), **ids, "torch_dtype": "float32", **model}
         config = HymbaConfig.from_preset(args.preset, **overrides)
     if len(tokenizer) > config.vocab_size:
         raise TrainError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -282,6 +295,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     _check_out_dir(args)
     try:
         resume_dir = ckpt.resolve_resume(args.resume) if args.resume else None
+        if resume_dir:
+            ckpt.check_training_state(resume_dir)  # a damaged file fails now, not after the setup
     except CheckpointError as exc:
         raise TrainError(str(exc)) from None
     device = _resolve_device(args.device)
