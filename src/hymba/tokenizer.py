@@ -19,6 +19,15 @@ class TokenizerError(ValueError):
     """A tokenizer folder is missing or malformed, or a text cannot be encoded."""
 
 
+def check_utf8(text: str, what: str = "the text") -> None:
+    """Raise :class:`TokenizerError` if ``text`` holds characters UTF-8 cannot encode: the lone
+    surrogates Python makes of argv or stdin bytes that were not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TokenizerError(f"{what} is not valid UTF-8 (at character {exc.start})") from None
+
+
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # HF AddedToken serialisation
         return value.get("content")
@@ -110,10 +119,7 @@ class HymbaTokenizer:
         ``add_bos=True``) unless the text already starts with one."""
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode text (str), got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # e.g. argv or stdin bytes that were not UTF-8
-            raise TokenizerError(f"the text is not valid UTF-8 (at character {exc.start})") from None
+        check_utf8(text)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         bos = self.bos_token_id
         if (self.add_bos_token if add_bos is None else add_bos) and bos is not None:

@@ -50,19 +50,12 @@ def load_model(args: argparse.Namespace):
 
 
 def resolve_device(name: str | None) -> str:
-    import torch
+    from ..devices import resolve_device as resolve
 
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name} requested but CUDA is not available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
+        return str(resolve(name))
+    except ValueError as exc:
+        raise CLIError(f"--{exc}") from None  # "--device 'foo' is not a device; ..."
 
 
 def require_plots(args: argparse.Namespace) -> None:

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..generation import stream
-    from ..tokenizer import TokenizerError
+    from ..tokenizer import TokenizerError, check_utf8
 
     if args.prompt == "-":  # bytes, so that text which is not UTF-8 gets the error below, whatever the locale
         prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
@@ -67,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     if not prompt:
         raise CLIError("the prompt is empty")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CLIError(f"the prompt is not valid UTF-8 (at character {exc.start})") from None
+    check_utf8(prompt, "the prompt")  # before the model loads
     model, tokenizer = load_model_and_tokenizer(args)
     stops = list(args.stop)
     if args.chat:

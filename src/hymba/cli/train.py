@@ -138,7 +138,6 @@ def build_train_args(args: argparse.Namespace):
     return TrainArgs(**settings)
 
 
-
 def run(args: argparse.Namespace) -> int:
     from ..train import DataError, TrainError, train
 

@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import CheckpointError
 from ..config import HymbaConfig, numbers_from_text
+from ..devices import resolve_device
 from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
@@ -159,18 +160,11 @@ def _check_out_dir(args: TrainArgs) -> None:
         raise TrainError(f"output folder {out} is not writable")
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _resolve_device(name: str | None) -> torch.device:
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise TrainError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name} requested but CUDA is not available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise TrainError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return resolve_device(name)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def _load_tokenizer(args: TrainArgs, resume_dir: str | None) -> HymbaTokenizer:
