@@ -105,7 +105,12 @@ def test_training_calls_run_exact_shape_kernels_after_dynamic_ones(monkeypatch):
     monkeypatch.setattr(flex, "_static_shapes", set())
     picked = []
     real = flex._flex
-    monkeypatch.setattr(flex, "_flex", lambda static=False: picked.append(static) or real(static))
+
+    def spy(static: bool = False, heads_last: bool = False):
+        picked.append(static)
+        return real(static, heads_last)
+
+    monkeypatch.setattr(flex, "_flex", spy)
     with torch.no_grad():  # two lengths: inference now has its dynamic-length compilation
         for L in (150, 170):
             flex_attention_swa(*qkv(1, 4, 2, L, 32, 64, torch.bfloat16, seed=L), 48, 4)
