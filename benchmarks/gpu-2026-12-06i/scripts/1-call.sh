@@ -6,6 +6,6 @@ timeout 320 python3 -m pytest -v -rfE --durations=15 --junitxml=$OUT/junit.xml -
 echo "suite rc=$?"
 grep -E "FAILED|ERROR|passed|failed" $OUT/tests.log | grep -v "PASSED" | tail -20
 date -u +%FT%TZ
-timeout 70 python3 benchmarks/gpu-2026-12-06i/scripts/quick_train.py 2 2>&1 | grep -v Warn | tail -2 | tee $OUT/train_b2.txt
-timeout 60 python3 benchmarks/gpu-2026-12-06i/scripts/flex_time.py 1 2>&1 | grep -v Warn | tee $OUT/flex_time.txt
+timeout 70 python3 .scratch/quick_train.py 2 2>&1 | grep -v Warn | tail -2 | tee $OUT/train_b2.txt
+timeout 60 python3 .scratch/s10/flex_time.py 1 2>&1 | grep -v Warn | tee $OUT/flex_time.txt
 date -u +%FT%TZ
