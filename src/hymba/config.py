@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .jsonfile import write_json
+
 MixerType = Literal["hybrid", "attention", "ssm"]
 
 
@@ -338,12 +340,7 @@ class HymbaConfig:
             raise ConfigError(f"malformed config: {exc}") from None
 
     def save(self, folder: str | os.PathLike) -> None:
-        path = os.path.join(folder, "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        write_json(os.path.join(folder, "config.json"), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HymbaConfig:

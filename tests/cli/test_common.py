@@ -8,7 +8,8 @@ import os
 import pytest
 
 from hymba.cli import CLIError, main
-from hymba.cli._common import check_output_file, resolve_device, write_json
+from hymba.cli._common import check_output_file, resolve_device
+from hymba.jsonfile import write_json
 
 
 def test_write_json_replaces_files_and_writes_through_links(tmp_path):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from typing import Any
 
 from . import CLIError
 
@@ -85,17 +83,3 @@ def check_output_file(path: str | None, flag: str = "--json") -> None:
         raise CLIError(f"{flag} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise CLIError(f"{flag} {path}: the folder {folder} is not writable")
-
-
-def write_json(path: str, data: Any) -> None:
-    """Write ``data`` as indented JSON. A new or regular file is replaced atomically (a temporary
-    file renamed into place); anything else (a link, /dev/stdout, a pipe) is written to directly."""
-    text = json.dumps(data, indent=2) + "\n"
-    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from ..jsonfile import write_json
 from . import CLIError
 from ._common import add_runtime_args, require_plots, resolve_device
 
@@ -95,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     def save() -> list[dict]:
         rows = [done_rows[k] for k in order if k in done_rows]  # this run's and earlier ones
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump({**meta, "rows": rows}, fh, indent=2)
-            fh.write("\n")
+        write_json(path, {**meta, "rows": rows})  # atomic: rewritten after every variant
         return rows
 
     def finished(row: dict) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from ..jsonfile import write_json
 from . import CLIError
 from ._common import add_model_args, add_runtime_args
 
@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     summary = analyze(model, torch.tensor([ids]))
     summary["model"] = args.model or args.preset
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "analysis.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
-        fh.write("\n")
+    write_json(os.path.join(args.out, "analysis.json"), summary)
     print(f"{summary['tokens']} tokens, {summary['num_meta']} meta tokens")
     print(f"{'layer':>5} {'meta':>6} {'first':>6} {'self':>6} {'other':>6} "
           f"{'|attn|':>8} {'|ssm|':>8} {'|attn|n':>8} {'|ssm|n':>8}")

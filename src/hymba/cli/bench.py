@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..jsonfile import write_json
 from . import CLIError
-from ._common import add_model_args, add_runtime_args, check_output_file, write_json
+from ._common import add_model_args, add_runtime_args, check_output_file
 
 
 def _ints(text: str) -> list[int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_args, check_output_file, load_config, write_json
+from ..jsonfile import write_json
+from ._common import add_model_args, check_output_file, load_config
 
 # Paper Table 1/2 (arXiv 2411.13676): Hymba-1.5B cache at 8K tokens, fp16, and Llama-3.2-3B's.
 PAPER_MB, PAPER_RATIO = 78.6, 11.67

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..jsonfile import write_json
 from . import CLIError
-from ._common import add_runtime_args, check_output_file, write_json
+from ._common import add_runtime_args, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..jsonfile import write_json
 from ..tokenizer import HymbaTokenizer
 from .encoding import Encoded
 from .sources import DataError
@@ -110,10 +111,7 @@ class ShardWriter:
             "tokens": self.tokens, "trained_tokens": self.trained, "sources": sources,
             "shards": self.shards,
         }
-        tmp = os.path.join(self.folder, META_NAME + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, os.path.join(self.folder, META_NAME))
+        write_json(os.path.join(self.folder, META_NAME), meta)
         return meta
 
 
