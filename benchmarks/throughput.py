@@ -345,7 +345,7 @@ def table(results: dict) -> str:
     header = ["| model | prefill 8K tok/s | prefill MFU | " + " | ".join(
         f"decode b={b} tok/s (ms/step, roofline)" for b in BATCHES) + " |"]
     header.append("|" + " --- |" * (3 + len(BATCHES)))
-    lines: list[str] = []
+    body: list[str] = []  # one row a model with anything measured
     rows = dict(results)
     if "hymba-1.5b" in results:
         rows["hymba-1.5b (eager decode)"] = {
@@ -363,8 +363,8 @@ def table(results: dict) -> str:
             else:
                 cells.append(d.get("skipped", d.get("error", "-"))[:60])
         if any(cell != "-" for cell in cells[1:]):
-            lines.append("| " + " | ".join(cells) + " |")
-    lines = header + lines + [""] if lines else []
+            body.append("| " + " | ".join(cells) + " |")
+    lines = [*header, *body, ""] if body else []
     graphed = results.get("hymba-1.5b", {}).get("prefill_graph", {})
     for name, row in results.items():
         pre = row.get("prefill", {}) if isinstance(row, dict) else {}
