@@ -11,7 +11,7 @@ from test_cache import make_model
 from tokenkit import write_tokenizer
 
 from hymba import InputError, load_tokenizer
-from hymba.generation import SamplingConfig, stream
+from hymba.inference import SamplingConfig, stream
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from test_cache import make_model
 from test_generation import left_pad
 
 from hymba import HymbaForCausalLM, InputError
-from hymba.cache import HybridCache
-from hymba.generation import DecodeGraph
+from hymba.inference import DecodeGraph, HybridCache
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

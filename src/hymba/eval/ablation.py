@@ -11,7 +11,7 @@ measured on
 * MQAR accuracy at lengths within and beyond the sliding window (pairs first, queries last);
   "beyond" averages the lengths up to the training length, the recall curve goes further;
 * byte-level perplexity on held-out text (:mod:`hymba.eval.perplexity`);
-* cache size at ``cache_len`` tokens in fp16 (:func:`hymba.cache_math.cache_bytes`);
+* cache size at ``cache_len`` tokens in fp16 (:func:`hymba.inference.accounting.cache_bytes`);
 * prefill throughput (tokens/s of a no-grad forward on this machine);
 * where attention goes (:mod:`hymba.eval.analysis`): mean share of attention mass on meta tokens
   and on the first token over one held-out text.
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache_math import cache_bytes
 from ..config import HymbaConfig
+from ..inference.accounting import cache_bytes
 from ..model import HymbaForCausalLM, InputError
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from ..train.sources import iter_documents

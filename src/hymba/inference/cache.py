@@ -19,17 +19,19 @@ in place; a decode step needs no host synchronisation, so it can be captured in 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .config import HymbaConfig, LayerSpec
-from .model.attention import SharedKV, rotate
-from .model.layout import InputError, SequenceLayout
-from .ops.decode_attention import DecodeKeys
-from .ops.kv_store import store_kv_step, write_slots
+from ..config import HymbaConfig, LayerSpec
+from ..model.layout import InputError, SequenceLayout
+from ..model.state import SharedKV, rotate
+from ..ops.decode_attention import DecodeKeys
+from ..ops.kv_store import store_kv_step, write_slots
+from .accounting import cache_bytes
 
 SWADecode = Literal["trained", "reference"]
 
@@ -46,7 +48,8 @@ class MetaPrefix:
 
 
 class _MetaRecorder:
-    """The cache interface while the meta tokens run once from an empty state."""
+    """The :class:`~hymba.model.state.LayerState` the meta tokens run through, once, from an
+    empty state: it keeps what they leave behind."""
 
     def __init__(self, d_conv: int) -> None:
         self.d_conv = d_conv
@@ -71,27 +74,26 @@ class _MetaRecorder:
         self.prefix.ssm[layer] = ssm_state
 
 
-def _params_key(model: torch.nn.Module) -> tuple:
+def params_key(model: torch.nn.Module) -> tuple:
     """Changes whenever a parameter is replaced, moved, cast or modified in place."""
     return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+# model -> (params_key, MetaPrefix); entries go with their model
+_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
 def meta_prefix(model: torch.nn.Module) -> MetaPrefix:
     """The meta tokens' K/V and conv/SSM state, computed once per model (and recomputed only
     after its parameters change)."""
-    key = _params_key(model)
-    cached = getattr(model, "_hymba_meta_prefix", None)
+    key = params_key(model)
+    cached = _PREFIXES.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
     config: HymbaConfig = model.config
     recorder = _MetaRecorder(config.mamba_d_conv)
-    body = model.model
-    m = config.num_memory_tokens
-    if m:
-        h = body.memory_tokens[None].to(model.dtype)
-        layout = SequenceLayout(torch.arange(m, device=h.device), None, m, cache=recorder, start=0)
-        body.run_layers(h, layout)
+    model.run_meta_tokens(recorder)
     prefix = recorder.prefix
     d, kv_heads = config.d_inner, config.num_key_value_heads
     for spec in config.layer_plan():
@@ -102,7 +104,7 @@ def meta_prefix(model: torch.nn.Module) -> MetaPrefix:
         if spec.has_ssm and spec.index not in prefix.conv:
             prefix.conv[spec.index] = torch.zeros(1, d, config.mamba_d_conv, dtype=model.dtype, device=model.device)
             prefix.ssm[spec.index] = torch.zeros(1, d, config.mamba_d_state, device=model.device)
-    model._hymba_meta_prefix = (key, prefix)
+    _PREFIXES[model] = (key, prefix)
     return prefix
 
 
@@ -167,6 +169,24 @@ class HybridCache:
         self.lengths = torch.full((b,), m, dtype=torch.int64, device=device)  # next position per row
         self.extent = 0  # host-side bound on the real tokens any row holds
         self._num_new: Tensor | None = None
+        self._parent: HybridCache | None = None
+        self._dtypes = (dtype, ssm_dtype)
+
+    def rows(self, start: int, stop: int) -> HybridCache:
+        """Rows ``start:stop`` as a cache of their own that shares this one's memory: what is
+        stored through the view is stored here (prefill a batch a few rows at a time, or one
+        serving slot). The view starts from this cache's :attr:`extent`, and storing through it
+        raises this cache's extent as far as the view's."""
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"rows {start}:{stop} of a cache of {self.batch_size}")
+        view = object.__new__(HybridCache)
+        view.__dict__.update(self.__dict__)
+        for name in ("k", "v", "ring_pos", "conv", "ssm"):
+            setattr(view, name, {i: t[start:stop] for i, t in getattr(self, name).items()})
+        view.meta_k, view.meta_v = dict(self.meta_k), dict(self.meta_v)
+        view.lengths = self.lengths[start:stop]
+        view._num_new, view._parent = None, self
+        return view
 
     # ------------------------------------------------------------------------------------
     @property
@@ -176,14 +196,19 @@ class HybridCache:
     def reset(self, prefix: MetaPrefix) -> HybridCache:
         """Start every row right after the meta tokens (their K/V are used in place, not copied)."""
         self.meta_k, self.meta_v = dict(prefix.k), dict(prefix.v)
-        for i, state in self.conv.items():
-            state.copy_(prefix.conv[i].expand_as(state))
-            self.ssm[i].copy_(prefix.ssm[i].expand_as(self.ssm[i]))
-        for pos in self.ring_pos.values():
-            pos.fill_(-1)
-        self.lengths.fill_(self.num_meta)
+        self.reset_rows(slice(None), prefix)
         self.extent = 0
         return self
+
+    def reset_rows(self, rows: slice | Tensor, prefix: MetaPrefix) -> None:
+        """Start rows ``rows`` (a slice or a bool/index tensor) afresh after the meta tokens;
+        the other rows keep their state. (Does not lower :attr:`extent`: other rows may need it.)"""
+        for i, state in self.conv.items():
+            state[rows] = prefix.conv[i].to(state.dtype)
+            self.ssm[i][rows] = prefix.ssm[i].to(self.ssm[i].dtype)
+        for pos in self.ring_pos.values():
+            pos[rows] = -1
+        self.lengths[rows] = self.num_meta
 
     def check_room(self, num_tokens: int) -> None:
         """Raise :class:`InputError` unless ``num_tokens`` more tokens per row fit."""
@@ -203,16 +228,29 @@ class HybridCache:
         m = self.num_meta
         if self.extent == 0 and num_new is None and num_tokens > 1:
             return SequenceLayout(torch.arange(m, m + num_tokens, device=self.lengths.device), None, m,
-                                  cache=self, start=m)
+                                  state=self, start=m)
         steps = torch.arange(num_tokens, device=self.lengths.device)
         valid = None if num_new is None else steps[None] < num_new[:, None]
-        return SequenceLayout(self.lengths[:, None] + steps, valid, m, cache=self)
+        return SequenceLayout(self.lengths[:, None] + steps, valid, m, state=self)
 
     def advance(self, num_tokens: int) -> None:
         """Mark the tokens given to the last :meth:`layout` call as stored."""
         self.lengths += num_tokens if self._num_new is None else self._num_new
-        self.extent += num_tokens
         self._num_new = None
+        self.count_replayed(num_tokens)
+
+    def count_replayed(self, num_tokens: int) -> None:
+        """Host-side bookkeeping of ``num_tokens`` stored per row: :meth:`advance` without its
+        device part. A replayed CUDA graph of a step ran :meth:`advance`'s device update (the
+        lengths) but no Python, so its replayer calls this instead."""
+        self.extent += num_tokens
+        if self._parent is not None and self._parent.extent < self.extent:
+            self._parent.extent = self.extent
+
+    def uncount(self, num_tokens: int) -> None:
+        """Undo :meth:`count_replayed` for a step that was captured into a CUDA graph: capturing
+        runs the Python (so it counted) but no kernel (so nothing was stored)."""
+        self.extent -= num_tokens
 
     # ------------------------------------------------------------------------------------
     # Hooks called by the model
@@ -325,20 +363,17 @@ class HybridCache:
 
     # ------------------------------------------------------------------------------------
     def nbytes(self) -> dict[str, int]:
-        """Bytes by part. ``meta_kv`` is one copy per model, shared by every request; the other
-        parts are this cache's own (``total`` sums them, meta excluded)."""
-        def size(tensors) -> int:
-            return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes by part, as :func:`hymba.inference.accounting.cache_bytes` counts them for this
+        cache's batch size, capacity and dtypes (``meta_kv`` is one copy per model, shared by every
+        request; ``total`` excludes it)."""
+        dtype, ssm_dtype = self._dtypes
+        return cache_bytes(self.config, self.max_tokens, batch=self.batch_size,
+                           dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+                           ssm_dtype_bytes=torch.empty((), dtype=ssm_dtype).element_size())
 
-        glob = [s for s, w in self.window.items() if w is None]
-        swa = [s for s, w in self.window.items() if w is not None]
-        parts = {
-            "global_kv": size([self.k[s] for s in glob] + [self.v[s] for s in glob]),
-            "swa_kv": size([self.k[s] for s in swa] + [self.v[s] for s in swa]),
-            "swa_positions": size(self.ring_pos.values()),
-            "ssm_state": size(self.ssm.values()),
-            "conv_state": size(self.conv.values()),
-        }
-        parts["total"] = sum(parts.values())
-        parts["meta_kv"] = size(list(self.meta_k.values()) + list(self.meta_v.values()))
-        return parts
+    def allocated_bytes(self) -> int:
+        """Bytes of the tensors this cache holds (without the shared meta K/V): what
+        :meth:`nbytes` ``["total"]`` must equal."""
+        tensors = [*self.k.values(), *self.v.values(), *self.ring_pos.values(), *self.conv.values(),
+                   *self.ssm.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
