@@ -180,6 +180,12 @@ class HymbaForCausalLM(nn.Module):
                 p.normal_(0.0, 1.0)
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers, in order (one :class:`~hymba.model.block.HymbaBlock` each), for
+        inspection and hooks."""
+        return self.model.layers
+
+    @property
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
 
