@@ -37,6 +37,26 @@ SWADecode = Literal["trained", "reference"]
 
 
 @dataclass
+class RowSnapshot:
+    """One sequence's state after ``num_tokens`` real tokens, copied out of a cache row: global
+    K/V of those tokens, the occupied sliding-window ring slots and their positions, the conv
+    inputs and the SSM state. :meth:`HybridCache.restore_row` puts it into any row of a cache of
+    the same model, which then continues exactly as the original row would."""
+
+    num_tokens: int
+    k: dict[int, Tensor]
+    v: dict[int, Tensor]
+    ring_pos: dict[int, Tensor]
+    conv: dict[int, Tensor]
+    ssm: dict[int, Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.k, self.v, self.ring_pos, self.conv, self.ssm)
+        return sum(t.numel() * t.element_size() for d in parts for t in d.values())
+
+
+@dataclass
 class MetaPrefix:
     """What the meta tokens leave behind: K/V per K/V slot (1, Hkv, M, d) and, per SSM layer,
     the conv inputs (1, d_inner, d_conv) and SSM state (1, d_inner, d_state) after them."""
@@ -209,6 +229,45 @@ class HybridCache:
         for pos in self.ring_pos.values():
             pos[rows] = -1
         self.lengths[rows] = self.num_meta
+
+    def set_extent(self, extent: int) -> None:
+        """Tell the cache that no row holds more than ``extent`` real tokens (a scheduler that
+        restarts rows knows this on the host; the cache alone only ever raises its bound)."""
+        if not 0 <= extent <= self.max_tokens:
+            raise ValueError(f"extent {extent} outside [0, {self.max_tokens}]")
+        self.extent = extent
+
+    @torch.no_grad()
+    def snapshot_row(self, row: int, num_tokens: int) -> RowSnapshot:
+        """A copy of row ``row``'s state, which holds ``num_tokens`` real tokens."""
+        k, v, ring_pos = {}, {}, {}
+        for slot, window in self.window.items():
+            used = num_tokens if window is None else min(num_tokens, window + 1)
+            k[slot] = self.k[slot][row, :, :used].clone()
+            v[slot] = self.v[slot][row, :, :used].clone()
+            if window is not None:
+                ring_pos[slot] = self.ring_pos[slot][row, :used].clone()
+        return RowSnapshot(num_tokens, k, v, ring_pos, {i: t[row].clone() for i, t in self.conv.items()},
+                           {i: t[row].clone() for i, t in self.ssm.items()})
+
+    @torch.no_grad()
+    def restore_row(self, row: int, snap: RowSnapshot) -> None:
+        """Make row ``row`` hold the state of ``snap`` (its next token goes at position
+        meta + ``snap.num_tokens``); raises the host bound :attr:`extent` if needed."""
+        if snap.num_tokens > self.max_tokens:
+            raise InputError(f"a state of {snap.num_tokens} tokens does not fit a cache of {self.max_tokens}")
+        for slot in self.window:
+            used = snap.k[slot].shape[1]
+            self.k[slot][row, :, :used] = snap.k[slot]
+            self.v[slot][row, :, :used] = snap.v[slot]
+            if slot in self.ring_pos:
+                self.ring_pos[slot][row] = -1
+                self.ring_pos[slot][row, :used] = snap.ring_pos[slot]
+        for i, t in self.conv.items():
+            t[row] = snap.conv[i]
+            self.ssm[i][row] = snap.ssm[i]
+        self.lengths[row] = self.num_meta + snap.num_tokens
+        self.extent = max(self.extent, snap.num_tokens)
 
     def check_room(self, num_tokens: int) -> None:
         """Raise :class:`InputError` unless ``num_tokens`` more tokens per row fit."""
