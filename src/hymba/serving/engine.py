@@ -31,6 +31,7 @@ The engine is single-threaded: only one thread may call :meth:`add_request`, :me
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -179,12 +180,13 @@ class Engine:
 
     def __init__(self, model, tokenizer=None, config: EngineConfig | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.config = config = config or EngineConfig()
+        config = config or EngineConfig()
         mc = model.config
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
         if self.max_model_len > mc.max_position_embeddings:
             raise InputError(f"max_model_len {self.max_model_len} exceeds the model's maximum of "
                              f"{mc.max_position_embeddings} tokens")
+        self.config = config = dataclasses.replace(config, max_model_len=self.max_model_len)
         device = model.device
         self.use_graph = device.type == "cuda" if config.cuda_graph is None else bool(config.cuda_graph)
         if self.use_graph and device.type != "cuda":
