@@ -224,14 +224,14 @@ def test_a_failing_request_fails_alone(text_model, monkeypatch):
     good = engine.add_request(tok.encode("the quick"), SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     bad = engine.add_request(tok.encode("the lazy"), SamplingParams(max_tokens=6, temperature=0, ignore_eos=True,
                                                                     stop=("zz",)))
-    original = tok.decode
+    original = engine._feed_text
 
-    def decode(ids, *a, **k):  # a detokenizer failure in one request (its stop string needs text)
-        if engine.requests.get(bad) is not None and ids == engine.requests[bad].output:
+    def feed(request, token):  # the detokenizer fails on one request's text
+        if request.id == bad:
             raise ValueError("cannot decode")
-        return original(ids, *a, **k)
+        return original(request, token)
 
-    monkeypatch.setattr(tok, "decode", decode)
+    monkeypatch.setattr(engine, "_feed_text", feed)
     outs = []
     while engine.has_unfinished():
         outs += engine.step()

@@ -51,6 +51,34 @@ from .sampler import SlotSampler, TokenChoice
 MAX_TOP_LOGPROBS = 20
 
 
+@dataclass
+class _HostChoice:
+    """A :class:`TokenChoice` read back to the host in one go (one transfer per step)."""
+
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_ids: list[list[int]] | None
+    top_logprobs: list[list[float]] | None
+
+    @classmethod
+    def of(cls, choice: TokenChoice) -> _HostChoice:
+        parts = [choice.tokens, choice.logprobs, choice.top_ids, choice.top_logprobs]
+        present = [p for p in parts if p is not None]
+        flat = torch.cat([p.reshape(len(choice.tokens), -1).double() for p in present], 1).tolist() if present else []
+        out, col = [], 0
+        for p in parts:
+            if p is None:
+                out.append(None)
+                continue
+            width = p.reshape(len(choice.tokens), -1).shape[1]
+            rows = [r[col : col + width] for r in flat]
+            col += width
+            out.append(rows if p.dim() == 2 else [r[0] for r in rows])
+        tokens = [int(t) for t in out[0]]
+        top_ids = None if out[2] is None else [[int(t) for t in r] for r in out[2]]
+        return cls(tokens, out[1], top_ids, out[3])
+
+
 class QueueFull(Exception):
     """The waiting queue is at its bound: the request is refused (HTTP 429)."""
 
@@ -163,7 +191,11 @@ class _Request:
     split: int | None = None  # store a prefix snapshot once this many tokens are stored
     prev_logits: Tensor | None = None  # last position's logits of the previous span (prompt logprobs)
     output: list[int] = field(default_factory=list)
-    shown: int = 0  # characters of the output text already handed out
+    text_tokens: list[int] = field(default_factory=list)  # output tokens that make text
+    text: str = ""  # their text so far
+    text_from: int = 0  # incremental decoding: context starts here ...
+    text_read: int = 0  # ... and the tokens from here on are not in ``text`` yet
+    shown: int = 0  # characters of ``text`` already handed out
     prompt_logprobs: list[LogProb | None] | None = None
     prompt_logprobs_sent: bool = False
     finish_reason: str | None = None
@@ -378,7 +410,7 @@ class Engine:
         self.decoding[slot] = request
         self.active[slot] = True
         choice = self.sampler.choose(logits[None].float(), [slot], request.params.logprobs)
-        return self._take(request, choice, 0)
+        return self._take(request, _HostChoice.of(choice), 0)
 
     def _decode(self) -> list[RequestOutput]:
         if not self.decoding:
@@ -405,39 +437,36 @@ class Engine:
             lengths.copy_(torch.where(self.active[:k], lengths, self.slots.num_meta))
             want = [r.params.logprobs for r in requests if r.params.logprobs is not None]
             index = torch.tensor(rows, device=logits.device)
-            choice = self.sampler.choose(logits.index_select(0, index), rows, max(want) if want else None)
+            choice = _HostChoice.of(self.sampler.choose(logits.index_select(0, index), rows, max(want) if want else None))
         except Exception as exc:  # the batch step failed: every request in it fails
             return [self._fail(r, exc) for r in requests]
         return [self._take(r, choice, i) for i, r in enumerate(requests)]
 
     # ------------------------------------------------------------------------------------
     # Per-request bookkeeping
-    def _take(self, request: _Request, choice: TokenChoice, i: int) -> RequestOutput:
+    def _take(self, request: _Request, choice: _HostChoice, i: int) -> RequestOutput:
         """Give ``request`` its new token (row ``i`` of ``choice``); end it if it stops."""
         try:
-            token = int(choice.tokens[i])
+            token = choice.tokens[i]
             request.output.append(token)
             self.counters["tokens_generated_total"] += 1
             logprobs = None
             if request.params.logprobs is not None:
-                top = []
-                if request.params.logprobs:
-                    n = request.params.logprobs
-                    top = list(zip(choice.top_ids[i, :n].tolist(), choice.top_logprobs[i, :n].tolist()))
-                logprobs = [LogProb(token, float(choice.logprobs[i]), top)]
+                n = request.params.logprobs
+                top = list(zip(choice.top_ids[i][:n], choice.top_logprobs[i][:n])) if n else []
+                logprobs = [LogProb(token, choice.logprobs[i], top)]
             params = request.params
-            stop_token = (token in self.eos and not params.ignore_eos) or token in params.stop_token_ids
-            text = ""
-            if stop_token:
-                request.finish_reason = "stop"
-                text = self._flush_text(request, exclude_last=True)
+            if (token in self.eos and not params.ignore_eos) or token in params.stop_token_ids:
+                request.finish_reason = "stop"  # the stop token's text is not shown
+                text, _ = self._visible(request, final=True)
             else:
-                text, hit = self._new_text(request)
+                self._feed_text(request, token)
+                last = len(request.output) >= params.max_tokens
+                text, hit = self._visible(request, final=last)
                 if hit:
                     request.finish_reason = "stop"
-                elif len(request.output) >= params.max_tokens:
+                elif last:
                     request.finish_reason = "length"
-                    text += self._flush_text(request)
             out = self._output(request, [token], text, logprobs)
             if request.finish_reason is not None:
                 self._release(request)
@@ -448,37 +477,44 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - one request's failure must not end the batch
             return self._fail(request, exc)
 
-    def _text(self, request: _Request, tokens: list[int]) -> str:
-        return "" if self.tokenizer is None else self.tokenizer.decode(tokens)
+    def _feed_text(self, request: _Request, token: int) -> None:
+        """Extend the request's text by ``token``, decoding only a short tail: the tokens since
+        the last piece of text was read, with the piece before them as context (a token's text
+        can depend on the one before it, and a character may span tokens)."""
+        if self.tokenizer is None:
+            return
+        tokens = request.text_tokens
+        tokens.append(token)
+        before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
+        after = self.tokenizer.decode(tokens[request.text_from :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            request.text += after[len(before) :]
+            request.text_from, request.text_read = request.text_read, len(tokens)
 
-    def _new_text(self, request: _Request) -> tuple[str, bool]:
-        """Text that became safe to show, and whether a stop string was reached (the text is
-        then cut before it)."""
+    def _visible(self, request: _Request, final: bool) -> tuple[str, bool]:
+        """The text that became safe to show, and whether a stop string was reached (the text is
+        cut before it). Until ``final``, text that may still grow into a stop string, or ends in
+        an incomplete character, is held back."""
         if self.tokenizer is None:
             return "", False
-        text = self._text(request, request.output)
-        stops = [s for s in request.params.stop if s]
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        if cut >= 0:
-            piece = text[request.shown : cut] if cut > request.shown else ""
-            request.shown = max(request.shown, cut)
-            return piece, True
-        safe = _safe_length(text, stops)
+        if final:  # whatever is still undecoded (an incomplete character is dropped)
+            tokens = request.text_tokens
+            before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
+            after = self.tokenizer.decode(tokens[request.text_from :]).rstrip("\ufffd")
+            request.text += after[len(before) :]
+            request.text_from = request.text_read = len(tokens)
+        text, stops = request.text, [s for s in request.params.stop if s]
+        if stops:
+            start = max(0, request.shown - max(map(len, stops)))
+            cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                piece = text[request.shown : cut] if cut > request.shown else ""
+                request.shown = max(request.shown, cut)
+                return piece, True
+        safe = len(text) if final else _safe_length(text, stops)
         piece = text[request.shown : safe] if safe > request.shown else ""
         request.shown = max(request.shown, safe)
         return piece, False
-
-    def _flush_text(self, request: _Request, exclude_last: bool = False) -> str:
-        """The rest of the text at the end of a request (without a final stop token)."""
-        if self.tokenizer is None:
-            return ""
-        tokens = request.output[:-1] if exclude_last else request.output
-        text = self._text(request, tokens).rstrip("\ufffd")
-        stops = [s for s in request.params.stop if s]
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-        piece = text[request.shown : cut] if cut > request.shown else ""
-        request.shown = max(request.shown, cut)
-        return piece
 
     def _output(self, request: _Request, tokens: list[int], text: str, logprobs) -> RequestOutput:
         first = request.prompt_logprobs is not None and not request.prompt_logprobs_sent
