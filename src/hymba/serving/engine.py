@@ -143,7 +143,7 @@ class EngineConfig:
     max_model_len: int | None = None  # prompt + new tokens per request (default: the model's maximum)
     max_queue: int = 256  # waiting requests at most; more are refused (QueueFull)
     prefill_chunk_tokens: int = 512  # prompt tokens prefilled per step
-    prefill_rows: int = 4  # requests whose prompts are being stored at once
+    prefill_rows: int = 8  # requests whose prompts are being stored at once
     prefix_cache_bytes: int = 256 << 20  # budget of stored prefix states (0: off)
     cuda_graph: bool | None = None  # default: on for a CUDA model
 
@@ -186,7 +186,6 @@ class _Request:
     params: SamplingParams
     slot: int | None = None
     stage_row: int | None = None
-    stage: HybridCache | None = None  # the prefill row's view
     stored: int = 0  # prompt tokens stored in the prefill row
     split: int | None = None  # store a prefix snapshot once this many tokens are stored
     prev_logits: Tensor | None = None  # last position's logits of the previous span (prompt logprobs)
@@ -244,6 +243,7 @@ class Engine:
         self.tokens = torch.zeros(config.max_batch, dtype=torch.long, device=device)
         self.buckets = sorted({min(2 ** i, config.max_batch) for i in range(config.max_batch.bit_length() + 1)})
         self.views: dict[int, HybridCache] = {}
+        self.stage_views: dict[int, HybridCache] = {}
         self.graphs: dict[int, DecodeGraph] = {}
         self._ids = itertools.count()
         self.slot_bytes = self.slots.nbytes()["total"] // config.max_batch
@@ -345,44 +345,64 @@ class Engine:
             else:
                 self.stage.restore_row(row, snap)
             request.stored = 0 if snap is None else snap.num_tokens
-            request.stage = self.stage.rows(row, row + 1)
-            request.stage.set_extent(request.stored)
             if not request.params.prompt_logprobs:
                 request.split = self.prefix_cache.shared_prefix(request.prompt, request.stored)
             self.sampler.set_row(request.slot, request.params, request.prompt)
             self.prefilling.append(request)
 
     def _prefill(self) -> list[RequestOutput]:
-        budget = self.config.prefill_chunk_tokens
-        outputs = []
-        for request in list(self.prefilling):
+        """Store the next span of every admitted prompt (``prefill_chunk_tokens`` in all, first
+        come first served) in one forward over the prefill rows, right-padded."""
+        budget, plan = self.config.prefill_chunk_tokens, []
+        for request in self.prefilling:
             if budget <= 0:
                 break
             end = min(len(request.prompt), request.stored + budget)
             if request.split is not None and request.stored < request.split:
                 end = min(end, request.split)
-            try:
-                logits = self._prefill_span(request, request.stored, end)
-            except Exception as exc:  # this request's prefill failed: it alone ends
-                outputs.append(self._fail(request, exc))
-                continue
+            plan.append([request, request.stored, end])
             budget -= end - request.stored
-            self.counters["prompt_tokens_total"] += end - request.stored
-            request.stored = end
-            if request.split == end:
-                self.prefix_cache.store(request.prompt[:end], self.stage.snapshot_row(request.stage_row, end))
-            if end == len(request.prompt):
-                outputs.append(self._start_decoding(request, logits))
+        if not plan:
+            return []
+        extent = max(start for _, start, _ in plan)
+        room = self.max_model_len - extent  # the widest span the rows' cache still fits
+        for item in plan:
+            item[2] = min(item[2], item[1] + room)
+        top = max(r.stage_row for r, _, _ in plan) + 1
+        width = max(end - start for _, start, end in plan)
+        ids = torch.zeros(top, width, dtype=torch.long)
+        counts = torch.zeros(top, dtype=torch.long)
+        for request, start, end in plan:
+            ids[request.stage_row, : end - start] = torch.tensor(request.prompt[start:end])
+            counts[request.stage_row] = end - start
+        view = self.stage_views.get(top)
+        if view is None:
+            view = self.stage_views[top] = self.stage.rows(0, top)
+        view.set_extent(extent)
+        full = len(plan) == top and all(end - start == width for _, start, end in plan)
+        device = self.model.device
+        scoring = any(r.params.prompt_logprobs for r, _, _ in plan)
+        try:
+            logits = self.model(ids.to(device), state=view, num_new=None if full else counts.to(device),
+                                check_inputs=False, logits_to_keep=0 if scoring else 1).logits
+        except Exception as exc:  # the prefill step failed: the requests in it fail
+            return [self._fail(r, exc) for r, _, _ in plan]
+        outputs = []
+        for request, start, end in plan:
+            row = request.stage_row
+            try:
+                last = logits[row, end - start - 1] if scoring else logits[row, 0]
+                if request.params.prompt_logprobs:
+                    self._score_prompt(request, start, end, logits[row, : end - start])
+                self.counters["prompt_tokens_total"] += end - start
+                request.stored = end
+                if request.split == end:
+                    self.prefix_cache.store(request.prompt[:end], self.stage.snapshot_row(row, end))
+                if end == len(request.prompt):
+                    outputs.append(self._start_decoding(request, last))
+            except Exception as exc:  # noqa: BLE001 - this request alone fails
+                outputs.append(self._fail(request, exc))
         return outputs
-
-    def _prefill_span(self, request: _Request, start: int, end: int) -> Tensor:
-        """Store prompt tokens ``start:end`` in the request's prefill row; the last one's logits (V,)."""
-        ids = torch.tensor([request.prompt[start:end]], device=self.model.device)
-        want_all = request.params.prompt_logprobs
-        logits = self.model(ids, state=request.stage, check_inputs=False, logits_to_keep=0 if want_all else 1).logits[0]
-        if want_all:
-            self._score_prompt(request, start, end, logits)
-        return logits[-1]
 
     def _score_prompt(self, request: _Request, start: int, end: int, logits: Tensor) -> None:
         """Log-probabilities of prompt tokens ``start:end`` (the first token of the prompt has none)."""
@@ -401,7 +421,7 @@ class Engine:
         slot = request.slot
         self.slots.restore_row(slot, self.stage.snapshot_row(request.stage_row, len(request.prompt)))
         heapq.heappush(self.free_stage_rows, request.stage_row)
-        request.stage_row, request.stage = None, None
+        request.stage_row = None
         self.prefilling.remove(request)
         if request.params.max_tokens == 0:  # a prompt to score only
             request.finish_reason = "length"
@@ -545,7 +565,7 @@ class Engine:
             self.prefilling.remove(request)
         if request.stage_row is not None:
             heapq.heappush(self.free_stage_rows, request.stage_row)
-            request.stage_row, request.stage = None, None
+            request.stage_row = None
         if request.slot is not None:
             self.decoding.pop(request.slot, None)
             self.active[request.slot] = False
