@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache_math import cache_bytes
-from ..config import HymbaConfig
+from ..config import HymbaConfig, global_layers, hymba_layout
 from ..model import HymbaForCausalLM, InputError
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from ..train.sources import iter_documents
@@ -84,35 +84,8 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def global_layers(layers: int) -> list[int]:
-    """First, middle and last layer, as the released model's [0, 15, 31]."""
-    return sorted({0, layers // 2 - 1, layers - 1})
-
-
-def kv_share_groups(layers: int, globals_: Sequence[int]) -> list[list[int]]:
-    """Adjacent pairs of consecutive sliding-window layers share K/V (a trailing odd layer joins
-    its run's last pair)."""
-    groups: list[list[int]] = []
-    run: list[int] = []
-    for i in [*range(layers), None]:
-        if i is not None and i not in globals_:
-            run.append(i)
-            continue
-        pairs = [run[j:j + 2] for j in range(0, len(run) - 1, 2)]
-        if len(run) % 2 and pairs:
-            pairs[-1].append(run[-1])
-        groups += pairs
-        run = []
-    return groups
-
-
 # (key, description, paper Table 10 row, switches as a function of the layer and meta-token counts)
 Variant = tuple[str, str, str, Callable[[int, int], dict]]
-
-
-def _swa3(layers: int) -> dict:
-    g = global_layers(layers)
-    return {"global_attn_idx": g, "kv_reuse_group": kv_share_groups(layers, g)}
 
 
 _ALL_GLOBAL = dict(sliding_window=None, global_attn_idx=[], kv_reuse_group=[])
@@ -124,7 +97,7 @@ VARIANTS: list[Variant] = [
     ("attn", "attention only (all global)", "6",
      lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_ALL_GLOBAL)),
     ("attn-compressed", "attention only + SWA, 3 global, KV share", "10",
-     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_swa3(n))),
+     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **hymba_layout(n))),
     ("hybrid-global", "hybrid heads, all global", "5",
      lambda n, m: dict(num_memory_tokens=0, **_ALL_GLOBAL)),
     ("hybrid-swa", "hybrid heads, all SWA", "7",
@@ -132,9 +105,9 @@ VARIANTS: list[Variant] = [
     ("hybrid-swa3", "hybrid heads, SWA + 3 global", "8",
      lambda n, m: dict(global_attn_idx=global_layers(n), kv_reuse_group=[], num_memory_tokens=0)),
     ("hybrid-kvshare", "hybrid, SWA + 3 global + KV share", "9",
-     lambda n, m: dict(num_memory_tokens=0, **_swa3(n))),
+     lambda n, m: dict(num_memory_tokens=0, **hymba_layout(n))),
     ("hymba", "hybrid, SWA + 3 global + KV share + meta tokens (Hymba)", "13",
-     lambda n, m: dict(num_memory_tokens=m, **_swa3(n))),
+     lambda n, m: dict(num_memory_tokens=m, **hymba_layout(n))),
 ]
 
 
