@@ -36,6 +36,7 @@ from ..config import HymbaConfig, global_layers, hymba_layout
 from ..model import HymbaForCausalLM, InputError
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from ..train.sources import iter_documents
+from ..train.trainer import TrainArgs, train_model
 from .analysis import analyze
 from .perplexity import token_perplexity
 from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch
@@ -218,47 +219,23 @@ def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed
 REPORT_EVERY = 10  # training steps between two reads of the loss
 
 
+def train_args(budget: Budget) -> TrainArgs:
+    """The optimisation settings of every variant: AdamW (betas 0.9/0.98, no weight decay), a
+    cosine schedule (5% warm-up, decay to 10% of the peak), gradient clipping at 1; bf16 autocast
+    on CUDA (the trainer's default)."""
+    return TrainArgs(max_steps=budget.steps, lr=budget.lr, schedule="cosine", warmup=0.05,
+                     min_lr=0.1 * budget.lr, weight_decay=0.0, adam_beta2=0.98, grad_clip=1.0)
+
+
 def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
           progress: Callable[[int, float], None] | None = None) -> list[float]:
-    """The training package's AdamW (betas 0.9/0.98, no weight decay) and cosine schedule (5%
-    warm-up, decay to 10% of the peak), gradient clipping at 1, over the ablation's own labelled
-    batches; bf16 autocast on CUDA. Returns the loss of every step.
+    """Train ``model`` on the ablation's labelled batches with :func:`hymba.train.train_model`
+    under :func:`train_args`; the model is left in eval mode. Returns the loss of every step.
 
-    ``progress(steps_done, last_loss)`` is called every ``REPORT_EVERY`` steps: reading a loss
-    waits for the GPU, so the host reads them in groups and can queue steps ahead."""
-    from ..train.optim import Schedule, build_optimizer
-
-    device = next(model.parameters()).device
-    opt = build_optimizer(model, budget.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    schedule = Schedule("cosine", budget.lr, budget.steps, warmup=0.05, min_lr=0.1 * budget.lr)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    model.train()
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []
-    for step, (ids, labels) in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = schedule(step)
-        with autocast:
-            loss = model(ids.to(device), labels=labels.to(device)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        pending.append(loss.detach())
-        if len(pending) == REPORT_EVERY:
-            _flush(pending, losses, progress)
-    _flush(pending, losses, progress)
+    ``progress(steps_done, last_loss)`` is called every ``REPORT_EVERY`` steps."""
+    losses = train_model(model, batches, train_args(budget), progress, report_every=REPORT_EVERY)
     model.eval()
     return losses
-
-
-def _flush(pending: list[torch.Tensor], losses: list[float], progress: Callable[[int, float], None] | None) -> None:
-    if not pending:
-        return
-    losses += torch.stack(pending).float().tolist()
-    pending.clear()
-    if progress:
-        progress(len(losses), losses[-1])
 
 
 @torch.no_grad()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,7 @@ class TrainArgs:
     warmup: float = 0.01
     decay_fraction: float = 0.2
     weight_decay: float = 0.1
+    adam_beta2: float = 0.95
     grad_clip: float = 1.0
     val_fraction: float = 0.02
     eval_every: int = 40
@@ -119,6 +122,7 @@ class TrainArgs:
         check(("lr",), lambda v: is_number(v) and v > 0, "a positive number")
         check(("min_lr", "warmup", "weight_decay", "grad_clip"), lambda v: is_number(v) and v >= 0,
               "a non-negative number")
+        check(("adam_beta2",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
         check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         check(("overwrite", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
@@ -308,162 +312,286 @@ def train(args: TrainArgs) -> dict[str, Any]:
         world.barrier()  # every rank has checked the output folder before rank 0 creates it
         out = _prepare_out_dir(args) if world.is_main else os.path.abspath(args.out)
         world.barrier()
-        return _run(args, world, device, tokenizer, config, data, out, resume_dir)
+        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir)
+        run.setup()
+        run.loop()
+        return run.finish()
     finally:
         world.close()
 
 
-def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tokenizer: HymbaTokenizer,
-         config: HymbaConfig, data: PackedData, out: str, resume_dir: str | None) -> dict[str, Any]:
-    if device.type == "cpu":
-        threads = args.threads or (1 if config.hidden_size <= 256 else None)
-        if threads:
-            torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    source = resume_dir or args.init_from
-    if source:
-        model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
-    else:
-        model = HymbaForCausalLM(config).to(device)
+class TrainStep:
+    """The optimizer step of ``model`` under ``args``: the forward and backward of each
+    micro-batch (eager, DDP with gradient sync on the last micro-batch, ``torch.compile`` or a
+    CUDA graph), then gradient clipping and the AdamW update at the schedule's learning rate.
+
+    ``accumulate(step, micro_batches)`` does the forward and backward passes and returns the
+    losses; ``update()`` clips the gradients, steps the optimizer and returns the gradient norm.
+    The caller decides when to read the losses (reading waits for the device).
+    """
+
+    def __init__(self, model: HymbaForCausalLM, args: TrainArgs, world: distributed.DistInfo | None = None) -> None:
+        self.model, self.args = model, args
+        self.world = world or distributed.DistInfo()
+        self.device = next(model.parameters()).device
+        self.wrapped: torch.nn.Module = model
+        if self.world.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        default = "bfloat16" if self.device.type == "cuda" else "float32"
+        use_bf16 = (args.dtype or default) == "bfloat16"
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
+                         else contextlib.nullcontext())
+        if args.compile:
+            self.wrapped = torch.compile(self.wrapped)
+        self.graph = None
+        if args.cuda_graph:
+            if self.device.type != "cuda" or self.world.enabled:
+                raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
+            self.graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
+        self.optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, args.adam_beta2))
+        self.schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
+                                 args.decay_fraction)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def accumulate(self, step: int, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> StepLosses:
+        """Set the learning rate of 0-based ``step`` and run the forward and backward passes of
+        its ``(input_ids, labels)`` micro-batches (labels -100: no loss), gradients averaged."""
+        lr = self.schedule(step)
+        set_lr(self.optimizer, lr)
+        losses: list[torch.Tensor] = []
+        counted = 0
+        last = len(micro_batches) - 1
+        for micro, (x, labels) in enumerate(micro_batches):
+            has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
+            if self.graph is not None:  # a batch without targets adds a zero gradient: skipped
+                if has_targets:  # the first one writes the gradients, the others add to them
+                    losses.append(self.graph(x, labels, accumulate=counted > 0))
+                    counted += 1
+                continue
+            x, labels = x.to(self.device), labels.to(self.device)
+            sync = not self.world.enabled or micro == last
+            with self.autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
+                result = self.wrapped(x, labels=labels if has_targets else None)
+                loss = result.loss if has_targets else result.logits.sum() * 0.0
+                (loss / len(micro_batches)).backward()
+            losses.append(loss.detach())
+            counted += has_targets
+        if self.graph is not None and counted == 0:  # no micro-step wrote this step's gradients:
+            for p in self.params:  # zeros, as the eager path's zero-loss backward gives
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad.zero_()
+        return StepLosses(lr, losses, counted)
+
+    def update(self) -> torch.Tensor:
+        """Clip the gradients (``grad_clip`` 0: no clipping), step the optimizer, clear the
+        gradients; returns the gradient norm before clipping."""
+        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        if self.graph is None:  # a graph's next step writes the gradients
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+
+@dataclass
+class StepLosses:
+    """What :meth:`TrainStep.accumulate` returns: the learning rate it set, the losses of the
+    micro-batches (device tensors) and how many of them had targets."""
+
+    lr: float
+    losses: list[torch.Tensor]
+    counted: int
+
+    @property
+    def mean(self) -> float:
+        """The mean loss of the micro-batches with targets (reads the device)."""
+        return sum(float(loss) for loss in self.losses) / max(self.counted, 1)
+
+
+def train_model(model: HymbaForCausalLM, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                args: TrainArgs, progress: Callable[[int, float], None] | None = None,
+                report_every: int = 10) -> list[float]:
+    """Train an in-memory ``model`` on the device it is on for ``args.max_steps`` optimizer
+    steps, each over the next ``args.grad_accum`` ``(input_ids, labels)`` pairs of ``batches``
+    (labels -100 where there is no loss; rows of any shape). Nothing is written: ``args``' output,
+    data, checkpoint and logging settings are not used, its optimisation settings (learning rate,
+    schedule, weight decay, ``adam_beta2``, clipping, ``dtype``, ``compile``, ``cuda_graph``) are.
+    The model is left in the training mode it had. Returns the loss of every step.
+
+    ``progress(steps_done, last_loss)`` is called every ``report_every`` steps: reading a loss
+    waits for the device, so the losses are read in groups and the host can queue steps ahead."""
+    args.validate()
+    was_training = model.training
     model.train()
-    model.gradient_checkpointing_enable(args.gradient_checkpointing)
-    wrapped: torch.nn.Module = model
-    if world.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = (args.dtype or ("bfloat16" if device.type == "cuda" else "float32")) == "bfloat16"
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
-                else contextlib.nullcontext())
-    if args.compile:
-        wrapped = torch.compile(wrapped)
-    graph = None
-    if args.cuda_graph:
-        if device.type != "cuda" or world.enabled:
-            raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
-        graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
-                        args.decay_fraction)
-
-    step = 0
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if resume_dir:
-        step = int(ckpt.load_training_state(resume_dir, optimizer)["step"])
-        if world.is_main:
-            _trim_metrics(metrics_path, step)
-    if step >= args.max_steps:
-        raise TrainError(f"the checkpoint is at step {step}; raise max_steps above it to train more")
-    stream = BatchStream(data.train, args.batch_size, args.seed, world.rank, world.world_size)
-    saved_args = dataclasses.asdict(args)  # paths made absolute so a resume works from anywhere
-    saved_args["data"] = [os.path.abspath(p) for p in args.data]
-    for key in ("tokenizer", "init_from"):
-        saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
-    run_state = {"args": saved_args, "data_position": 0}
-    baseline = unigram_entropy(data.val, config.vocab_size)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=args.max_steps, initial=step, disable=not (args.progress and world.is_main),
-               unit="step", dynamic_ncols=True)
-    params = [p for p in model.parameters() if p.requires_grad]
+    runner = TrainStep(model, args)
+    batches = iter(batches)
     losses: list[float] = []
-    val_loss = None
-    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
-    start_time = time.perf_counter()
-    start_step = step
-    try:
-        log = MetricsLog(out, args.tensorboard) if world.is_main else None
-    except ImportError as exc:
-        raise TrainError(str(exc)) from None
-    try:
-        while step < args.max_steps:
-            t0 = time.perf_counter()
-            lr = schedule(step)
-            set_lr(optimizer, lr)
-            loss_sum, counted = 0.0, 0
-            for micro in range(args.grad_accum):
-                x, labels = split_labels(stream.batch(step * args.grad_accum + micro))
-                has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
-                if graph is not None:  # a batch without targets adds a zero gradient: skipped
-                    if has_targets:  # the first one writes the gradients, the others add to them
-                        loss_sum += float(graph(x, labels, accumulate=counted > 0))
-                        counted += 1
-                    continue
-                x, labels = x.to(device), labels.to(device)
-                sync = not world.enabled or micro == args.grad_accum - 1
-                with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                    result = wrapped(x, labels=labels if has_targets else None)
-                    loss = result.loss if has_targets else result.logits.sum() * 0.0
-                    (loss / args.grad_accum).backward()
-                loss_sum += float(loss.detach())
-                counted += has_targets
-            if graph is not None and counted == 0:  # no micro-step wrote this step's gradients:
-                for p in params:  # zeros, as the eager path's zero-loss backward gives
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    else:
-                        p.grad.zero_()
-            loss_value = world.mean(loss_sum / max(counted, 1), device)
-            if not math.isfinite(loss_value):
-                last = ckpt.list_checkpoints(out)
-                kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-                raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
-                                 f"({kept}). Lower --lr or check the data.")
-            clip = args.grad_clip if args.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            optimizer.step()
-            if graph is None:  # a graph's next step writes the gradients
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(loss_value)
-            tok_s = tokens_per_step / (time.perf_counter() - t0)
-            record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                                      "tokens_per_s": tok_s, "tokens": step * tokens_per_step}
-            memory = _peak_memory_gib(device)
-            if memory is not None:
-                record["max_memory_gib"] = memory
-            if step % args.eval_every == 0 or step == args.max_steps:
-                val_loss = evaluate(model, data.val, args.batch_size, args.eval_batches, device, autocast)
-                record["val_loss"] = val_loss
-                if world.is_main:
-                    bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
-                              f"(unigram baseline {baseline:.4f})")
-            if log and (step % args.log_every == 0 or "val_loss" in record):
-                log.write(record)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-            bar.update(1)
-            if step % args.save_every == 0 or step == args.max_steps:
-                if world.is_main:
-                    run_state["data_position"] = step * args.grad_accum
-                    ckpt.save_checkpoint(out, step, model, tokenizer, optimizer, run_state,
-                                         args.keep_checkpoints)
-                world.barrier()
-    finally:
-        bar.close()
-        if log:
-            log.close()
-    wall = time.perf_counter() - start_time
+    pending: list[torch.Tensor] = []
 
-    final = os.path.join(out, "final")
-    sample = ""
-    if world.is_main:
-        tmp = os.path.join(out, ".tmp-final")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ckpt.save_model_folder(tmp, model, tokenizer)
-        ckpt.publish(tmp, final)
-        if args.sample_tokens > 0:
-            sample = _sample(model, tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
-    world.barrier()
-    tail = losses[-10:]
-    return {
-        "out": out, "final": final, "steps": step, "trained_steps": step - start_step,
-        "train_loss": sum(tail) / len(tail), "losses": losses, "val_loss": val_loss,
-        "unigram_entropy": baseline, "parameters": model.num_parameters(),
-        "train_tokens": len(data.train) * args.seq_len, "val_tokens": len(data.val) * args.seq_len,
-        "tokens_per_s": (step - start_step) * tokens_per_step / wall, "wall_s": wall,
-        "sample": sample, "world_size": world.world_size,
-    }
+    def flush() -> None:
+        if pending:
+            losses.extend(torch.stack(pending).float().tolist())
+            pending.clear()
+            if progress:
+                progress(len(losses), losses[-1])
+
+    for step in range(args.max_steps):
+        micro = list(itertools.islice(batches, args.grad_accum))
+        if len(micro) < args.grad_accum:
+            raise TrainError(f"the batches ran out at step {step} of {args.max_steps}")
+        result = runner.accumulate(step, micro)
+        runner.update()
+        total = torch.stack(result.losses).sum() if len(result.losses) > 1 else result.losses[0]
+        pending.append(total / max(result.counted, 1))
+        if len(pending) == report_every:
+            flush()
+    flush()
+    model.train(was_training)
+    return losses
 
 
-__all__ = ["TrainArgs", "TrainError", "train", "evaluate"]
+class _Run:
+    """One run of :func:`train` once its settings are checked: :meth:`setup` builds the model
+    and the step (or restores both from a checkpoint), :meth:`loop` trains, logs, evaluates and
+    saves numbered checkpoints, :meth:`finish` saves the final model and returns the summary."""
+
+    def __init__(self, args: TrainArgs, world: distributed.DistInfo, device: torch.device,
+                 tokenizer: HymbaTokenizer, config: HymbaConfig, data: PackedData, out: str,
+                 resume_dir: str | None) -> None:
+        self.args, self.world, self.device, self.tokenizer = args, world, device, tokenizer
+        self.config, self.data, self.out, self.resume_dir = config, data, out, resume_dir
+        self.metrics_path = os.path.join(out, "metrics.jsonl")
+        self.tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
+        self.losses: list[float] = []
+        self.val_loss: float | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        args, device = self.args, self.device
+        if device.type == "cpu":
+            threads = args.threads or (1 if self.config.hidden_size <= 256 else None)
+            if threads:
+                torch.set_num_threads(threads)
+        torch.manual_seed(args.seed)
+        source = self.resume_dir or args.init_from
+        if source:
+            self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
+        else:
+            self.model = HymbaForCausalLM(self.config).to(device)
+        self.model.train()
+        self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
+        self.runner = TrainStep(self.model, args, self.world)
+        self.step = 0
+        if self.resume_dir:
+            self.step = int(ckpt.load_training_state(self.resume_dir, self.runner.optimizer)["step"])
+            if self.world.is_main:
+                _trim_metrics(self.metrics_path, self.step)
+        if self.step >= args.max_steps:
+            raise TrainError(f"the checkpoint is at step {self.step}; raise max_steps above it to train more")
+        self.start_step = self.step
+        self.stream = BatchStream(self.data.train, args.batch_size, args.seed, self.world.rank,
+                                  self.world.world_size)
+        saved_args = dataclasses.asdict(args)  # paths made absolute so a resume works from anywhere
+        saved_args["data"] = [os.path.abspath(p) for p in args.data]
+        for key in ("tokenizer", "init_from"):
+            saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
+        self.run_state = {"args": saved_args, "data_position": 0}
+        self.baseline = unigram_entropy(self.data.val, self.config.vocab_size)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        args, world = self.args, self.world
+        self.bar = tqdm(total=args.max_steps, initial=self.step, disable=not (args.progress and world.is_main),
+                        unit="step", dynamic_ncols=True)
+        self.start_time = time.perf_counter()
+        try:
+            self.log = MetricsLog(self.out, args.tensorboard) if world.is_main else None
+        except ImportError as exc:
+            raise TrainError(str(exc)) from None
+        try:
+            while self.step < args.max_steps:
+                self._train_step()
+                if self.step % args.save_every == 0 or self.step == args.max_steps:
+                    self.save_checkpoint()
+        finally:
+            self.bar.close()
+            if self.log:
+                self.log.close()
+        self.wall = time.perf_counter() - self.start_time
+
+    def _train_step(self) -> None:
+        """One optimizer step, its loss check and its log record."""
+        args, step = self.args, self.step
+        t0 = time.perf_counter()
+        micro = [split_labels(self.stream.batch(step * args.grad_accum + m)) for m in range(args.grad_accum)]
+        result = self.runner.accumulate(step, micro)
+        loss_value = self.world.mean(result.mean, self.device)
+        if not math.isfinite(loss_value):
+            last = ckpt.list_checkpoints(self.out)
+            kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+            raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
+                             f"({kept}). Lower --lr or check the data.")
+        grad_norm = float(self.runner.update())
+        self.step = step = step + 1
+        self.losses.append(loss_value)
+        tok_s = self.tokens_per_step / (time.perf_counter() - t0)
+        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": result.lr, "grad_norm": grad_norm,
+                                  "tokens_per_s": tok_s, "tokens": step * self.tokens_per_step}
+        memory = _peak_memory_gib(self.device)
+        if memory is not None:
+            record["max_memory_gib"] = memory
+        if step % args.eval_every == 0 or step == args.max_steps:
+            self.val_loss = evaluate(self.model, self.data.val, args.batch_size, args.eval_batches,
+                                     self.device, self.runner.autocast)
+            record["val_loss"] = self.val_loss
+            if self.world.is_main:
+                self.bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {self.val_loss:.4f} "
+                               f"(unigram baseline {self.baseline:.4f})")
+        if self.log and (step % args.log_every == 0 or "val_loss" in record):
+            self.log.write(record)
+        self.bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{result.lr:.2e}", tok_s=f"{tok_s:.0f}")
+        self.bar.update(1)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """A numbered checkpoint of the current step (rank 0 writes; every rank waits for it)."""
+        if self.world.is_main:
+            self.run_state["data_position"] = self.step * self.args.grad_accum
+            ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.runner.optimizer,
+                                 self.run_state, self.args.keep_checkpoints)
+        self.world.barrier()
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Save ``final/`` (and generate the sample) on rank 0; the run's summary."""
+        args, world = self.args, self.world
+        final = os.path.join(self.out, "final")
+        sample = ""
+        if world.is_main:
+            tmp = os.path.join(self.out, ".tmp-final")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ckpt.save_model_folder(tmp, self.model, self.tokenizer)
+            ckpt.publish(tmp, final)
+            if args.sample_tokens > 0:
+                sample = _sample(self.model, self.tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
+        world.barrier()
+        tail = self.losses[-10:]
+        trained = self.step - self.start_step
+        return {
+            "out": self.out, "final": final, "steps": self.step, "trained_steps": trained,
+            "train_loss": sum(tail) / len(tail), "losses": self.losses, "val_loss": self.val_loss,
+            "unigram_entropy": self.baseline, "parameters": self.model.num_parameters(),
+            "train_tokens": len(self.data.train) * args.seq_len, "val_tokens": len(self.data.val) * args.seq_len,
+            "tokens_per_s": trained * self.tokens_per_step / self.wall, "wall_s": self.wall,
+            "sample": sample, "world_size": world.world_size,
+        }
+
+
+__all__ = ["StepLosses", "TrainArgs", "TrainError", "TrainStep", "evaluate", "train", "train_model"]
