@@ -6,6 +6,6 @@ writes nothing; ``hymba train`` is the command line.
 """
 
 from .data import DataError
-from .trainer import TrainArgs, TrainError, train, train_model
+from .trainer import TrainArgs, TrainError, TrainInterrupted, train, train_model
 
-__all__ = ["DataError", "TrainArgs", "TrainError", "train", "train_model"]
+__all__ = ["DataError", "TrainArgs", "TrainError", "TrainInterrupted", "train", "train_model"]

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,18 +41,32 @@ from .data import (
 )
 from .graph import TrainingGraph
 from .metrics import MetricsLog
-from .optim import Schedule, build_optimizer, set_lr
+from .optim import Schedule, build_optimizer, continue_schedule, set_lr
 
 
 class TrainError(ValueError):
     """A training run cannot start or had to stop; the message says why."""
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run at a step boundary, after saving that step as a numbered
+    checkpoint: ``step``, the run folder ``out`` and the ``checkpoint`` folder."""
+
+    def __init__(self, step: int, out: str, checkpoint: str) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
+        self.step, self.out, self.checkpoint = step, out, checkpoint
+
+
 @dataclass
 class TrainArgs:
     """Everything a run depends on. ``data`` empty: the bundled corpus; ``tokenizer`` None: the
     ``init_from`` checkpoint's tokenizer, else the bundled one. ``model`` overrides config fields
-    of ``preset`` (from-scratch runs). ``warmup`` below 1 is a fraction of ``max_steps``."""
+    of ``preset`` (from-scratch runs). ``warmup`` below 1 is a fraction of ``max_steps``.
+
+    Resuming with another ``max_steps`` (:func:`~.optim.continue_schedule`): before the
+    learning rate has begun to decay, the decay moves to the new end; once it has, the run goes
+    on under its schedule (the extra steps of a finished run train at ``min_lr``), unless
+    ``rewarm`` starts a new warmup-stable-decay phase from the resumed step to ``max_steps``."""
 
     out: str = "hymba-run"
     preset: str = "tiny"
@@ -69,6 +85,7 @@ class TrainArgs:
     schedule: str = "wsd"
     warmup: float = 0.01
     decay_fraction: float = 0.2
+    rewarm: bool = False
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
     grad_clip: float = 1.0
@@ -125,7 +142,7 @@ class TrainArgs:
         check(("adam_beta2",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
         check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        check(("overwrite", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
+        check(("overwrite", "rewarm", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
               lambda v: isinstance(v, bool), "true or false")
         check(("out", "preset", "sample_prompt"), lambda v: isinstance(v, str), "a string")
         check(("device",), lambda v: v is None or isinstance(v, str), "a device name")
@@ -139,6 +156,8 @@ class TrainArgs:
             raise TrainError(f"dtype must be float32 or bfloat16 (autocast), got {self.dtype!r}")
         if self.init_from and self.resume:
             raise TrainError("use either init_from (start a fine-tune) or resume (continue a run)")
+        if self.rewarm and not self.resume:
+            raise TrainError("rewarm starts a new learning-rate phase of a resumed run: it needs resume")
         if self.cuda_graph and self.compile:
             raise TrainError("use either cuda_graph or compile, not both")
 
@@ -455,6 +474,37 @@ def train_model(model: HymbaForCausalLM, batches: Iterable[tuple[torch.Tensor, t
     return losses
 
 
+def _checkpoint_schedule(state: dict[str, Any], planned: Schedule, path: str) -> Schedule:
+    """The schedule checkpoint ``path`` was trained under: its saved settings and the span its
+    trainer state records (a checkpoint from before that record: 0 .. its ``max_steps``)."""
+    saved = state.get("args", {})
+    span = state.get("schedule") or {}
+    try:
+        return Schedule(saved.get("schedule", planned.kind), float(saved.get("lr", planned.lr)),
+                        int(span.get("total_steps", saved.get("max_steps", planned.total_steps))),
+                        float(span.get("warmup", saved.get("warmup", planned.warmup))),
+                        float(saved.get("min_lr", planned.min_lr)),
+                        float(saved.get("decay_fraction", planned.decay_fraction)),
+                        int(span.get("start", 0)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TrainError(f"the learning-rate schedule saved in {path} is malformed: {exc}") from None
+
+
+def _schedule_note(previous: Schedule, schedule: Schedule, step: int, args: TrainArgs) -> str | None:
+    """One line telling what a resume did to the learning-rate schedule, where it changed."""
+    if schedule.start != previous.start:
+        return (f"learning rate: a new {schedule.kind} phase from step {step} to {schedule.total_steps} "
+                f"(--rewarm)")
+    if schedule.total_steps < args.max_steps:
+        return (f"learning rate: the schedule had begun its decay at step {previous.decay_start}; it "
+                f"goes on, and steps {schedule.total_steps + 1}..{args.max_steps} train at min_lr "
+                f"{schedule.min_lr:g} (--rewarm starts a new warmup-stable-decay phase instead)")
+    if schedule.total_steps != previous.total_steps:
+        return (f"learning rate: the decay now ends at step {schedule.total_steps} "
+                f"(was {previous.total_steps})")
+    return None
+
+
 class _Run:
     """One run of :func:`train` once its settings are checked: :meth:`setup` builds the model
     and the step (or restores both from a checkpoint), :meth:`loop` trains, logs, evaluates and
@@ -488,11 +538,19 @@ class _Run:
         self.runner = TrainStep(self.model, args, self.world)
         self.step = 0
         if self.resume_dir:
-            self.step = int(ckpt.load_training_state(self.resume_dir, self.runner.optimizer)["step"])
+            state = ckpt.load_training_state(self.resume_dir, self.runner.optimizer)
+            self.step = int(state["step"])
+            if self.step >= args.max_steps:
+                raise TrainError(f"the checkpoint is at step {self.step}; raise max_steps above it to train more")
+            planned = self.runner.schedule
+            previous = _checkpoint_schedule(state, planned, self.resume_dir)
+            self.runner.schedule = continue_schedule(previous, self.step, planned, args.rewarm)
             if self.world.is_main:
                 _trim_metrics(self.metrics_path, self.step)
-        if self.step >= args.max_steps:
-            raise TrainError(f"the checkpoint is at step {self.step}; raise max_steps above it to train more")
+                print(f"resuming from step {self.step} of {args.out}", flush=True)
+                note = _schedule_note(previous, self.runner.schedule, self.step, args)
+                if note:
+                    print(note, flush=True)
         self.start_step = self.step
         self.stream = BatchStream(self.data.train, args.batch_size, args.seed, self.world.rank,
                                   self.world.world_size)
@@ -500,7 +558,11 @@ class _Run:
         saved_args["data"] = [os.path.abspath(p) for p in args.data]
         for key in ("tokenizer", "init_from"):
             saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
-        self.run_state = {"args": saved_args, "data_position": 0}
+        saved_args["rewarm"] = False  # a one-time action, not a setting a later resume repeats
+        schedule = self.runner.schedule
+        self.run_state = {"args": saved_args, "data_position": 0,
+                          "schedule": {"start": schedule.start, "total_steps": schedule.total_steps,
+                                       "warmup": schedule.warmup}}
         self.baseline = unigram_entropy(self.data.val, self.config.vocab_size)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -515,16 +577,43 @@ class _Run:
             self.log = MetricsLog(self.out, args.tensorboard) if world.is_main else None
         except ImportError as exc:
             raise TrainError(str(exc)) from None
+        self.interrupted = False
+        restore = self._catch_interrupts()
         try:
             while self.step < args.max_steps:
                 self._train_step()
-                if self.step % args.save_every == 0 or self.step == args.max_steps:
+                saved = self.step % args.save_every == 0 or self.step == args.max_steps
+                if saved:
                     self.save_checkpoint()
+                if world.any(self.interrupted, self.device):  # every rank stops at the same step
+                    if not saved:
+                        self.save_checkpoint()
+                    raise TrainInterrupted(self.step, args.out,
+                                           os.path.join(self.out, ckpt.checkpoint_name(self.step)))
         finally:
+            restore()
             self.bar.close()
             if self.log:
                 self.log.close()
         self.wall = time.perf_counter() - self.start_time
+
+    def _catch_interrupts(self) -> Callable[[], None]:
+        """Make the first Ctrl-C (SIGINT) ask the loop to stop after the current step and save
+        it; a second one aborts at once. Returns the function that puts the old handler back.
+        (Only the main thread can handle signals; elsewhere Ctrl-C keeps its usual effect.)"""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if self.world.is_main:
+                print(f"\ninterrupt: finishing step {self.step + 1} and saving a checkpoint "
+                      "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
 
     def _train_step(self) -> None:
         """One optimizer step, its loss check and its log record."""
@@ -594,4 +683,4 @@ class _Run:
         }
 
 
-__all__ = ["StepLosses", "TrainArgs", "TrainError", "TrainStep", "evaluate", "train", "train_model"]
+__all__ = ["StepLosses", "TrainArgs", "TrainError", "TrainInterrupted", "TrainStep", "evaluate", "train", "train_model"]
