@@ -88,7 +88,7 @@ def test_first_interrupt_finishes_the_step_and_saves_it(corpus, tmp_path, monkey
         train(small_args(corpus, out, max_steps=10, save_every=100))
     assert info.value.step == 3 and info.value.checkpoint == str(out / "checkpoint-00000003")
     assert [s for s, _ in list_checkpoints(out)] == [3]
-    assert "finishing step 3 and saving a checkpoint" in capsys.readouterr().err
+    assert "stopping at the end of this step and saving a checkpoint" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     monkeypatch.undo()
     summary = train(small_args(corpus, out, max_steps=5, save_every=100, resume=str(out)))

@@ -585,7 +585,8 @@ class _Run:
                 saved = self.step % args.save_every == 0 or self.step == args.max_steps
                 if saved:
                     self.save_checkpoint()
-                if world.any(self.interrupted, self.device):  # every rank stops at the same step
+                # every rank stops at the same step; an interrupt of the last step lets it finish
+                if self.step < args.max_steps and world.any(self.interrupted, self.device):
                     if not saved:
                         self.save_checkpoint()
                     raise TrainInterrupted(self.step, args.out,
@@ -609,7 +610,7 @@ class _Run:
                 raise KeyboardInterrupt
             self.interrupted = True
             if self.world.is_main:
-                print(f"\ninterrupt: finishing step {self.step + 1} and saving a checkpoint "
+                print("\ninterrupt: stopping at the end of this step and saving a checkpoint "
                       "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
 
         previous = signal.signal(signal.SIGINT, handler)
