@@ -601,7 +601,13 @@ class _Run:
     def _catch_interrupts(self) -> Callable[[], None]:
         """Make the first Ctrl-C (SIGINT) ask the loop to stop after the current step and save
         it; a second one aborts at once. Returns the function that puts the old handler back.
-        (Only the main thread can handle signals; elsewhere Ctrl-C keeps its usual effect.)"""
+        (Only the main thread can handle signals; elsewhere Ctrl-C keeps its usual effect.)
+
+        Under ``torchrun`` the workers run in their own sessions: Ctrl-C reaches the launcher,
+        which sends one SIGINT to every worker and kills them if they have not exited after its
+        ``--shutdown-timeout`` (30 s by default; raise it when a checkpoint takes longer to
+        write). Ranks may see the signal at different steps, so the loop all-reduces the flag at
+        every step boundary and every rank stops after the same step."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
