@@ -34,9 +34,9 @@ import torch
 from ..cache_math import cache_bytes
 from ..config import HymbaConfig, global_layers, hymba_layout
 from ..model import HymbaForCausalLM, InputError
+from ..train import TrainArgs, train_model
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from ..train.sources import iter_documents
-from ..train.trainer import TrainArgs, train_model
 from .analysis import analyze
 from .perplexity import token_perplexity
 from .recall import RecallBatch, SyntheticVocab, mqar_accuracy, mqar_batch

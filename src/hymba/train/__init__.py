@@ -5,7 +5,9 @@
 writes nothing; ``hymba train`` is the command line.
 """
 
+from .args import TrainArgs, TrainError, TrainInterrupted
 from .data import DataError
-from .trainer import TrainArgs, TrainError, TrainInterrupted, train, train_model
+from .step import train_model
+from .trainer import train
 
 __all__ = ["DataError", "TrainArgs", "TrainError", "TrainInterrupted", "train", "train_model"]

@@ -2,14 +2,14 @@
 
 ``train(TrainArgs(...))`` returns a summary dict. The run folder ``args.out`` receives numbered
 checkpoints (:mod:`.checkpointing`), ``metrics.jsonl`` (one JSON object per logged step) and the
-final model in ``final/`` (released format + tokenizer).
+final model in ``final/`` (released format + tokenizer). The optimizer step itself is
+:class:`.step.TrainStep`; Ctrl-C stops a run after a step, saved (:class:`.args.TrainInterrupted`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -18,8 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
 from . import distributed
+from .args import TrainArgs, TrainError, TrainInterrupted
 from .bpe import BUNDLED_CORPUS, bundled_data_dir
 from .data import (
     BatchStream,
@@ -39,128 +39,9 @@ from .data import (
     split_labels,
     unigram_entropy,
 )
-from .graph import TrainingGraph
 from .metrics import MetricsLog
-from .optim import Schedule, build_optimizer, continue_schedule, set_lr
-
-
-class TrainError(ValueError):
-    """A training run cannot start or had to stop; the message says why."""
-
-
-class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped a run at a step boundary, after saving that step as a numbered
-    checkpoint: ``step``, the run folder ``out`` and the ``checkpoint`` folder."""
-
-    def __init__(self, step: int, out: str, checkpoint: str) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
-        self.step, self.out, self.checkpoint = step, out, checkpoint
-
-
-@dataclass
-class TrainArgs:
-    """Everything a run depends on. ``data`` empty: the bundled corpus; ``tokenizer`` None: the
-    ``init_from`` checkpoint's tokenizer, else the bundled one. ``model`` overrides config fields
-    of ``preset`` (from-scratch runs). ``warmup`` below 1 is a fraction of ``max_steps``.
-
-    Resuming with another ``max_steps`` (:func:`~.optim.continue_schedule`): before the
-    learning rate has begun to decay, the decay moves to the new end; once it has, the run goes
-    on under its schedule (the extra steps of a finished run train at ``min_lr``), unless
-    ``rewarm`` starts a new warmup-stable-decay phase from the resumed step to ``max_steps``."""
-
-    out: str = "hymba-run"
-    preset: str = "tiny"
-    model: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None
-    resume: str | None = None
-    overwrite: bool = False
-    data: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
-    max_steps: int = 160
-    seq_len: int = 128
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr: float = 1e-5
-    schedule: str = "wsd"
-    warmup: float = 0.01
-    decay_fraction: float = 0.2
-    rewarm: bool = False
-    weight_decay: float = 0.1
-    adam_beta2: float = 0.95
-    grad_clip: float = 1.0
-    val_fraction: float = 0.02
-    eval_every: int = 40
-    eval_batches: int = 8
-    save_every: int = 80
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    device: str = "auto"
-    dtype: str | None = None
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    threads: int | None = None
-    tensorboard: bool = False
-    compile: bool = False
-    cuda_graph: bool = False
-    sample_prompt: str = "To be, or not to be"
-    sample_tokens: int = 60
-    progress: bool = True
-
-    def __post_init__(self) -> None:  # paths may be given as os.PathLike, data as any sequence
-        for name in ("out", "init_from", "resume", "tokenizer"):
-            if isinstance(getattr(self, name), os.PathLike):
-                setattr(self, name, os.fspath(getattr(self, name)))
-        if isinstance(self.data, (str, os.PathLike)):
-            self.data = [self.data]
-        if isinstance(self.data, (list, tuple)):
-            self.data = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.data]
-
-    def validate(self) -> None:
-        """Raise :class:`TrainError` naming the first setting of the wrong type or range."""
-
-        def check(names: tuple[str, ...], ok, what: str) -> None:
-            for name in names:
-                value = getattr(self, name)
-                if not ok(value):
-                    raise TrainError(f"{name} must be {what}, got {value!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        check(("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches",
-               "save_every", "log_every"), lambda v: is_int(v) and v >= 1, "a positive integer")
-        check(("keep_checkpoints", "sample_tokens", "seed"), lambda v: is_int(v) and v >= 0,
-              "a non-negative integer")
-        check(("threads",), lambda v: v is None or (is_int(v) and v >= 1), "a positive integer")
-        check(("lr",), lambda v: is_number(v) and v > 0, "a positive number")
-        check(("min_lr", "warmup", "weight_decay", "grad_clip"), lambda v: is_number(v) and v >= 0,
-              "a non-negative number")
-        check(("adam_beta2",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
-        check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        check(("overwrite", "rewarm", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
-              lambda v: isinstance(v, bool), "true or false")
-        check(("out", "preset", "sample_prompt"), lambda v: isinstance(v, str), "a string")
-        check(("device",), lambda v: v is None or isinstance(v, str), "a device name")
-        check(("init_from", "resume", "tokenizer"), lambda v: v is None or isinstance(v, str), "a path")
-        check(("data",), lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
-              "a list of paths")
-        check(("model",), lambda v: isinstance(v, dict), "a mapping of config fields")
-        if self.schedule not in ("wsd", "cosine"):
-            raise TrainError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
-        if self.dtype not in (None, "float32", "bfloat16"):
-            raise TrainError(f"dtype must be float32 or bfloat16 (autocast), got {self.dtype!r}")
-        if self.init_from and self.resume:
-            raise TrainError("use either init_from (start a fine-tune) or resume (continue a run)")
-        if self.rewarm and not self.resume:
-            raise TrainError("rewarm starts a new learning-rate phase of a resumed run: it needs resume")
-        if self.cuda_graph and self.compile:
-            raise TrainError("use either cuda_graph or compile, not both")
-
+from .optim import Schedule, continue_schedule
+from .step import TrainStep
 
 # ------------------------------------------------------------------------------------------------
 # Setup
@@ -337,141 +218,6 @@ def train(args: TrainArgs) -> dict[str, Any]:
         return run.finish()
     finally:
         world.close()
-
-
-class TrainStep:
-    """The optimizer step of ``model`` under ``args``: the forward and backward of each
-    micro-batch (eager, DDP with gradient sync on the last micro-batch, ``torch.compile`` or a
-    CUDA graph), then gradient clipping and the AdamW update at the schedule's learning rate.
-
-    ``accumulate(step, micro_batches)`` does the forward and backward passes and returns the
-    losses; ``update()`` clips the gradients, steps the optimizer and returns the gradient norm.
-    The caller decides when to read the losses (reading waits for the device).
-    """
-
-    def __init__(self, model: HymbaForCausalLM, args: TrainArgs, world: distributed.DistInfo | None = None) -> None:
-        self.model, self.args = model, args
-        self.world = world or distributed.DistInfo()
-        self.device = next(model.parameters()).device
-        self.wrapped: torch.nn.Module = model
-        if self.world.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(model, device_ids=ids)
-        default = "bfloat16" if self.device.type == "cuda" else "float32"
-        use_bf16 = (args.dtype or default) == "bfloat16"
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
-                         else contextlib.nullcontext())
-        if args.compile:
-            self.wrapped = torch.compile(self.wrapped)
-        self.graph = None
-        if args.cuda_graph:
-            if self.device.type != "cuda" or self.world.enabled:
-                raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
-            self.graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
-        self.optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, args.adam_beta2))
-        self.schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
-                                 args.decay_fraction)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-
-    def accumulate(self, step: int, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> StepLosses:
-        """Set the learning rate of 0-based ``step`` and run the forward and backward passes of
-        its ``(input_ids, labels)`` micro-batches (labels -100: no loss), gradients averaged."""
-        lr = self.schedule(step)
-        set_lr(self.optimizer, lr)
-        losses: list[torch.Tensor] = []
-        counted = 0
-        last = len(micro_batches) - 1
-        for micro, (x, labels) in enumerate(micro_batches):
-            has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
-            if self.graph is not None:  # a batch without targets adds a zero gradient: skipped
-                if has_targets:  # the first one writes the gradients, the others add to them
-                    losses.append(self.graph(x, labels, accumulate=counted > 0))
-                    counted += 1
-                continue
-            x, labels = x.to(self.device), labels.to(self.device)
-            sync = not self.world.enabled or micro == last
-            with self.autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
-                result = self.wrapped(x, labels=labels if has_targets else None)
-                loss = result.loss if has_targets else result.logits.sum() * 0.0
-                (loss / len(micro_batches)).backward()
-            losses.append(loss.detach())
-            counted += has_targets
-        if self.graph is not None and counted == 0:  # no micro-step wrote this step's gradients:
-            for p in self.params:  # zeros, as the eager path's zero-loss backward gives
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                else:
-                    p.grad.zero_()
-        return StepLosses(lr, losses, counted)
-
-    def update(self) -> torch.Tensor:
-        """Clip the gradients (``grad_clip`` 0: no clipping), step the optimizer, clear the
-        gradients; returns the gradient norm before clipping."""
-        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        self.optimizer.step()
-        if self.graph is None:  # a graph's next step writes the gradients
-            self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
-
-
-@dataclass
-class StepLosses:
-    """What :meth:`TrainStep.accumulate` returns: the learning rate it set, the losses of the
-    micro-batches (device tensors) and how many of them had targets."""
-
-    lr: float
-    losses: list[torch.Tensor]
-    counted: int
-
-    @property
-    def mean(self) -> float:
-        """The mean loss of the micro-batches with targets (reads the device)."""
-        return sum(float(loss) for loss in self.losses) / max(self.counted, 1)
-
-
-def train_model(model: HymbaForCausalLM, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                args: TrainArgs, progress: Callable[[int, float], None] | None = None,
-                report_every: int = 10) -> list[float]:
-    """Train an in-memory ``model`` on the device it is on for ``args.max_steps`` optimizer
-    steps, each over the next ``args.grad_accum`` ``(input_ids, labels)`` pairs of ``batches``
-    (labels -100 where there is no loss; rows of any shape). Nothing is written: ``args``' output,
-    data, checkpoint and logging settings are not used, its optimisation settings (learning rate,
-    schedule, weight decay, ``adam_beta2``, clipping, ``dtype``, ``compile``, ``cuda_graph``) are.
-    The model is left in the training mode it had. Returns the loss of every step.
-
-    ``progress(steps_done, last_loss)`` is called every ``report_every`` steps: reading a loss
-    waits for the device, so the losses are read in groups and the host can queue steps ahead."""
-    args.validate()
-    was_training = model.training
-    model.train()
-    runner = TrainStep(model, args)
-    batches = iter(batches)
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if pending:
-            losses.extend(torch.stack(pending).float().tolist())
-            pending.clear()
-            if progress:
-                progress(len(losses), losses[-1])
-
-    for step in range(args.max_steps):
-        micro = list(itertools.islice(batches, args.grad_accum))
-        if len(micro) < args.grad_accum:
-            raise TrainError(f"the batches ran out at step {step} of {args.max_steps}")
-        result = runner.accumulate(step, micro)
-        runner.update()
-        total = torch.stack(result.losses).sum() if len(result.losses) > 1 else result.losses[0]
-        pending.append(total / max(result.counted, 1))
-        if len(pending) == report_every:
-            flush()
-    flush()
-    model.train(was_training)
-    return losses
 
 
 def _checkpoint_schedule(state: dict[str, Any], planned: Schedule, path: str) -> Schedule:
@@ -690,4 +436,4 @@ class _Run:
         }
 
 
-__all__ = ["StepLosses", "TrainArgs", "TrainError", "TrainInterrupted", "TrainStep", "evaluate", "train", "train_model"]
+__all__ = ["TrainArgs", "TrainError", "TrainInterrupted", "evaluate", "train"]
