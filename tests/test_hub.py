@@ -161,3 +161,20 @@ def test_cli_model_accepts_a_hub_id(cache, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hymba generate: error: hub model hymba-test/nope is not in the hub cache")
     assert "\n" not in err
+
+
+def test_transformers_auto_class_by_hub_id(cache, fixture_dir):
+    pytest.importorskip("transformers", minversion="5", reason="needs transformers >= 5 (hymba[hf])")
+    from transformers import AutoModelForCausalLM
+
+    from hymba.hf import HymbaHFForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(REPO_ID, cache_dir=cache)
+    assert type(model) is HymbaHFForCausalLM
+    ids = load_file(fixture_dir / "inputs.safetensors")["len7"]
+    with torch.no_grad():
+        assert (model(ids).logits - load_file(fixture_dir / "expected.safetensors")["len7"]).abs().max() <= 1e-4
+    with pytest.raises(OSError):  # transformers' own config lookup fails first, offline
+        AutoModelForCausalLM.from_pretrained("hymba-test/nope", cache_dir=cache)
+    with pytest.raises(CheckpointError, match="hymba-test/nope is not in the hub cache"):
+        HymbaHFForCausalLM.from_pretrained("hymba-test/nope", cache_dir=cache)
