@@ -164,6 +164,21 @@ def test_save_pretrained_writes_the_released_format(auto_model, own_model, tmp_p
         assert torch.equal(HymbaForCausalLM.from_pretrained(tmp_path)(ids).logits, again)
 
 
+def test_outputs_and_refusals_of_forward_generate_and_save(auto_model, tmp_path):
+    ids = torch.tensor([[1, 5, 9]])
+    out = auto_model.generate(ids, max_new_tokens=3, return_dict_in_generate=True)
+    assert out.sequences.shape == (1, 6) and out.logits is None
+    with pytest.raises(TypeError, match="forward does not support position_ids"):
+        auto_model(ids, position_ids=torch.arange(3)[None].repeat(1, 1))
+    with pytest.raises(ValueError, match="no past_key_values or inputs_embeds"):
+        auto_model(inputs_embeds=torch.zeros(1, 3, 64))
+    with pytest.raises(TypeError, match="does not support push_to_hub"):
+        auto_model.save_pretrained(tmp_path, push_to_hub=True)
+    auto_model.save_pretrained(tmp_path, is_main_process=False)
+    assert not any(tmp_path.iterdir())
+    assert auto_model(ids, return_dict=False)[0].shape == (1, 3, 512)
+
+
 def test_from_pretrained_refuses_what_it_cannot_honour(folder):
     with pytest.raises(TypeError, match="does not support load_in_8bit"):
         AutoModelForCausalLM.from_pretrained(folder, load_in_8bit=True)

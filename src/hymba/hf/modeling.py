@@ -124,15 +124,19 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
             model.generation_config = GenerationConfig.from_pretrained(folder)
         return model.eval()
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "5GB",
-                        safe_serialization: bool = True, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *, is_main_process: bool = True,
+                        max_shard_size: int | str = "5GB", safe_serialization: bool = True,
+                        push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write the released format (``config.json`` + safetensors, hymba's tensor names) and
-        ``generation_config.json``; any other transformers saving option is refused."""
+        ``generation_config.json``; other transformers saving options are refused (upload a
+        saved folder with ``huggingface_hub`` instead of ``push_to_hub``)."""
         if not safe_serialization:
             raise ValueError("hymba writes safetensors only (safe_serialization=False is not supported)")
-        extra = sorted(k for k, v in kwargs.items() if v not in (None, False, True) or k == "state_dict")
-        if extra or kwargs.get("push_to_hub"):
-            raise TypeError(f"HymbaHFForCausalLM.save_pretrained does not support {', '.join(extra or ['push_to_hub'])}")
+        refused = sorted(k for k, v in kwargs.items() if v is not None) + (["push_to_hub"] if push_to_hub else [])
+        if refused:
+            raise TypeError(f"HymbaHFForCausalLM.save_pretrained does not support {', '.join(refused)}")
+        if not is_main_process:
+            return
         self.hymba.save_pretrained(save_directory, max_shard_size=max_shard_size)
         if self.generation_config is not None:
             self.generation_config.save_pretrained(save_directory)
@@ -163,7 +167,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         if past_key_values is not None or inputs_embeds is not None:
             raise ValueError("HymbaHFForCausalLM takes input_ids only (no past_key_values or inputs_embeds); "
                              "generate() decodes with hymba's own hybrid cache")
-        unknown = sorted(k for k, v in kwargs.items() if v not in (None, False))
+        unknown = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
         if unknown:
             raise TypeError(f"HymbaHFForCausalLM.forward does not support {', '.join(unknown)}")
         options = {}
@@ -221,7 +225,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
                   "streamer": streamer, "negative_prompt_ids": negative_prompt_ids,
                   "negative_prompt_attention_mask": negative_prompt_attention_mask,
                   "custom_generate": custom_generate}
-        given = sorted(k for k, v in extras.items() if v is not None and not (isinstance(v, list) and not v))
+        given = sorted(k for k, v in extras.items() if v is not None and not (isinstance(v, list) and len(v) == 0))
         if given:
             raise ValueError(f"hymba's generate does not support {', '.join(given)}")
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
@@ -233,7 +237,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
             if kwargs.pop(name, None) is not None:
                 raise ValueError(f"hymba's generate does not support {name}")
         config, rest = self._prepare_generation_config(generation_config, **kwargs)
-        rest = sorted(k for k, v in rest.items() if v not in (None, False))
+        rest = sorted(k for k, v in rest.items() if v is not None and v is not False)
         if rest:
             raise ValueError(f"hymba's generate does not support {', '.join(rest)}")
         _check_supported(config)
@@ -248,6 +252,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         eos = config.eos_token_id
         eos_list = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         pad = config.pad_token_id if config.pad_token_id is not None else (eos_list[0] if eos_list else None)
+        keep_logits = bool(config.return_dict_in_generate and config.output_logits)
         seed = None
         if config.do_sample:  # from torch's global RNG: torch.manual_seed makes runs repeatable
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -256,12 +261,13 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
             temperature=config.temperature, top_k=config.top_k or 0, top_p=config.top_p,
             repetition_penalty=config.repetition_penalty, seed=seed, eos_token_id=eos_list,
             pad_token_id=pad, stop_strings=config.stop_strings or None,
-            tokenizer=tokenizer, output_logits=True,
+            tokenizer=tokenizer, output_logits=keep_logits,
         )
         if not config.return_dict_in_generate:
-            return out.sequences
-        logits = tuple(out.logits.unbind(1)) if config.output_logits else None
-        return GenerateDecoderOnlyOutput(sequences=out.sequences, logits=logits)
+            return out
+        if not keep_logits:
+            return GenerateDecoderOnlyOutput(sequences=out)
+        return GenerateDecoderOnlyOutput(sequences=out.sequences, logits=tuple(out.logits.unbind(1)))
 
 
 def _check_supported(config: GenerationConfig) -> None:
