@@ -137,6 +137,12 @@ def test_pipeline_generates_hymbas_greedy_tokens(folder, own_model):
     expected = own_model.generate(torch.tensor([ids]), max_new_tokens=10)[0].tolist()
     assert out[0]["generated_token_ids"] == expected
     assert generator(text, max_new_tokens=10, do_sample=False)[0]["generated_text"].startswith(text)
+    # a batch of two is left-padded by the pipeline: each row gives what it gives alone
+    texts = [text, "kx"]
+    batched = generator(texts, max_new_tokens=4, do_sample=False, batch_size=2, return_tensors=True)
+    for t, rows in zip(texts, batched):
+        alone = generator(t, max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+        assert rows[0]["generated_token_ids"][-len(alone):] == alone
 
 
 @pytest.mark.parametrize("kwargs", [
