@@ -17,8 +17,13 @@ transformers is imported, without importing transformers earlier.
 
 from __future__ import annotations
 
-from .configuration import HymbaHFConfig
-from .modeling import HymbaHFForCausalLM
+try:
+    import transformers  # noqa: F401
+except ImportError:
+    raise ImportError("hymba.hf needs transformers >= 5: pip install 'hymba[hf]'") from None
+
+from .configuration import HymbaHFConfig  # noqa: E402
+from .modeling import HymbaHFForCausalLM  # noqa: E402
 
 __all__ = ["HymbaHFConfig", "HymbaHFForCausalLM", "register"]
 
