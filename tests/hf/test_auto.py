@@ -192,6 +192,9 @@ def test_from_pretrained_refuses_what_it_cannot_honour(folder):
         HymbaHFForCausalLM.from_pretrained(folder, device_map={"hymba.model": "cpu", "hymba.lm_head": "meta"})
     model = HymbaHFForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map="cpu")
     assert model.dtype == torch.bfloat16
+    config = AutoConfig.from_pretrained(folder, sliding_window=8)
+    with pytest.raises(hymba.CheckpointError, match="config passed differs"):
+        AutoModelForCausalLM.from_pretrained(folder, config=config)
 
 
 SCRIPT = """

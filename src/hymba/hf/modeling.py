@@ -58,7 +58,8 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "hymba"
     main_input_name = "input_ids"
     _no_split_modules = ["HymbaBlock"]
-    # the released attn_implementation ("flex") names hymba's own attention, not transformers'
+    # transformers' attention choice does not apply (hymba picks its own kernels): accept its
+    # names rather than fail on them
     _supports_flex_attn = True
     _supports_sdpa = True
 
@@ -224,7 +225,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
                   "prefix_allowed_tokens_fn": prefix_allowed_tokens_fn, "assistant_model": assistant_model,
                   "streamer": streamer, "negative_prompt_ids": negative_prompt_ids,
                   "negative_prompt_attention_mask": negative_prompt_attention_mask,
-                  "custom_generate": custom_generate}
+                  "custom_generate": custom_generate, "synced_gpus": synced_gpus or None}
         given = sorted(k for k, v in extras.items() if v is not None and not (isinstance(v, list) and len(v) == 0))
         if given:
             raise ValueError(f"hymba's generate does not support {', '.join(given)}")
