@@ -13,8 +13,6 @@ from hymba import CheckpointError, HymbaForCausalLM, load_tokenizer
 from hymba.cli import main
 from hymba.hub import MODEL_PATTERNS, is_hub_id, resolve_model_dir
 
-hub = pytest.importorskip("huggingface_hub")
-
 REPO_ID = "hymba-test/tiny-ref"
 
 
