@@ -49,8 +49,8 @@ def test_short_sequences_and_initial_state():
 @pytest.mark.parametrize("with_state,with_bias,activation", [(False, True, True), (True, True, True),
                                                             (True, False, False)])
 def test_triton_matches_reference(dtype, length, with_state, with_bias, activation, triton_device):
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_triton
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_triton
 
     g = torch.Generator().manual_seed(length)
     r = lambda *s: torch.randn(*s, generator=g).to(triton_device)  # noqa: E731
@@ -86,8 +86,8 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
                                            triton_device):
     """Gradients of x, the weight and the bias (and of x through the returned final state)
     against the reference in float64."""
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_train
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_train
 
     channels = 150
     x = torch.randn(2, length, 2 * channels, device=triton_device)[..., :channels].to(x_dtype)
@@ -124,7 +124,7 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
 def test_triton_backward_tiles(tile, triton_device, monkeypatch):
     """Other backward tiles (as ``conv_gpu.py --bwd-sweep`` times them) and time segments of
     several blocks (few programs; the last segment cut short) give the same gradients."""
-    from hymba.ops import conv_triton
+    from hymba.ops.conv import triton as conv_triton
 
     for name, value in zip(("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS", "GRAD_PROGRAMS"), tile):
         monkeypatch.setattr(conv_triton, name, value)
@@ -134,8 +134,8 @@ def test_triton_backward_tiles(tile, triton_device, monkeypatch):
 @pytest.mark.gpu
 def test_triton_backward_of_an_input_with_strided_channels(triton_device):
     """An input whose channels are not adjacent in memory gets the reference's gradients."""
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_train
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_train
 
     torch.manual_seed(1)
     base = torch.randn(2, 50, 40, 2, device=triton_device)

@@ -27,7 +27,6 @@ PyTorch scan (the kernels compute in float32).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -35,7 +34,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra.cuda import libdevice
 
-from ..triton_gate import needs_grad, num_sms
+from .._triton import softplus, split_steps
+from ..switches import interpreting, needs_grad, num_sms
 from .chunked import selective_scan_chunked
 
 # Channels per program (one per lane) and warps (BWD_* for the backward, unless the caller sets
@@ -89,12 +89,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _softplus(x):
-    """F.softplus with threshold 20 (the identity above it)."""
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
-
-
-@triton.jit
 def _load_step(pu, pdt, pz, pdy, pbc, t, end, sl_u, sl_dt, sl_z, sl_dy, sl_bc, n, dmask, nmask,
                HAS_Z: tl.constexpr, HAS_DY: tl.constexpr):
     """One step's inputs (u, raw Δ, z, dy, B, C), zero at t outside [0, end)."""
@@ -123,13 +117,13 @@ def _delta(raw, bias, ok, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
         if FAST:
             dt = _fast_softplus(x)
         else:
-            dt = _softplus(x)
+            dt = softplus(x)
     return tl.where(ok, dt, 0.0), x
 
 
 @triton.jit
 def _fast_softplus(x):
-    """:func:`_softplus` with the hardware's approximate log2 (≈ 2^-22 absolute error), a
+    """:func:`softplus` with the hardware's approximate log2 (≈ 2^-22 absolute error), a
     fraction of the instructions of the exact logarithm."""
     e = tl.exp2(-tl.abs(x) * LOG2E)
     return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + libdevice.fast_logf(1.0 + e))
@@ -525,13 +519,6 @@ def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | 
     return split_steps(length, segments, chunk)
 
 
-def split_steps(length: int, count: int, chunk: int) -> tuple[int, int]:
-    """``length`` steps cut into about ``count`` segments of a whole number of ``chunk`` steps:
-    (number of segments, segment length)."""
-    seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
-    return triton.cdiv(max(length, 1), seg_len), seg_len
-
-
 def _adjacent_pair(B: Tensor, C: Tensor) -> Tensor | None:
     """(B, C) as one (b, L, 2, n) view when C's columns directly follow B's in the same storage
     (as when both are split from one row), else None."""
@@ -558,7 +545,7 @@ def _params(A: Tensor, D: Tensor | None, delta_bias: Tensor | None) -> tuple[Ten
 def _fast_math(x: Tensor) -> bool:
     """Approximate log and division in the kernels: on a GPU (the interpreter has no such
     instructions)."""
-    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+    return x.is_cuda and not interpreting()
 
 
 class _TritonScan(torch.autograd.Function):
@@ -609,7 +596,7 @@ class _TritonScan(torch.autograd.Function):
         u, delta, zz, B, C, A, D32, bias32, hc = ctx.saved_tensors
         # B and C in their own dtype: float32 rows would make the backward spill more
         bc = torch.stack((B, C.to(B.dtype)), dim=2)
-        has_z, softplus, block_d, warps, segments = ctx.meta
+        has_z, delta_softplus, block_d, warps, segments = ctx.meta
         b, L, d = u.shape
         n = A.shape[1]
         block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
@@ -640,7 +627,7 @@ class _TritonScan(torch.autograd.Function):
             *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
             A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
-        meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
+        meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=delta_softplus, HAS_DHT=dfinal is not None,
                     N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps,
                     SCATTER=BWD_SCATTER and _fast_math(u) and block_d == 16 and warps == 1 and 2 <= N <= 16)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from .triton_gate import capability
+from ..switches import capability
 
 # Distinct graphs one process may compile (dynamo's default is 8): masks of global and
 # sliding-window layers, static and dynamic lengths, batch 1 and > 1, with and without autograd.

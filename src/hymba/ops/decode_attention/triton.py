@@ -17,10 +17,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .decode_attention import DecodeKeys
-from .pdl_triton import pdl_launch, wait_for_producers
-from .rotary_triton import rotary_tables, rotate_half_split
-from .triton_gate import num_sms
+from .._triton import pdl_launch, wait_for_producers
+from ..rotary.triton import rotary_tables, rotate_half_split
+from ..switches import num_sms
+from .reference import DecodeKeys
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
 # splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py. A ring store with

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import pdl_launch, wait_for_producers
-from .triton_gate import num_sms
+from .._triton import pdl_launch, wait_for_producers
+from ..switches import num_sms
 
 # Matrix-vector tuning knobs (columns per step, the least number of programs to aim for as a
 # multiple of the SM count, warps) for weight rows of at least LONG_ROW columns and for shorter
