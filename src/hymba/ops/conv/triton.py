@@ -21,12 +21,11 @@ from ..derived import derived
 
 BLOCK_T = 32
 BLOCK_C = 128
-# The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
-# and K + 1 running sums for the weight and bias gradients, and runs about GRAD_PROGRAMS
-# programs, each over a time segment. ``benchmarks/conv_gpu.py --bwd-sweep`` (forward + backward
-# replayed as a CUDA graph; H100, b=1, 4,224 steps): 8 x 64 on 4 warps 149 us, 8 x 128 on 4
-# warps 170 us, 16 x 128 on 16 warps 239 us, 8 x 256 on 4 warps 198 us; 512 or 2,048 programs
-# instead of 1,024 within 5%.
+# The backward kernels' tile (time steps, channels) and warps. The first kernel holds the K input
+# tiles and K + 1 running sums for the weight and bias gradients in registers, so its tile is
+# small (wider or longer tiles spill); it runs about GRAD_PROGRAMS programs, each over a time
+# segment: several waves on any GPU, while each program's share of the weight gradient remains a
+# long sum (``benchmarks/conv_gpu.py --bwd-sweep`` times other tiles and program counts).
 BWD_BLOCK_T = 8
 BWD_BLOCK_C = 64
 BWD_WARPS = 4
@@ -35,8 +34,8 @@ GRAD_PROGRAMS = 1024
 
 def _taps(weight: Tensor, channels: int, kernel: int) -> Tensor:
     """The weight as (kernel, channels), contiguous: a tap's weights for a block of channels
-    load as one vector (read as (channels, kernel), the loads of a tap are strided, and they
-    kept the backward's L1 busy: 226 us of an H100 at Hymba-1.5B's 4K training shape). Kept
+    load as one vector (read as (channels, kernel), the loads of a tap are strided by the kernel
+    size and keep the backward's L1 busy). Kept
     between calls while the weight is unchanged (prefill), see :func:`hymba.ops.derived`."""
     return derived(weight, "conv taps", lambda w: w.detach().reshape(channels, kernel).t().contiguous())
 

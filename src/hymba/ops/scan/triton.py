@@ -42,20 +42,21 @@ from .chunked import selective_scan_chunked
 # ``block_d`` / ``num_warps``); a step's inputs are loaded FWD_PREFETCH / BWD_PREFETCH steps
 # ahead (the backward has more live values and fewer registers to spare). CHUNK: the forward
 # saves the state every CHUNK steps for the backward, which recomputes the states of one chunk
-# at a time (H100, b=1, 4,224 steps: backward 2.08 ms at 8 steps, 1.62 ms at 4, 3.34 ms at 16);
-# a forward that saves nothing runs FWD_UNROLL steps per unrolled block (0.26 ms at 8, 0.28 ms
-# at 4). The forward adds time segments until about TARGET_PROGRAMS programs run, none shorter
-# than MIN_SEGMENT steps; the backward picks its own by :func:`backward_segments` (or, if
-# BWD_TARGET_PROGRAMS is set, as the forward does with that target). Measured
-# with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward needs 128
-# registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
+# at a time: a short chunk's recomputed states stay in the per-program scratch in L1, a long one
+# saves fewer states; a forward that saves nothing runs FWD_UNROLL steps per unrolled block. The
+# forward adds time segments until about TARGET_PROGRAMS programs run, none shorter than
+# MIN_SEGMENT steps; the backward picks its own by :func:`backward_segments` (or, if
+# BWD_TARGET_PROGRAMS is set, as the forward does with that target). Two steps ahead the forward
+# needs 128 registers a thread, so an SM holds 16 of its single-warp programs: TARGET_PROGRAMS
+# fills a GPU of about 128 SMs at batch 1 (``benchmarks/scan_gpu.py --launch-sweep`` times other
+# launches).
 BLOCK_D = 32
 BWD_BLOCK_D = 16
 WARPS = 1
 BWD_WARPS = 1
 FWD_PREFETCH = 2
-# steps prefetched by a forward that saves states for a backward: 129 registers at 1, 167 at 2
-# (offline sm_90 builds); H100, b=1, 4,224 steps: 0.375 ms at 1, 0.426 ms at 2
+# steps prefetched by a forward that saves states for a backward: saving takes registers, and a
+# second step ahead (167 registers a thread against 129, sm_90 builds) costs resident programs
 FWD_SAVE_PREFETCH = 1
 BWD_PREFETCH = 1
 CHUNK = 4
@@ -65,17 +66,15 @@ BWD_TARGET_PROGRAMS: int | None = None
 MIN_SEGMENT = 256
 # The backward's per-step sums of dB and dC over a warp's 16 channels as a transposing reduction
 # of warp shuffles (inline PTX: on a GPU, at 16 channels on one warp, the layout it is written
-# for, and 2-16 states; at 32 it spills); else ``tl.sum``. Offline sm_90 build at Hymba's shape:
-# 268 -> 84 shuffles and 2,680 -> 2,384 instructions in pass 2; H100, b=1, 4,224 steps, forward +
-# backward 1.652 -> 1.611 ms (the pass waits on latency more than it issues instructions).
+# for, and 2-16 states; at 32 it spills); else ``tl.sum``. At Hymba's shape (an sm_90 build) it
+# takes pass 2 from 268 to 84 shuffles and from 2,680 to 2,384 instructions; the pass waits on
+# latency more than it issues instructions, so fewer shuffles on each step's chain help.
 BWD_SCATTER = True
 # Registers a thread of the backward's pass 2 may use (None: the compiler's choice, 254 at
 # Hymba's shape, which holds an SM to 8 warps; 168 lets 12 run for 24 bytes of spills; on a GPU
-# only, as a compile option, so the results do not change). H100,
-# b=1, 4,224 steps, forward + backward: 1.613 ms uncapped at 2,048 programs, 1.602 at 3,168;
-# capped at 168: 1.848 at 2,048, 1.613 at 1,584, 1.493 at 3,168, 1.754 at 4,224; at 152 (192
-# bytes of spills) 1.970 at 2,048. The program count matters through whole waves of programs
-# (:func:`backward_segments`).
+# only, as a compile option, so the results do not change). The extra resident programs pay only
+# where the program count fills whole waves (:func:`backward_segments` picks such counts); a
+# tighter cap spills more than they gain.
 BWD_MAXNREG = 168
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -326,7 +325,7 @@ def _scan_bwd_kernel(
     first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
     start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2). A chunk's
     recomputed states go through a per-program scratch (in L1): kept in registers instead, they
-    cost more time (H100: 1.67 against 1.62 ms at 16 channels a warp, 2.0 ms over 2 warps).
+    take the registers the rest of the step needs, and the program spills.
 
     Per-sequence outputs du, dΔ, dz are written in place; dB and dC as sums over this program's
     channels (summed over programs by the caller); dA, dD and the Δ bias's gradient as this
@@ -487,10 +486,8 @@ def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: in
     """(number of time segments, segment length) for the backward, whose programs run in waves of
     ``wave`` at a time (SMs x programs an SM): of the counts up to ``length // min_segment`` and
     up to four waves, the one whose waves x segment length is least (the fewest segments of
-    equals). A wave that ends with few programs costs as much as a full one: H100, 4,224 steps,
-    200 channel blocks a sequence, waves of 1,584, forward + backward 1.495 ms at b=1 with 15
-    segments (two waves) and 1.750 with 16 (three); at b=2 2.916 ms with 7, 2.856 with 11, 2.796
-    with 15 and 3.020 with 16 (benchmarks/NOTES-gpu.md item 65)."""
+    equals). A wave that ends with few programs costs as much as a full one, so a count that fills
+    its waves beats a slightly larger one that starts another wave."""
     if wave < 1:
         raise ValueError(f"a wave of {wave} programs")
     most = max(1, min(length // min_segment, 4 * wave // max(1, batch * blocks)))
