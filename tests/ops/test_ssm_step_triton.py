@@ -1,5 +1,5 @@
-"""The SSM decode-step kernels (conv update, state update, the fused branch step) against their
-PyTorch references, on the GPU or under Triton's CPU interpreter."""
+"""The SSM decode-step kernels (the state update, the fused branch step) against their PyTorch
+references, on the GPU or under Triton's CPU interpreter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from hymba import ops
-from hymba.ops.conv.reference import causal_conv1d_update_reference
 from hymba.ops.ssm_step import selective_state_update
 
 pytestmark = pytest.mark.gpu
@@ -17,26 +16,6 @@ pytestmark = pytest.mark.gpu
 
 def _tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("b,d,k,bias", [(1, 64, 4, True), (3, 100, 4, False), (2, 7, 3, True)])
-def test_conv_step(b, d, k, bias, dtype, triton_device):
-    from hymba.ops.conv.triton import causal_conv1d_update_triton
-
-    dev = triton_device
-    wide = torch.randn(b, 3, d, device=dev).to(dtype)
-    x = wide[:, 1]  # strided, as the split of the fused projection gives it
-    weight = torch.randn(d, k, device=dev).to(dtype)
-    b_ = torch.randn(d, device=dev).to(dtype) if bias else None
-    state = torch.randn(b, d, k, device=dev).to(dtype)
-    ref_state = state.clone()
-    for _ in range(3):  # several steps: the shift must move every slot
-        got = causal_conv1d_update_triton(x, state, weight, b_)
-        want = causal_conv1d_update_reference(x, ref_state, weight, b_)
-        torch.testing.assert_close(got, want, **_tol(dtype))
-        torch.testing.assert_close(state, ref_state)
-        x = torch.randn(b, d, device=dev).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
