@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from graph_timing import graph_time, stream_time
 
-from hymba.ops import conv_triton
-from hymba.ops.conv import causal_conv1d_reference
-from hymba.ops.conv_triton import causal_conv1d_train, causal_conv1d_triton
+from hymba.ops.conv import triton as conv_triton
+from hymba.ops.conv.reference import causal_conv1d_reference
+from hymba.ops.conv.triton import causal_conv1d_train, causal_conv1d_triton
 
 # backward launches timed by --bwd-sweep: (time steps, channels, warps, programs of the first pass)
 BWD_SWEEP = [(16, 128, 16, 1024), (8, 128, 4, 1024), (8, 128, 2, 1024), (4, 128, 4, 1024), (4, 128, 2, 1024),

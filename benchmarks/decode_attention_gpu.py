@@ -21,8 +21,8 @@ import torch
 from graph_timing import L2_DEFEAT_BYTES, graph_time
 
 from hymba.ops.decode_attention import DecodeKeys
-from hymba.ops.decode_attention_triton import decode_attention_triton
-from hymba.ops.prefix_attention import attention_with_prefix
+from hymba.ops.decode_attention.reference import attention_with_prefix
+from hymba.ops.decode_attention.triton import decode_attention_triton
 
 HQ, HKV, DQK, DV, META = 25, 5, 64, 128, 128
 CALLS = 20

@@ -3,10 +3,10 @@
     python benchmarks/flex_gpu.py [--length 8320] [--backward] [--json out.json]
 
 25 query heads over 5 K/V heads (d_qk 64, d_v 128), bf16, batch 1, contiguous heads (as
-``hymba.ops.flex`` passes K and V), compiled for dynamic lengths. For a global (causal) layer and a
+``hymba.ops.attention.flex`` passes K and V), compiled for dynamic lengths. For a global (causal) layer and a
 sliding-window layer (window 1,024, 128 meta tokens always visible) it times the forward (and
 with ``--backward`` forward + backward) with inductor's default tiles, the library's choice
-(``hymba.ops.flex.kernel_options``) and a few others; each setting is checked against the
+(``hymba.ops.attention.flex.kernel_options``) and a few others; each setting is checked against the
 default's output. ``--layouts`` instead times q/k/v contiguous against views of the projection,
 compiled with dynamic and static shapes. Times: CUDA events around 10 back-to-back calls (so the host's dispatch
 overlaps the GPU), median of 5; TFLOP/s counts the visible (query, key) pairs.
@@ -22,7 +22,7 @@ import torch
 from graph_timing import stream_time
 from torch.nn.attention.flex_attention import flex_attention
 
-from hymba.ops import flex
+from hymba.ops.attention import flex
 
 HQ, HKV, DQK, DV, META, WINDOW = 25, 5, 64, 128, 128, 1024
 CALLS = 10

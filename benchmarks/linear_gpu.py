@@ -25,9 +25,9 @@ import torch.nn.functional as F
 import triton
 from graph_timing import L2_DEFEAT_BYTES, graph_time
 
-from hymba.ops.linear_triton import dot_config, linear_dot, linear_triton, swiglu_dot
-from hymba.ops.norm import silu_mul
-from hymba.ops.triton_gate import num_sms
+from hymba.ops.linear.triton import dot_config, linear_dot, linear_triton, swiglu_dot
+from hymba.ops.swiglu import silu_mul
+from hymba.ops.switches import num_sms
 
 # name, in features, out features, calls per decode step (32 layers; lm_head once)
 SHAPES = [

@@ -5,7 +5,7 @@
 Hymba-1.5B's shapes (d_inner 3200, d_state 16, dt_rank 100, conv 4, inner norms), bf16 weights.
 Each variant is timed inside a CUDA graph of calls cycling through enough layer copies to defeat
 the L2, as in a real step: the stages (conv update, x_proj, Δ/B/C norms, dt_proj, state update:
-one kernel each, as ``ops.mamba_decode_step_unfused`` dispatches them) and the fused form at its
+one kernel each, as ``MambaBranch.step`` runs them beyond the fused op's rows) and the fused form at its
 defaults, and with ``--sweep`` at other blocks of channels and warps. Outputs are checked against
 each other.
 """
@@ -16,15 +16,42 @@ import argparse
 import itertools
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from graph_timing import L2_DEFEAT_BYTES, graph_time
 
-from hymba.ops.ssm_step import MambaStepWeights, mamba_decode_step_unfused
-from hymba.ops.ssm_step_triton import FUSED_BLOCK_D, FUSED_WARPS, mamba_decode_step_triton
+from hymba import ops
+from hymba.ops.ssm_step.triton import FUSED_BLOCK_D, FUSED_WARPS, fused_mamba_step_triton
 
 D, N, R, K = 3200, 16, 100, 4
 CALLS = 64
+
+
+class MambaStepWeights(NamedTuple):
+    """The SSM branch's parameters in the order of ``ops.fused_mamba_step``'s arguments."""
+
+    conv_weight: torch.Tensor
+    conv_bias: torch.Tensor | None
+    x_proj_weight: torch.Tensor
+    norm_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    eps: float
+    dt_weight: torch.Tensor
+    dt_bias: torch.Tensor
+    A_log: torch.Tensor
+    D: torch.Tensor
+
+
+def mamba_decode_step_unfused(x, z, conv_state, ssm_state, w: MambaStepWeights) -> torch.Tensor:
+    """The branch's decode step stage by stage through the ops, as ``MambaBranch.step`` runs it."""
+    xc = ops.causal_conv1d_update(x, conv_state, w.conv_weight, w.conv_bias)
+    dt, B, C = ops.rms_norm_parts(ops.linear(xc, w.x_proj_weight), (R, N, N), w.norm_weights, w.eps)
+    return ops.ssm_decode_step(ssm_state, xc, ops.linear(dt, w.dt_weight), w.A_log, B, C, w.D, z, w.dt_bias)
+
+
+def mamba_decode_step_triton(x, z, conv_state, ssm_state, w: MambaStepWeights, block_d: int = FUSED_BLOCK_D,
+                             num_warps: int = FUSED_WARPS) -> torch.Tensor:
+    return fused_mamba_step_triton(x, z, conv_state, ssm_state, *w, block_d=block_d, num_warps=num_warps)
 
 
 def layer(dev: str) -> MambaStepWeights:

@@ -34,7 +34,7 @@ def _deterministic():
 def triton_device() -> str:
     """Where a Triton kernel test runs: the GPU, or the CPU under ``TRITON_INTERPRET=1`` (Triton's
     interpreter: slow, but it runs every kernel on CPU tensors); skipped otherwise."""
-    from hymba.ops.triton_gate import triton_importable
+    from hymba.ops.switches import triton_importable
 
     if torch.cuda.is_available() and triton_importable():
         return "cuda"

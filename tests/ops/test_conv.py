@@ -1,4 +1,5 @@
-"""Causal depthwise conv: the batched form, its state, and the one-step update agree."""
+"""Causal depthwise conv: the batched form, its state, and the one-step update agree; the Triton
+kernels (sequence, backward, one step) against the references."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hymba.ops import causal_conv1d, causal_conv1d_update
+from hymba.ops.conv.reference import causal_conv1d_update_reference
 
 
 def naive(x, w, b):
@@ -49,8 +51,8 @@ def test_short_sequences_and_initial_state():
 @pytest.mark.parametrize("with_state,with_bias,activation", [(False, True, True), (True, True, True),
                                                             (True, False, False)])
 def test_triton_matches_reference(dtype, length, with_state, with_bias, activation, triton_device):
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_triton
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_triton
 
     g = torch.Generator().manual_seed(length)
     r = lambda *s: torch.randn(*s, generator=g).to(triton_device)  # noqa: E731
@@ -86,8 +88,8 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
                                            triton_device):
     """Gradients of x, the weight and the bias (and of x through the returned final state)
     against the reference in float64."""
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_train
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_train
 
     channels = 150
     x = torch.randn(2, length, 2 * channels, device=triton_device)[..., :channels].to(x_dtype)
@@ -124,7 +126,7 @@ def test_triton_backward_matches_reference(x_dtype, w_dtype, tol, length, with_b
 def test_triton_backward_tiles(tile, triton_device, monkeypatch):
     """Other backward tiles (as ``conv_gpu.py --bwd-sweep`` times them) and time segments of
     several blocks (few programs; the last segment cut short) give the same gradients."""
-    from hymba.ops import conv_triton
+    from hymba.ops.conv import triton as conv_triton
 
     for name, value in zip(("BWD_BLOCK_T", "BWD_BLOCK_C", "BWD_WARPS", "GRAD_PROGRAMS"), tile):
         monkeypatch.setattr(conv_triton, name, value)
@@ -134,8 +136,8 @@ def test_triton_backward_tiles(tile, triton_device, monkeypatch):
 @pytest.mark.gpu
 def test_triton_backward_of_an_input_with_strided_channels(triton_device):
     """An input whose channels are not adjacent in memory gets the reference's gradients."""
-    from hymba.ops.conv import causal_conv1d_reference
-    from hymba.ops.conv_triton import causal_conv1d_train
+    from hymba.ops.conv.reference import causal_conv1d_reference
+    from hymba.ops.conv.triton import causal_conv1d_train
 
     torch.manual_seed(1)
     base = torch.randn(2, 50, 40, 2, device=triton_device)
@@ -165,3 +167,25 @@ def test_dispatch_under_autograd(triton_device, monkeypatch):
     assert "_CausalConv" not in type(causal_conv1d(x[:, :3], w)[0].grad_fn).__name__
     state = torch.zeros(1, 8, 4, device=triton_device)
     assert "_CausalConv" not in type(causal_conv1d(x, w, None, state)[0].grad_fn).__name__
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,d,k,bias", [(1, 64, 4, True), (3, 100, 4, False), (2, 7, 3, True)])
+def test_triton_update_matches_reference(b, d, k, bias, dtype, triton_device):
+    from hymba.ops.conv.triton import causal_conv1d_update_triton
+
+    dev = triton_device
+    wide = torch.randn(b, 3, d, device=dev).to(dtype)
+    x = wide[:, 1]  # strided, as the split of the fused projection gives it
+    weight = torch.randn(d, k, device=dev).to(dtype)
+    b_ = torch.randn(d, device=dev).to(dtype) if bias else None
+    state = torch.randn(b, d, k, device=dev).to(dtype)
+    ref_state = state.clone()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for _ in range(3):  # several steps: the shift must move every slot
+        got = causal_conv1d_update_triton(x, state, weight, b_)
+        want = causal_conv1d_update_reference(x, ref_state, weight, b_)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        torch.testing.assert_close(state, ref_state)
+        x = torch.randn(b, d, device=dev).to(dtype)

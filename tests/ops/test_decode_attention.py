@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hymba.ops.decode_attention import DecodeKeys, decode_attention
-from hymba.ops.prefix_attention import attention_with_prefix
+from hymba.ops.decode_attention.reference import attention_with_prefix
 from hymba.ops.rotary import apply_rotary_reference
 
 
@@ -43,7 +43,7 @@ CASES = [  # b, hq, hkv, dqk, dv, P, S, ring, limit
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
 def test_triton_matches_reference(case, dtype, triton_device):
-    from hymba.ops.decode_attention_triton import decode_attention_triton
+    from hymba.ops.decode_attention.triton import decode_attention_triton
 
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
@@ -59,7 +59,7 @@ def test_triton_matches_reference(case, dtype, triton_device):
 @pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("case", [CASES[0], CASES[1]])
 def test_triton_rotates_the_query(case, per_row, triton_device):
-    from hymba.ops.decode_attention_triton import decode_attention_triton
+    from hymba.ops.decode_attention.triton import decode_attention_triton
 
     q, pk, pv, k, v, keys = _case(triton_device, torch.float32, *case)
     b, d = q.shape[0], q.shape[-1]

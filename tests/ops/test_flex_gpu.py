@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hymba.ops.attention import attention, attention_mask, sdpa_attention
-from hymba.ops.flex import flex_attention_swa
+from hymba.ops.attention.flex import flex_attention_swa
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,7 +44,7 @@ def test_flex_matches_sdpa(dtype, tol, L, window, num_meta, offset, hq, hkv):
 
 def test_tuned_tiles_on_hymba_heads():
     """Hymba-1.5B's heads (25 over 5, d_qk 64, d_v 128) in bf16: the shape with measured tiles."""
-    from hymba.ops.flex import kernel_options
+    from hymba.ops.attention.flex import kernel_options
 
     q, k, v = qkv(1, 25, 5, 300, 64, 128, torch.bfloat16, seed=3)
     out = flex_attention_swa(q, k, v, 128, 16)
@@ -100,7 +100,7 @@ def test_attention_dispatches_to_flex(monkeypatch):
 
 
 def test_training_calls_run_exact_shape_kernels_after_dynamic_ones(monkeypatch):
-    from hymba.ops import flex
+    from hymba.ops.attention import flex
 
     monkeypatch.setattr(flex, "_static_shapes", set())
     picked = []

@@ -8,7 +8,7 @@ import torch
 
 from hymba.ops.attention import attention_mask, sdpa_attention
 
-flex = pytest.importorskip("hymba.ops.flex", reason="this torch has no FlexAttention")
+flex = pytest.importorskip("hymba.ops.attention.flex", reason="this torch has no FlexAttention")
 
 
 def _eager(monkeypatch) -> list[tuple[bool, bool]]:

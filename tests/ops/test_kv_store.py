@@ -18,7 +18,7 @@ def stores(b, hkv, slots, dqk, dv, dtype, device):
 @pytest.mark.parametrize("ring", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_matches_reference(ring, dtype, triton_device):
-    from hymba.ops.kv_store_triton import store_kv_step_triton
+    from hymba.ops.kv_store.triton import store_kv_step_triton
 
     device, b, hkv, slots, m = triton_device, 3, 5, 12, 4
     ks, vs = stores(b, hkv, slots, 64, 128, dtype, device)
@@ -43,7 +43,7 @@ def test_triton_matches_reference(ring, dtype, triton_device):
 @pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_rotates_the_keys_it_stores(per_row, dtype, triton_device):
-    from hymba.ops.kv_store_triton import store_kv_step_triton
+    from hymba.ops.kv_store.triton import store_kv_step_triton
 
     device, b, hkv, slots, m, d = triton_device, 3, 2, 6, 4, 16
     ks, vs = stores(b, hkv, slots, d, 8, dtype, device)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hymba.ops.linear import kernel_for, linear, swiglu
-from hymba.ops.norm import silu_mul
+from hymba.ops.linear import kernel_for, linear
+from hymba.ops.swiglu import silu_mul, swiglu
 
 linear_module = importlib.import_module("hymba.ops.linear")  # the module (hymba.ops.linear is also a function)
 
@@ -29,7 +29,7 @@ def _tolerance(dtype: torch.dtype) -> dict:
 @pytest.mark.parametrize("lead,k,n", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_triton_linear_matches_f_linear(lead, k, n, bias, dtype, triton_device):
-    from hymba.ops.linear_triton import linear_triton
+    from hymba.ops.linear.triton import linear_triton
 
     x = torch.randn(*lead, k, device=triton_device).to(dtype)
     w = (torch.randn(n, k, device=triton_device) / k**0.5).to(dtype)
@@ -42,7 +42,7 @@ def test_triton_linear_matches_f_linear(lead, k, n, bias, dtype, triton_device):
 
 @pytest.mark.gpu
 def test_triton_linear_strided_rows(triton_device):
-    from hymba.ops.linear_triton import linear_triton
+    from hymba.ops.linear.triton import linear_triton
 
     x = torch.randn(2, 3, 96, device=triton_device)[:, 1, :80]  # rows 288 elements apart
     w = torch.randn(24, 80, device=triton_device)
@@ -51,7 +51,7 @@ def test_triton_linear_strided_rows(triton_device):
 
 @pytest.mark.gpu
 def test_triton_linear_no_rows_or_features(triton_device):
-    from hymba.ops.linear_triton import linear_triton
+    from hymba.ops.linear.triton import linear_triton
 
     w = torch.randn(8, 16, device=triton_device)
     assert linear_triton(torch.randn(0, 16, device=triton_device), w).shape == (0, 8)
@@ -78,7 +78,7 @@ def _dot_inputs(rows, k, n, dtype, device, bias):
 @pytest.mark.parametrize("rows,k,n,knobs", DOT_CASES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_dot_linear_matches_f_linear(rows, k, n, knobs, bias, dtype, triton_device):
-    from hymba.ops.linear_triton import linear_dot
+    from hymba.ops.linear.triton import linear_dot
 
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
@@ -94,7 +94,7 @@ def test_dot_linear_matches_f_linear(rows, k, n, knobs, bias, dtype, triton_devi
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows,k,n,knobs", DOT_CASES)
 def test_dot_swiglu_matches_unfused(rows, k, n, knobs, dtype, triton_device):
-    from hymba.ops.linear_triton import swiglu_dot
+    from hymba.ops.linear.triton import swiglu_dot
 
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's CPU interpreter gets tl.dot on bfloat16 wrong; runs on the GPU")
@@ -113,7 +113,7 @@ def test_residual_added_after_rounding(kernel, rows, knobs, dtype, triton_device
     """``linear(..., residual)`` = the product rounded to the dtype, plus the residual, rounded:
     bit for bit, with integer inputs whose float32 sums are exact but need more than bf16's 8
     bits, so that adding the residual before rounding would differ."""
-    from hymba.ops.linear_triton import linear_dot, linear_triton
+    from hymba.ops.linear.triton import linear_dot, linear_triton
 
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's CPU interpreter rounds to bf16 by truncation; runs on the GPU")
@@ -152,7 +152,7 @@ def test_linear_falls_back_where_the_kernels_do_not_fit(monkeypatch, triton_devi
 
 @pytest.mark.gpu
 def test_dot_no_rows_or_features(triton_device):
-    from hymba.ops.linear_triton import linear_dot, swiglu_dot
+    from hymba.ops.linear.triton import linear_dot, swiglu_dot
 
     w = torch.randn(8, 16, device=triton_device)
     assert linear_dot(torch.randn(0, 16, device=triton_device), w).shape == (0, 8)
@@ -171,9 +171,11 @@ def test_dispatch_rules(monkeypatch):
         x, w = torch.randn(rows, k, **kw), torch.randn(n, k, **kw)
         return kernel_for(x, w, w) if gated else kernel_for(x, w)
 
-    # one row (Hymba-1.5B's decode weights): the LM head and the SwiGLU on tensor cores, short
-    # rows and few long rows (the output and down projections) as matrix-vector products, the
-    # input and x projections on tensor cores where kernels launch early (PDL), else on cuBLAS
+    # a GPU of 132 SMs (H100, H200) at Hymba-1.5B's decode weights
+    monkeypatch.setattr(linear_module, "num_sms", lambda device: 132)
+    # one row: the LM head and the SwiGLU on tensor cores, short rows and few long rows (the
+    # output and down projections) as matrix-vector products, the input and x projections on
+    # tensor cores where kernels launch early (PDL), else on cuBLAS
     assert kernel(1, 1600, 32001) == "dot" and kernel(1, 1600, 5504, gated=True) == "dot"
     assert kernel(1, 100, 3200) == kernel(1, 3200, 1600) == kernel(1, 5504, 1600) == "gemv"
     assert kernel(1, 1600, 8960) is None and kernel(1, 3200, 132) is None  # CPU tensors: no PDL
@@ -187,13 +189,47 @@ def test_dispatch_rules(monkeypatch):
     assert kernel(128, 1600, 5504, gated=True) == kernel(32, 1600, 32001) == "dot"
     assert kernel(128, 5504, 1600) is None and kernel(128, 3200, 132) is None
     assert kernel(129, 1600, 32001) is None
-    x, w = torch.randn(1, 8), torch.randn(16384, 8)
+    x, w = torch.randn(1, 8), torch.randn(16896, 8)
     assert kernel_for(x, w) == "dot"
     assert kernel_for(x.double(), w.double()) == "dot"  # use_triton() keeps float64 away
     assert kernel_for(x, w.bfloat16()) is None  # mixed dtypes
-    assert kernel_for(x, torch.randn(8, 16384).t()) is None  # column stride
+    assert kernel_for(x, torch.randn(8, 16896).t()) is None  # column stride
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert kernel_for(x, w) is None  # autocast
+
+
+def test_dispatch_rules_follow_the_sm_count(monkeypatch):
+    """The thresholds that are about filling the GPU scale with its SM count: an output that is
+    wide on a GPU of 108 SMs is not on one of 132; the output features a matrix-vector product
+    needs grow with the SMs too."""
+    x = torch.randn(1, 1600)
+    for sms, wide in ((108, "dot"), (132, None)):
+        monkeypatch.setattr(linear_module, "num_sms", lambda device, sms=sms: sms)
+        assert kernel_for(x, torch.randn(16384, 1600)) == wide
+    x = torch.randn(1, 3200)
+    for sms, gemv in ((132, "gemv"), (256, None)):
+        monkeypatch.setattr(linear_module, "num_sms", lambda device, sms=sms: sms)
+        assert kernel_for(x, torch.randn(1600, 3200)) == gemv
+
+
+def test_num_sms_is_looked_up_once_per_device(monkeypatch):
+    """switches.num_sms asks CUDA once per device index (and answers for CPU tensors without it)."""
+    from hymba.ops import switches
+
+    calls = []
+
+    class Props:
+        multi_processor_count = 77
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: calls.append(i) or Props())
+    switches._sms.cache_clear()
+    try:
+        assert switches.num_sms(torch.device("cuda", 3)) == 77
+        assert switches.num_sms(torch.device("cuda", 3)) == 77
+        assert calls == [3]
+        assert switches.num_sms(torch.device("cpu")) == switches.INTERPRETER_SMS
+    finally:
+        switches._sms.cache_clear()
 
 
 def test_cpu_is_f_linear_and_keeps_autograd():
@@ -210,7 +246,7 @@ def test_cpu_is_f_linear_and_keeps_autograd():
 def test_aligned_linear_equals_f_linear_with_gradients(k, n, bias):
     """The zero-padded product (what CUDA prefill and training run for widths that are not a
     multiple of 8) gives F.linear's values and gradients, as a view of a wider output."""
-    from hymba.ops.linear import ALIGN, _aligned_linear
+    from hymba.ops.linear.cublas import ALIGN, _aligned_linear
 
     g = torch.Generator().manual_seed(k + n)
     x = torch.randn(3, 50, k, generator=g, dtype=torch.float64, requires_grad=True)
@@ -231,7 +267,7 @@ def test_aligned_linear_equals_f_linear_with_gradients(k, n, bias):
 def test_padded_weight_follows_in_place_changes():
     """The zero-padded weight is kept between calls without autograd and redone after the
     weight changes in place."""
-    from hymba.ops.linear import _aligned_linear
+    from hymba.ops.linear.cublas import _aligned_linear
 
     x, w = torch.randn(40, 100, dtype=torch.float64), torch.randn(132, 100, dtype=torch.float64)
     torch.testing.assert_close(_aligned_linear(x, w, None), F.linear(x, w))
@@ -274,7 +310,7 @@ def test_autocast_training_forms_float32_weight_gradients(x_dtype, bias):
     """Under CUDA autocast with float32 parameters, linear (and the unfused SwiGLU) compute as
     autocast does, and form the parameters' gradients in float32 inside the product: the same
     output and input gradient, and weight gradients at least as close to float64's."""
-    from hymba.ops.linear import _MM_WRITES_FLOAT32
+    from hymba.ops.linear.cublas import _MM_WRITES_FLOAT32
 
     if not _MM_WRITES_FLOAT32:
         pytest.skip("this PyTorch's matrix product cannot write float32 from bf16")

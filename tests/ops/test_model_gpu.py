@@ -91,7 +91,7 @@ def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch
     """A generation prefill of > 128 tokens attends with FlexAttention over meta + prompt; its
     logits equal the forward without a cache, and its cache equals the SDPA path's."""
     from hymba.inference import HybridCache, meta_prefix
-    from hymba.ops import flex
+    from hymba.ops.attention import flex
 
     ids = torch.randint(0, model.config.vocab_size, (2, 300), device="cuda")
     calls = []

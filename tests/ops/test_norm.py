@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hymba.ops.norm import rms_norm, rms_norm_parts, rms_norm_reference, silu_mul
+from hymba.ops.norm import rms_norm, rms_norm_parts, rms_norm_reference
+from hymba.ops.swiglu import silu_mul
 
 
 @pytest.mark.gpu
@@ -13,7 +14,7 @@ from hymba.ops.norm import rms_norm, rms_norm_parts, rms_norm_reference, silu_mu
                                              (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
 @pytest.mark.parametrize("shape", [(3, 5, 64), (7, 3200), (2, 1, 16), (1, 1600), (0, 24)])
 def test_triton_matches_reference(shape, x_dtype, w_dtype, triton_device):
-    from hymba.ops.norm_triton import rms_norm_triton
+    from hymba.ops.norm.triton import rms_norm_triton
 
     device = triton_device
     x = (torch.randn(shape, device=device) * 3).to(x_dtype)
@@ -28,7 +29,7 @@ def test_triton_matches_reference(shape, x_dtype, w_dtype, triton_device):
 
 @pytest.mark.gpu
 def test_triton_strided_rows(triton_device):
-    from hymba.ops.norm_triton import rms_norm_triton
+    from hymba.ops.norm.triton import rms_norm_triton
 
     device = triton_device
     x = torch.randn(4, 10, 48, device=device)[:, ::2, :40]  # rows not contiguous with each other
@@ -49,7 +50,7 @@ def test_dispatch_keeps_autograd_on_the_reference():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sizes", [(100, 16, 16), (4, 8, 8), (3, 1, 5)])
 def test_triton_parts_match_reference(sizes, dtype, triton_device):
-    from hymba.ops.norm_triton import rms_norm_parts_triton
+    from hymba.ops.norm.triton import rms_norm_parts_triton
 
     x = (torch.randn(3, 2, sum(sizes), device=triton_device) * 2).to(dtype)
     weights = tuple((torch.rand(s, device=triton_device) + 0.5).to(dtype) for s in sizes)
@@ -64,7 +65,7 @@ def test_triton_parts_match_reference(sizes, dtype, triton_device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_silu_mul_matches_reference(dtype, triton_device):
-    from hymba.ops.norm_triton import silu_mul_triton
+    from hymba.ops.swiglu.triton import silu_mul_triton
 
     g = (torch.randn(3, 1, 2500, device=triton_device) * 4).to(dtype)
     u = torch.randn(3, 1, 2500, device=triton_device).to(dtype)
@@ -87,7 +88,7 @@ def test_parts_and_gate_dispatch_on_cpu_are_the_references():
 @pytest.mark.parametrize("shape", [(3, 5, 64), (2, 1600), (1, 1, 40), (0, 16)])
 def test_triton_add_rms_norm_matches_reference(shape, dtype, w_dtype, triton_device):
     from hymba.ops.norm import add_rms_norm_reference
-    from hymba.ops.norm_triton import add_rms_norm_triton
+    from hymba.ops.norm.triton import add_rms_norm_triton
 
     x = (torch.randn(shape, device=triton_device) * 3).to(dtype)
     delta = torch.randn(shape, device=triton_device).to(dtype)
@@ -105,7 +106,7 @@ def test_triton_add_rms_norm_matches_reference(shape, dtype, w_dtype, triton_dev
 @pytest.mark.parametrize("shape", [(2, 3, 3200), (1, 1, 48), (0, 8)])
 def test_triton_mean_of_rms_norms_matches_reference(shape, dtype, w_dtype, triton_device):
     from hymba.ops.norm import mean_of_rms_norms_reference
-    from hymba.ops.norm_triton import mean_of_rms_norms_triton
+    from hymba.ops.norm.triton import mean_of_rms_norms_triton
 
     a = (torch.randn(shape, device=triton_device) * 5).to(dtype)
     b = (torch.randn(shape, device=triton_device) / 5).to(dtype)
@@ -125,7 +126,7 @@ def test_triton_mean_of_rms_norms_matches_reference(shape, dtype, w_dtype, trito
 def test_triton_norms_give_out_dtype_as_a_cast_afterwards(x_dtype, w_dtype, out_dtype, triton_device):
     """``out_dtype`` gives the values of the result cast afterwards (as autocast casts a linear
     layer's input); the backward gives the same gradients as through that cast."""
-    from hymba.ops import norm_triton as nt
+    from hymba.ops.norm import triton as nt
 
     torch.manual_seed(0)
     x, d = ((torch.randn(3, 5, 200, device=triton_device) * 3).to(x_dtype) for _ in range(2))
@@ -212,7 +213,7 @@ _TRAIN_DTYPES = [(torch.float32, torch.float32, 1e-4), (torch.bfloat16, torch.fl
 @pytest.mark.parametrize("x_dtype,w_dtype,tol", _TRAIN_DTYPES)
 @pytest.mark.parametrize("shape", [(2, 37, 200), (3, 1600), (1, 5, 24), (0, 16)])
 def test_triton_rms_norm_backward_matches_reference(shape, x_dtype, w_dtype, tol, triton_device):
-    from hymba.ops.norm_triton import rms_norm_train
+    from hymba.ops.norm.triton import rms_norm_train
 
     x = (torch.randn(shape, device=triton_device) * 3).to(x_dtype)
     w = (torch.rand(shape[-1], device=triton_device) + 0.5).to(w_dtype)
@@ -223,7 +224,7 @@ def test_triton_rms_norm_backward_matches_reference(shape, x_dtype, w_dtype, tol
 @pytest.mark.parametrize("x_dtype,w_dtype,tol", _TRAIN_DTYPES)
 @pytest.mark.parametrize("sizes", [(100, 16, 16), (3, 1, 5)])
 def test_triton_rms_norm_parts_backward_matches_reference(sizes, x_dtype, w_dtype, tol, triton_device):
-    from hymba.ops.norm_triton import rms_norm_parts_train
+    from hymba.ops.norm.triton import rms_norm_parts_train
 
     # a strided view (the x projection's padded output), as the SSM branch passes it
     x = (torch.randn(2, 41, sum(sizes) + 4, device=triton_device) * 2).to(x_dtype)[..., : sum(sizes)]
@@ -247,7 +248,7 @@ def test_triton_rms_norm_parts_backward_matches_reference(sizes, x_dtype, w_dtyp
 @pytest.mark.parametrize("shape", [(2, 37, 200), (1, 1600), (0, 8)])
 def test_triton_add_rms_norm_backward_matches_reference(shape, x_dtype, delta_dtype, w_dtype, tol, triton_device):
     from hymba.ops.norm import add_rms_norm_reference
-    from hymba.ops.norm_triton import add_rms_norm_train
+    from hymba.ops.norm.triton import add_rms_norm_train
 
     x = (torch.randn(shape, device=triton_device) * 3).to(x_dtype)
     delta = torch.randn(shape, device=triton_device).to(delta_dtype)
@@ -259,7 +260,7 @@ def test_triton_add_rms_norm_backward_matches_reference(shape, x_dtype, delta_dt
 @pytest.mark.gpu
 def test_triton_add_rms_norm_backward_with_one_output_used(triton_device):
     from hymba.ops.norm import add_rms_norm_reference
-    from hymba.ops.norm_triton import add_rms_norm_train
+    from hymba.ops.norm.triton import add_rms_norm_train
 
     x, d = (torch.randn(3, 40, device=triton_device) for _ in range(2))
     w = torch.rand(40, device=triton_device) + 0.5
@@ -273,7 +274,7 @@ def test_triton_add_rms_norm_backward_with_one_output_used(triton_device):
 @pytest.mark.parametrize("shape", [(2, 37, 200), (1, 3200), (0, 8)])
 def test_triton_mean_of_rms_norms_backward_matches_reference(shape, x_dtype, w_dtype, tol, triton_device):
     from hymba.ops.norm import mean_of_rms_norms_reference
-    from hymba.ops.norm_triton import mean_of_rms_norms_train
+    from hymba.ops.norm.triton import mean_of_rms_norms_train
 
     a = (torch.randn(shape, device=triton_device) * 5).to(x_dtype)
     b = (torch.randn(shape, device=triton_device) / 5).to(x_dtype)
@@ -285,7 +286,7 @@ def test_triton_mean_of_rms_norms_backward_matches_reference(shape, x_dtype, w_d
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_triton_silu_mul_backward_matches_reference(dtype, tol, triton_device):
-    from hymba.ops.norm_triton import silu_mul_train
+    from hymba.ops.swiglu.triton import silu_mul_train
 
     g = (torch.randn(3, 7, 333, device=triton_device) * 4).to(dtype)
     u = torch.randn(3, 7, 333, device=triton_device).to(dtype)

@@ -14,7 +14,7 @@ from hymba.ops.rotary import apply_rotary, apply_rotary_reference
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b,h,length,d,per_row", [(1, 25, 1, 64, False), (3, 5, 37, 64, True), (2, 4, 130, 24, False)])
 def test_triton_matches_reference(b, h, length, d, per_row, dtype, triton_device):
-    from hymba.ops.rotary_triton import apply_rotary_triton
+    from hymba.ops.rotary.triton import apply_rotary_triton
 
     dev = triton_device
     # heads split out of a (b, L, H·d) projection, as the attention branch does it
@@ -48,7 +48,7 @@ def test_rotation_keeps_norms_and_autograd_uses_the_reference():
     (torch.bfloat16, torch.bfloat16, None, 2e-2),
 ])
 def test_triton_backward_matches_reference(x_dtype, table_dtype, out_dtype, tol, triton_device):
-    from hymba.ops.rotary_triton import apply_rotary_train
+    from hymba.ops.rotary.triton import apply_rotary_train
 
     b, h, length, d = 2, 3, 37, 24
     x = torch.randn(b, length, h * d, device=triton_device).to(x_dtype).view(b, length, h, d).transpose(1, 2)

@@ -1,12 +1,14 @@
-"""The SSM decode-step kernels (conv update, state update) against their PyTorch references, on
-the GPU or under Triton's CPU interpreter."""
+"""The SSM decode-step kernels (the state update, the fused branch step) against their PyTorch
+references, on the GPU or under Triton's CPU interpreter."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pytest
 import torch
 
-from hymba.ops.conv import causal_conv1d_update_reference
+from hymba import ops
 from hymba.ops.ssm_step import selective_state_update
 
 pytestmark = pytest.mark.gpu
@@ -17,29 +19,9 @@ def _tol(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("b,d,k,bias", [(1, 64, 4, True), (3, 100, 4, False), (2, 7, 3, True)])
-def test_conv_step(b, d, k, bias, dtype, triton_device):
-    from hymba.ops.ssm_step_triton import causal_conv1d_update_triton
-
-    dev = triton_device
-    wide = torch.randn(b, 3, d, device=dev).to(dtype)
-    x = wide[:, 1]  # strided, as the split of the fused projection gives it
-    weight = torch.randn(d, k, device=dev).to(dtype)
-    b_ = torch.randn(d, device=dev).to(dtype) if bias else None
-    state = torch.randn(b, d, k, device=dev).to(dtype)
-    ref_state = state.clone()
-    for _ in range(3):  # several steps: the shift must move every slot
-        got = causal_conv1d_update_triton(x, state, weight, b_)
-        want = causal_conv1d_update_reference(x, ref_state, weight, b_)
-        torch.testing.assert_close(got, want, **_tol(dtype))
-        torch.testing.assert_close(state, ref_state)
-        x = torch.randn(b, d, device=dev).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b,d,n", [(1, 64, 16), (4, 130, 16), (2, 33, 8)])
 def test_state_step(b, d, n, dtype, triton_device):
-    from hymba.ops.ssm_step_triton import ssm_decode_step_triton
+    from hymba.ops.ssm_step.triton import ssm_decode_step_triton
 
     dev = triton_device
     r = lambda *s: torch.randn(*s, device=dev)  # noqa: E731
@@ -58,16 +40,49 @@ def test_state_step(b, d, n, dtype, triton_device):
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
 
 
-def _mamba_weights(d, n, r, k, norms, conv_bias, dtype, dev):
-    from hymba.ops.ssm_step import MambaStepWeights
 
+
+class Weights(NamedTuple):
+    """The SSM branch's parameters in the order of ``ops.fused_mamba_step``'s arguments."""
+
+    conv_weight: torch.Tensor  # (d_inner, d_conv), oldest tap first
+    conv_bias: torch.Tensor | None  # (d_inner,)
+    x_proj_weight: torch.Tensor  # (dt_rank + 2 d_state, d_inner)
+    norm_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # the Δ, B, C RMSNorm weights
+    eps: float
+    dt_weight: torch.Tensor  # (d_inner, dt_rank)
+    dt_bias: torch.Tensor  # (d_inner,)
+    A_log: torch.Tensor  # (d_inner, d_state)
+    D: torch.Tensor  # (d_inner,)
+
+
+def _mamba_weights(d, n, r, k, norms, conv_bias, dtype, dev) -> Weights:
     g = lambda *s: torch.randn(*s, device=dev)  # noqa: E731
-    return MambaStepWeights(
+    return Weights(
         conv_weight=(g(d, k) * 0.5).to(dtype), conv_bias=(g(d) * 0.1).to(dtype) if conv_bias else None,
         x_proj_weight=(g(r + 2 * n, d) / d**0.5).to(dtype),
         norm_weights=tuple((1 + 0.1 * g(m)).to(dtype) for m in (r, n, n)) if norms else None, eps=1e-6,
         dt_weight=(g(d, r) / r**0.5).to(dtype), dt_bias=g(d) * 0.5 - 1, A_log=g(d, n) * 0.5, D=g(d),
     )
+
+
+def _stages(x, z, conv, ssm, w: Weights):
+    """The branch's decode step stage by stage through the ops (each its kernel on CUDA or with
+    HYMBA_TRITON=force, its reference with HYMBA_TRITON=0), as MambaBranch.step runs it."""
+    xc = ops.causal_conv1d_update(x, conv, w.conv_weight, w.conv_bias)
+    proj = ops.linear(xc, w.x_proj_weight)
+    sizes = (w.dt_weight.shape[1], ssm.shape[-1], ssm.shape[-1])
+    if w.norm_weights is None:
+        dt, B, C = proj.split(list(sizes), dim=-1)
+    else:
+        dt, B, C = ops.rms_norm_parts(proj, sizes, w.norm_weights, w.eps)
+    return ops.ssm_decode_step(ssm, xc, ops.linear(dt, w.dt_weight), w.A_log, B, C, w.D, z, w.dt_bias)
+
+
+def _fused(x, z, conv, ssm, w: Weights):
+    from hymba.ops.ssm_step.triton import fused_mamba_step_triton
+
+    return fused_mamba_step_triton(x, z, conv, ssm, *w)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -79,12 +94,9 @@ def test_fused_mamba_step(b, d, n, r, norms, conv_bias, dtype, triton_device, mo
     float32 on the same values), over several steps (the conv shift and the states carried), d not
     a multiple of the block. In bfloat16 the kernels round where the stages store their outputs,
     so the bound is on the relative error of the whole step."""
-    from hymba.ops.ssm_step import MambaStepWeights, mamba_decode_step_unfused
-    from hymba.ops.ssm_step_triton import mamba_decode_step_triton
-
     dev = triton_device
     w = _mamba_weights(d, n, r, 4, norms, conv_bias, dtype, dev)
-    w32 = MambaStepWeights(*(t.float() if isinstance(t, torch.Tensor) else t for t in w))
+    w32 = Weights(*(t.float() if isinstance(t, torch.Tensor) else t for t in w))
     w32 = w32._replace(norm_weights=tuple(t.float() for t in w.norm_weights) if norms else None)
     conv, ssm = torch.randn(b, d, 4, device=dev).to(dtype), torch.randn(b, d, n, device=dev)
     ref_conv, ref_ssm = conv.to(torch.float32, copy=True), ssm.clone()
@@ -92,8 +104,8 @@ def test_fused_mamba_step(b, d, n, r, norms, conv_bias, dtype, triton_device, mo
     for _ in range(3):
         proj = torch.randn(b, 3 * d, device=dev).to(dtype)
         x, z = proj[:, :d], proj[:, 2 * d:]  # strided rows, as split from the fused projection
-        got = mamba_decode_step_triton(x, z, conv, ssm, w)
-        want = mamba_decode_step_unfused(x.float(), z.float(), ref_conv, ref_ssm, w32)
+        got = _fused(x, z, conv, ssm, w)
+        want = _stages(x.float(), z.float(), ref_conv, ref_ssm, w32)
         assert got.dtype == dtype and got.shape == (b, d)
         torch.testing.assert_close(conv.float(), ref_conv, rtol=0, atol=0)
         if dtype == torch.float32:
@@ -109,37 +121,43 @@ def _force_triton_on_cpu(dev, monkeypatch):
         monkeypatch.setenv("HYMBA_TRITON", "force")  # the Triton kernels under the interpreter
 
 
-def _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch):
-    """ops.mamba_decode_step on (x, z) and the states against the stages' PyTorch references on
+def _check_fused_against_references(x, z, conv, ssm, w, monkeypatch):
+    """ops.fused_mamba_step on (x, z) and the states against the stages' PyTorch references on
     copies of the states (float32 tolerances)."""
-    from hymba.ops.ssm_step import mamba_decode_step, mamba_decode_step_unfused
-
     ref_conv, ref_ssm = conv.clone(), ssm.clone()
-    got = mamba_decode_step(x, z, conv, ssm, w)
+    assert ops.fused_mamba_step_supported(x, z, conv, ssm, *w)
+    got = ops.fused_mamba_step(x, z, conv, ssm, *w)
     with monkeypatch.context() as m:
         m.setenv("HYMBA_TRITON", "0")
-        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+        want = _stages(x, z, ref_conv, ref_ssm, w)
     torch.testing.assert_close(got, want, **_tol(torch.float32))
     torch.testing.assert_close(ssm, ref_ssm, **_tol(torch.float32))
 
 
-def test_fused_mamba_step_dispatch(triton_device, monkeypatch):
-    """ops.mamba_decode_step takes the fused kernels up to FUSED_MAX_ROWS rows and the stages for
-    more; both give the references' result."""
-    import hymba.ops.ssm_step_triton as fused
+def test_fused_mamba_step_supported(triton_device, monkeypatch):
+    """The fused step is offered up to FUSED_MAX_ROWS rows and gives the references' result; not
+    for more rows, a state size that is not a power of two, another dtype, autograd or
+    HYMBA_TRITON=0."""
     from hymba.ops.ssm_step import FUSED_MAX_ROWS
 
     dev = triton_device
     _force_triton_on_cpu(dev, monkeypatch)
-    calls = []
-    kernel = fused.mamba_decode_step_triton
-    monkeypatch.setattr(fused, "mamba_decode_step_triton", lambda *a: calls.append(a[0].shape[0]) or kernel(*a))
     w = _mamba_weights(64, 16, 4, 4, True, True, torch.float32, dev)
-    for b in (2, FUSED_MAX_ROWS + 1):
-        x, z = torch.randn(2, b, 64, device=dev)
-        conv, ssm = torch.randn(b, 64, 4, device=dev), torch.randn(b, 64, 16, device=dev)
-        _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch)
-    assert calls == [2]
+
+    def states(b, n=16):
+        return torch.randn(b, 64, 4, device=dev), torch.randn(b, 64, n, device=dev)
+
+    x, z = torch.randn(2, 2, 64, device=dev)
+    _check_fused_against_references(x, z, *states(2), w, monkeypatch)
+    x, z = torch.randn(2, FUSED_MAX_ROWS + 1, 64, device=dev)
+    assert not ops.fused_mamba_step_supported(x, z, *states(FUSED_MAX_ROWS + 1), *w)
+    x, z = torch.randn(2, 1, 64, device=dev)
+    w12 = w._replace(A_log=torch.randn(64, 12, device=dev), x_proj_weight=torch.randn(28, 64, device=dev))
+    assert not ops.fused_mamba_step_supported(x, z, *states(1, 12), *w12)
+    assert not ops.fused_mamba_step_supported(x.double(), z.double(), *states(1), *w)
+    assert not ops.fused_mamba_step_supported(x.clone().requires_grad_(), z, *states(1), *w)
+    monkeypatch.setenv("HYMBA_TRITON", "0")
+    assert not ops.fused_mamba_step_supported(x, z, *states(1), *w)
 
 
 def _sparse_signs(rows, cols, per_row, dev):
@@ -156,11 +174,8 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
     bit (half precision: every rounding point of the stages shows): x_proj's output, the norms'
     normalised values and products, dt_proj's output and the stored conv output. The float32 SSM
     state may differ by an ulp or two (two kernels' float32 arithmetic need not round alike, e.g.
-    where the compiler fuses a multiply and an add; H200: at most 4.8e-7); a missed half-precision rounding would move it
-    by ~1e-3."""
-    from hymba.ops.ssm_step import mamba_decode_step_unfused
-    from hymba.ops.ssm_step_triton import mamba_decode_step_triton
-
+    where the compiler fuses a multiply and an add); a missed half-precision rounding would move
+    it by ~1e-3."""
     dev, d, n, r, dtype = triton_device, 200, 16, 13, torch.float16
     _force_triton_on_cpu(dev, monkeypatch)  # the stages too run their Triton kernels
     w = _mamba_weights(d, n, r, 4, norms, True, dtype, dev)
@@ -171,8 +186,8 @@ def test_fused_mamba_step_rounds_as_the_stages(b, norms, triton_device, monkeypa
     for _ in range(2):
         proj = torch.randn(b, 3 * d, device=dev).to(dtype)
         x, z = proj[:, :d], proj[:, 2 * d:]
-        got = mamba_decode_step_triton(x, z, conv, ssm, w)
-        want = mamba_decode_step_unfused(x, z, ref_conv, ref_ssm, w)
+        got = _fused(x, z, conv, ssm, w)
+        want = _stages(x, z, ref_conv, ref_ssm, w)
         assert torch.equal(got, want) and torch.equal(conv, ref_conv)
         torch.testing.assert_close(ssm, ref_ssm, rtol=2e-6, atol=2e-6)
 
@@ -187,4 +202,4 @@ def test_fused_mamba_step_strided_parameters(triton_device, monkeypatch):
                    dt_bias=torch.randn(d, 2, device=dev)[:, 0], x_proj_weight=w.x_proj_weight.t().contiguous().t())
     x, z = torch.randn(2, 1, d, device=dev)
     conv, ssm = torch.randn(1, d, 4, device=dev), torch.randn(1, d, n, device=dev)
-    _check_dispatch_against_references(x, z, conv, ssm, w, monkeypatch)
+    _check_fused_against_references(x, z, conv, ssm, w, monkeypatch)

@@ -46,10 +46,9 @@ class MambaBranch(nn.Module):
         state = layout.state
         conv_state = state.conv_state(self.layer_idx) if state is not None else None
         ssm_state = state.ssm_state(self.layer_idx) if state is not None else None
-        weight = self.conv1d.weight[:, 0, :]
         if conv_state is not None and x.shape[1] == 1:
-            return self._step(x[:, 0], z[:, 0], weight, conv_state, ssm_state)[:, None]
-        xc, _ = ops.causal_conv1d(x, weight, self.conv1d.bias, conv_state)
+            return self.step(x[:, 0], z[:, 0], conv_state, ssm_state)[:, None]
+        xc, _ = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, conv_state)
         if valid is not None:
             xc = xc * valid.to(xc.dtype)
         dt, B, C = self._project(xc)
@@ -64,18 +63,39 @@ class MambaBranch(nn.Module):
             state.store_ssm(self.layer_idx, x, new_ssm_state)
         return y
 
-    def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        sizes = (self.dt_rank, self.d_state, self.d_state)
-        if not self.inner_norms:
-            return self.x_proj(xc).split(list(sizes), dim=-1)
-        norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm)
-        return ops.rms_norm_parts(self.x_proj(xc), sizes, tuple(n.weight for n in norms), norms[0].eps)
+    def step(self, x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """One token per row (``x``, ``z``: (b, d_inner) pre-conv input and gate) through the
+        branch, updating ``conv_state`` (b, d_inner, d_conv) and ``ssm_state`` (b, d_inner,
+        d_state) in place; returns (b, d_inner).
 
-    def _step(self, x: Tensor, z: Tensor, weight: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
-        """One token (b, d_inner) through the conv and the SSM, updating both states in place."""
-        norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm) if self.inner_norms else None
-        weights = ops.MambaStepWeights(
-            weight, self.conv1d.bias, self.x_proj.weight, tuple(m.weight for m in norms) if norms else None,
-            norms[0].eps if norms else 0.0, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-        )
-        return ops.mamba_decode_step(x, z, conv_state, ssm_state, weights)
+        The stages of :meth:`forward` for one step: the conv update, the x projection and the
+        Δ/B/C norms (:meth:`_project`), dt_proj, the state update. Where the op allows it
+        (:func:`hymba.ops.fused_mamba_step_supported`: a few rows on CUDA), all of them run as
+        two fused kernels with the same roundings."""
+        norms = self._norms()
+        fused = (x, z, conv_state, ssm_state, self._conv_weight(), self.conv1d.bias, self.x_proj.weight,
+                 None if norms is None else tuple(m.weight for m in norms), 0.0 if norms is None else norms[0].eps,
+                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+        plain = type(self.x_proj) is Linear and type(self.dt_proj) is Linear  # not wrapped (adapters)
+        if plain and ops.fused_mamba_step_supported(*fused):
+            return ops.fused_mamba_step(*fused)
+        xc = ops.causal_conv1d_update(x, conv_state, self._conv_weight(), self.conv1d.bias)
+        dt, B, C = self._project(xc)
+        delta = ops.linear(dt, self.dt_proj.weight)  # the bias is added in float32 in the update
+        return ops.ssm_decode_step(ssm_state, xc, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias)
+
+    def _conv_weight(self) -> Tensor:
+        """The depthwise conv's taps as (d_inner, d_conv), oldest first."""
+        return self.conv1d.weight[:, 0, :]
+
+    def _norms(self) -> tuple[RMSNorm, RMSNorm, RMSNorm] | None:
+        return (self.dt_layernorm, self.B_layernorm, self.C_layernorm) if self.inner_norms else None
+
+    def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The x projection of the conv output, split into (dt, B, C) and RMS-normalised (with
+        the inner norms)."""
+        sizes = (self.dt_rank, self.d_state, self.d_state)
+        norms = self._norms()
+        if norms is None:
+            return self.x_proj(xc).split(list(sizes), dim=-1)
+        return ops.rms_norm_parts(self.x_proj(xc), sizes, tuple(n.weight for n in norms), norms[0].eps)

@@ -1,8 +1,8 @@
 """Tensors derived from parameters (a zero-padded weight, the SSM's A = -exp(A_log)), computed
 once and kept while autograd does not need them and the parameter is unchanged.
 
-Without this, every forward recomputes them in a few tiny kernels per layer (≈ 10 µs of launches
-each at 8K prefill on an H200). An entry lives as long as its parameter and is redone after an
+Without this, every forward recomputes them in a few tiny kernels per layer, whose launches cost
+more than their work. An entry lives as long as its parameter and is redone after an
 in-place change (the tensor's version counter), a new dtype or device (a new tensor).
 """
 

@@ -2,19 +2,19 @@
 
 ``selective_scan(...)`` picks the implementation: the ``impl`` argument, else the environment
 variable ``HYMBA_SCAN_IMPL`` (``reference`` | ``chunked`` | ``triton``), else the fastest one
-available for the tensors' device.
+available for the tensors' device: the Triton scan on CUDA, the chunked PyTorch scan elsewhere
+and whenever ``HYMBA_TRITON=0`` (:mod:`hymba.ops.switches`).
 """
 
 from __future__ import annotations
 
-import os
-
 from torch import Tensor
 
+from .. import switches
 from .chunked import selective_scan_chunked
 from .reference import selective_scan_reference
 
-IMPLS = ("reference", "chunked", "triton")
+IMPLS = switches.SCAN_IMPLS
 
 
 def _triton_scan():
@@ -32,9 +32,14 @@ def triton_available() -> bool:
 
 
 def resolve_impl(device_type: str, impl: str | None = None) -> str:
-    impl = impl or os.environ.get("HYMBA_SCAN_IMPL") or None
+    """The implementation that runs: ``impl`` if given, else ``HYMBA_SCAN_IMPL``, else by device."""
+    if not impl:
+        impl = switches.scan_impl()
+        if impl == "triton" and not switches.fast_paths_enabled():
+            raise ValueError("HYMBA_SCAN_IMPL=triton contradicts HYMBA_TRITON=0")
     if impl is None:
-        return "triton" if device_type == "cuda" and triton_available() else "chunked"
+        fast = switches.fast_paths_enabled() and device_type == "cuda" and triton_available()
+        return "triton" if fast else "chunked"
     if impl not in IMPLS:
         raise ValueError(f"unknown scan implementation {impl!r}; choose one of {IMPLS}")
     return impl

@@ -27,7 +27,6 @@ PyTorch scan (the kernels compute in float32).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -35,27 +34,29 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra.cuda import libdevice
 
-from ..triton_gate import needs_grad, num_sms
+from .._triton import softplus, split_steps
+from ..switches import interpreting, needs_grad, num_sms
 from .chunked import selective_scan_chunked
 
 # Channels per program (one per lane) and warps (BWD_* for the backward, unless the caller sets
 # ``block_d`` / ``num_warps``); a step's inputs are loaded FWD_PREFETCH / BWD_PREFETCH steps
 # ahead (the backward has more live values and fewer registers to spare). CHUNK: the forward
 # saves the state every CHUNK steps for the backward, which recomputes the states of one chunk
-# at a time (H100, b=1, 4,224 steps: backward 2.08 ms at 8 steps, 1.62 ms at 4, 3.34 ms at 16);
-# a forward that saves nothing runs FWD_UNROLL steps per unrolled block (0.26 ms at 8, 0.28 ms
-# at 4). The forward adds time segments until about TARGET_PROGRAMS programs run, none shorter
-# than MIN_SEGMENT steps; the backward picks its own by :func:`backward_segments` (or, if
-# BWD_TARGET_PROGRAMS is set, as the forward does with that target). Measured
-# with ``benchmarks/scan_gpu.py --launch-sweep`` (H100): 2 steps ahead the forward needs 128
-# registers, so an SM holds 16 programs, which 2048 programs fill at b=1.
+# at a time: a short chunk's recomputed states stay in the per-program scratch in L1, a long one
+# saves fewer states; a forward that saves nothing runs FWD_UNROLL steps per unrolled block. The
+# forward adds time segments until about TARGET_PROGRAMS programs run, none shorter than
+# MIN_SEGMENT steps; the backward picks its own by :func:`backward_segments` (or, if
+# BWD_TARGET_PROGRAMS is set, as the forward does with that target). Two steps ahead the forward
+# needs 128 registers a thread, so an SM holds 16 of its single-warp programs: TARGET_PROGRAMS
+# fills a GPU of about 128 SMs at batch 1 (``benchmarks/scan_gpu.py --launch-sweep`` times other
+# launches).
 BLOCK_D = 32
 BWD_BLOCK_D = 16
 WARPS = 1
 BWD_WARPS = 1
 FWD_PREFETCH = 2
-# steps prefetched by a forward that saves states for a backward: 129 registers at 1, 167 at 2
-# (offline sm_90 builds); H100, b=1, 4,224 steps: 0.375 ms at 1, 0.426 ms at 2
+# steps prefetched by a forward that saves states for a backward: saving takes registers, and a
+# second step ahead (167 registers a thread against 129, sm_90 builds) costs resident programs
 FWD_SAVE_PREFETCH = 1
 BWD_PREFETCH = 1
 CHUNK = 4
@@ -65,17 +66,15 @@ BWD_TARGET_PROGRAMS: int | None = None
 MIN_SEGMENT = 256
 # The backward's per-step sums of dB and dC over a warp's 16 channels as a transposing reduction
 # of warp shuffles (inline PTX: on a GPU, at 16 channels on one warp, the layout it is written
-# for, and 2-16 states; at 32 it spills); else ``tl.sum``. Offline sm_90 build at Hymba's shape:
-# 268 -> 84 shuffles and 2,680 -> 2,384 instructions in pass 2; H100, b=1, 4,224 steps, forward +
-# backward 1.652 -> 1.611 ms (the pass waits on latency more than it issues instructions).
+# for, and 2-16 states; at 32 it spills); else ``tl.sum``. At Hymba's shape (an sm_90 build) it
+# takes pass 2 from 268 to 84 shuffles and from 2,680 to 2,384 instructions; the pass waits on
+# latency more than it issues instructions, so fewer shuffles on each step's chain help.
 BWD_SCATTER = True
 # Registers a thread of the backward's pass 2 may use (None: the compiler's choice, 254 at
 # Hymba's shape, which holds an SM to 8 warps; 168 lets 12 run for 24 bytes of spills; on a GPU
-# only, as a compile option, so the results do not change). H100,
-# b=1, 4,224 steps, forward + backward: 1.613 ms uncapped at 2,048 programs, 1.602 at 3,168;
-# capped at 168: 1.848 at 2,048, 1.613 at 1,584, 1.493 at 3,168, 1.754 at 4,224; at 152 (192
-# bytes of spills) 1.970 at 2,048. The program count matters through whole waves of programs
-# (:func:`backward_segments`).
+# only, as a compile option, so the results do not change). The extra resident programs pay only
+# where the program count fills whole waves (:func:`backward_segments` picks such counts); a
+# tighter cap spills more than they gain.
 BWD_MAXNREG = 168
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -86,12 +85,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # channels and lay the whole state out with several channels per lane and the states of a
 # channel spread over lanes, which turns every step's sum over the state into shuffles. The
 # scratch's row stride is passed the same way.
-
-
-@triton.jit
-def _softplus(x):
-    """F.softplus with threshold 20 (the identity above it)."""
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
 
 
 @triton.jit
@@ -123,13 +116,13 @@ def _delta(raw, bias, ok, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
         if FAST:
             dt = _fast_softplus(x)
         else:
-            dt = _softplus(x)
+            dt = softplus(x)
     return tl.where(ok, dt, 0.0), x
 
 
 @triton.jit
 def _fast_softplus(x):
-    """:func:`_softplus` with the hardware's approximate log2 (≈ 2^-22 absolute error), a
+    """:func:`softplus` with the hardware's approximate log2 (≈ 2^-22 absolute error), a
     fraction of the instructions of the exact logarithm."""
     e = tl.exp2(-tl.abs(x) * LOG2E)
     return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + libdevice.fast_logf(1.0 + e))
@@ -332,7 +325,7 @@ def _scan_bwd_kernel(
     first. With LOCAL only the adjoint runs, from a zero carry, and the carry at the segment's
     start and its ΣΔ are written (pass 1); otherwise every gradient is formed (pass 2). A chunk's
     recomputed states go through a per-program scratch (in L1): kept in registers instead, they
-    cost more time (H100: 1.67 against 1.62 ms at 16 channels a warp, 2.0 ms over 2 warps).
+    take the registers the rest of the step needs, and the program spills.
 
     Per-sequence outputs du, dΔ, dz are written in place; dB and dC as sums over this program's
     channels (summed over programs by the caller); dA, dD and the Δ bias's gradient as this
@@ -493,10 +486,8 @@ def backward_segments(batch: int, blocks: int, length: int, chunk: int, wave: in
     """(number of time segments, segment length) for the backward, whose programs run in waves of
     ``wave`` at a time (SMs x programs an SM): of the counts up to ``length // min_segment`` and
     up to four waves, the one whose waves x segment length is least (the fewest segments of
-    equals). A wave that ends with few programs costs as much as a full one: H100, 4,224 steps,
-    200 channel blocks a sequence, waves of 1,584, forward + backward 1.495 ms at b=1 with 15
-    segments (two waves) and 1.750 with 16 (three); at b=2 2.916 ms with 7, 2.856 with 11, 2.796
-    with 15 and 3.020 with 16 (benchmarks/NOTES-gpu.md item 65)."""
+    equals). A wave that ends with few programs costs as much as a full one, so a count that fills
+    its waves beats a slightly larger one that starts another wave."""
     if wave < 1:
         raise ValueError(f"a wave of {wave} programs")
     most = max(1, min(length // min_segment, 4 * wave // max(1, batch * blocks)))
@@ -525,13 +516,6 @@ def _segments(batch: int, blocks: int, length: int, chunk: int, segments: int | 
     return split_steps(length, segments, chunk)
 
 
-def split_steps(length: int, count: int, chunk: int) -> tuple[int, int]:
-    """``length`` steps cut into about ``count`` segments of a whole number of ``chunk`` steps:
-    (number of segments, segment length)."""
-    seg_len = triton.cdiv(triton.cdiv(max(length, 1), count), chunk) * chunk
-    return triton.cdiv(max(length, 1), seg_len), seg_len
-
-
 def _adjacent_pair(B: Tensor, C: Tensor) -> Tensor | None:
     """(B, C) as one (b, L, 2, n) view when C's columns directly follow B's in the same storage
     (as when both are split from one row), else None."""
@@ -558,7 +542,7 @@ def _params(A: Tensor, D: Tensor | None, delta_bias: Tensor | None) -> tuple[Ten
 def _fast_math(x: Tensor) -> bool:
     """Approximate log and division in the kernels: on a GPU (the interpreter has no such
     instructions)."""
-    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+    return x.is_cuda and not interpreting()
 
 
 class _TritonScan(torch.autograd.Function):
@@ -609,7 +593,7 @@ class _TritonScan(torch.autograd.Function):
         u, delta, zz, B, C, A, D32, bias32, hc = ctx.saved_tensors
         # B and C in their own dtype: float32 rows would make the backward spill more
         bc = torch.stack((B, C.to(B.dtype)), dim=2)
-        has_z, softplus, block_d, warps, segments = ctx.meta
+        has_z, delta_softplus, block_d, warps, segments = ctx.meta
         b, L, d = u.shape
         n = A.shape[1]
         block_d, warps = block_d or BWD_BLOCK_D, warps or BWD_WARPS
@@ -640,7 +624,7 @@ class _TritonScan(torch.autograd.Function):
             *_strides(u), *_strides(delta), *_strides(zz), bc.stride(0), bc.stride(1),
             A.stride(0), A.stride(1), D32.stride(0), bias32.stride(0),
         )
-        meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=softplus, HAS_DHT=dfinal is not None,
+        meta = dict(n=n, HAS_Z=has_z, SOFTPLUS=delta_softplus, HAS_DHT=dfinal is not None,
                     N=N, T=CHUNK, BD=block_d, P=BWD_PREFETCH, FAST=_fast_math(u), num_warps=warps,
                     SCATTER=BWD_SCATTER and _fast_math(u) and block_d == 16 and warps == 1 and 2 <= N <= 16)
         if num_segs > 1:  # pass 1: the adjoint of every segment but the first from a zero carry

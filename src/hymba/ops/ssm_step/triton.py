@@ -3,12 +3,13 @@ conv and SSM state, one program per (sequence, block of channels).
 
 Two forms:
 
-- one kernel per stage: the conv update, then (after the x_proj matmul and the Δ/B/C norms in
-  their own kernels) the state update;
-- for a few rows, the whole branch in two kernels (:func:`mamba_decode_step_triton`): the conv
+- the state update alone (:func:`ssm_decode_step_triton`), after the conv update, the x_proj
+  product, the Δ/B/C norms and the dt_proj product ran as kernels of their own;
+- for a few rows, the whole branch in two kernels (:func:`fused_mamba_step_triton`): the conv
   update with each block's share of the x_proj product (float32 partial sums), then the sum of the
-  partial products, the Δ/B/C norms, the dt_proj product and the state update. At one row the five
-  kernels of the first form are latency-bound (≈ 2-5 µs each for ≈ 1.5 MB of weights).
+  partial products, the Δ/B/C norms, the dt_proj product and the state update. At a few rows each
+  of the five kernels of the first form moves little data, so their launches and the gaps between
+  them dominate; two kernels have fewer of both.
 """
 
 from __future__ import annotations
@@ -18,36 +19,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import early_inputs, pdl_launch, wait_for_producers
-from .scan.triton import _softplus
+from .._triton import early_inputs, pdl_launch, softplus, wait_for_producers
+from ..conv.triton import conv_shift_update, conv_weights
 
+# channels per program of the state update
 BLOCK_D = 64
-# the fused form's channels per program and warps (benchmarks/ssm_step_gpu.py)
+# the fused form's channels per program and warps (its knobs: see fused_mamba_step_triton)
 FUSED_BLOCK_D = 64
 FUSED_WARPS = 4
-
-
-@triton.jit
-def _conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The conv taps (BD, KP) and bias (BD,) in float32 (zero bias without one)."""
-    w = tl.load(w_ptr + offs_d[:, None] * K + offs_k[None, :], mask=keep_d[:, None] & (offs_k[None, :] < K), other=0.0)
-    bias = tl.zeros(offs_d.shape, tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=keep_d, other=0.0).to(tl.float32)
-    return w.to(tl.float32), bias
-
-
-@triton.jit
-def _conv_update(x, row, offs_k, keep_d, ss_k, w, bias, K: tl.constexpr, SILU: tl.constexpr):
-    """Shift the conv state rows at ``row`` left by one, append ``x``, store them and return the
-    conv output in float32: slot k takes slot k + 1, the last slot takes x."""
-    shifted = tl.load(row + (offs_k[None, :] + 1) * ss_k, mask=keep_d[:, None] & (offs_k[None, :] + 1 < K), other=0.0)
-    new = tl.where(offs_k[None, :] == K - 1, x[:, None].to(shifted.dtype), shifted)
-    tl.store(row + offs_k[None, :] * ss_k, new, mask=keep_d[:, None] & (offs_k[None, :] < K))
-    y = tl.sum(new.to(tl.float32) * w, axis=1) + bias
-    if SILU:
-        y = y / (1.0 + tl.exp(-y))
-    return y
 
 
 @triton.jit
@@ -62,48 +41,12 @@ def _state_params(A_log_ptr, D_ptr, bias_ptr, offs_d, offs_n, keep, N: tl.conste
 @triton.jit
 def _state_update(s_ptrs, keep, u, dt, Bv, Cv, A, D, z):
     """Δ = softplus(dt) (bias included); s ← exp(Δ A) s + Δ B u stored; y = (<s, C> + D u) · SiLU(z)."""
-    dt = _softplus(dt)
+    dt = softplus(dt)
     s = tl.load(s_ptrs, mask=keep[:, None], other=0.0).to(tl.float32)
     s = tl.exp(dt[:, None] * A) * s + (dt * u)[:, None] * Bv[None, :]
     tl.store(s_ptrs, s.to(s_ptrs.dtype.element_ty), mask=keep[:, None])
     y = tl.sum(s * Cv[None, :], axis=1) + u * D
     return y * (z / (1.0 + tl.exp(-z)))
-
-
-@triton.jit
-def _conv_step_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, d,
-    sx_b, sx_d, ss_b, ss_d, ss_k, so_b,
-    K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    offs_k = tl.arange(0, KP)
-    keep_d = offs_d < d
-    w, bias = _conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
-    wait_for_producers(PDL)  # the weights are read before: they are not written during decoding
-    x = tl.load(x_ptr + b * sx_b + offs_d * sx_d, mask=keep_d, other=0.0)
-    y = _conv_update(x, state_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, SILU)
-    tl.store(out_ptr + b * so_b + offs_d, y.to(out_ptr.dtype.element_ty), mask=keep_d)
-
-
-def causal_conv1d_update_triton(
-    x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: bool = True
-) -> Tensor:
-    """Same as :func:`hymba.ops.conv.causal_conv1d_update`: x (b, d), state (b, d, K) updated in
-    place, weight (d, K); returns (b, d) in x's dtype."""
-    b, d = x.shape
-    kernel = state.shape[-1]
-    out = torch.empty(b, d, dtype=x.dtype, device=x.device)
-    (weight, bias), copied = early_inputs(weight, bias)
-    _conv_step_kernel[(b, triton.cdiv(d, BLOCK_D))](
-        x, state, weight, bias if bias is not None else weight, out, d,
-        x.stride(0), x.stride(1), state.stride(0), state.stride(1), state.stride(2), out.stride(0),
-        K=kernel, KP=triton.next_power_of_2(kernel), BD=BLOCK_D, HAS_BIAS=bias is not None, SILU=activation,
-        **pdl_launch(x.device, copied),
-    )
-    return out
 
 
 @triton.jit
@@ -131,8 +74,8 @@ def ssm_decode_step_triton(
     state: Tensor, u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
     delta_bias: Tensor,
 ) -> Tensor:
-    """Same as :func:`hymba.ops.ssm_step.ssm_decode_step` (softplus Δ, A = -exp(A_log), D skip,
-    SiLU gate), in one kernel; ``state`` (b, d, n) is updated in place."""
+    """Same as :func:`hymba.ops.ssm_step.reference.ssm_decode_step_reference` (softplus Δ,
+    A = -exp(A_log), D skip, SiLU gate), in one kernel; ``state`` (b, d, n) is updated in place."""
     b, d = u.shape
     n = state.shape[-1]
     for t in (state, u, delta, z, B, C):
@@ -163,12 +106,12 @@ def _conv_xproj_kernel(
     offs_k = tl.arange(0, KP)
     offs_r = tl.arange(0, RP)
     keep_d = offs_d < d
-    w, bias = _conv_weights(cw_ptr, cb_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
+    w, bias = conv_weights(cw_ptr, cb_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
     xw = tl.load(xw_ptr + offs_r[:, None] * sxw + offs_d[None, :], mask=(offs_r < R)[:, None] & keep_d[None, :],
                  other=0.0)
     wait_for_producers(PDL)  # the weights are read before: they are not written during decoding
     x = tl.load(x_ptr + b * sx_b + offs_d, mask=keep_d, other=0.0)
-    y = _conv_update(x, cstate_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, True)
+    y = conv_shift_update(x, cstate_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, True)
     xc = y.to(xc_ptr.dtype.element_ty)  # the conv output, rounded as the unfused kernel stores it
     tl.store(xc_ptr + b * sxc_b + offs_d, xc, mask=keep_d)
     part = tl.sum(xw.to(tl.float32) * xc.to(tl.float32)[None, :], axis=1)
@@ -236,19 +179,21 @@ def _ssm_from_parts_kernel(
     tl.store(y_ptr + b * sy_b + offs_d, y.to(y_ptr.dtype.element_ty), mask=keep)
 
 
-def mamba_decode_step_triton(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, w,
-                             block_d: int = FUSED_BLOCK_D, num_warps: int = FUSED_WARPS) -> Tensor:
-    """Same as :func:`hymba.ops.ssm_step.mamba_decode_step` (``w``: its :class:`MambaStepWeights`)
-    in two kernels; both states are updated in place. ``block_d`` channels a program and
-    ``num_warps`` are the kernels' knobs."""
+def fused_mamba_step_triton(
+    x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+    x_proj_weight: Tensor, norm_weights: tuple[Tensor, Tensor, Tensor] | None, eps: float, dt_weight: Tensor,
+    dt_bias: Tensor, A_log: Tensor, D: Tensor, block_d: int = FUSED_BLOCK_D, num_warps: int = FUSED_WARPS,
+) -> Tensor:
+    """:func:`hymba.ops.ssm_step.fused_mamba_step` in two kernels; both states are updated in
+    place. ``block_d`` channels a program and ``num_warps`` are the kernels' knobs."""
     b, d = x.shape
-    n, kernel, r = ssm_state.shape[-1], conv_state.shape[-1], w.dt_weight.shape[1]
-    width = w.x_proj_weight.shape[0]
+    n, kernel, r = ssm_state.shape[-1], conv_state.shape[-1], dt_weight.shape[1]
+    width = x_proj_weight.shape[0]
     for t in (x, z, ssm_state):
         if t.stride(-1) != 1:
             raise ValueError("the fused SSM step needs x, z and the SSM state with a contiguous last dimension")
-    early, copied = early_inputs(w.conv_weight, w.conv_bias, w.x_proj_weight, w.dt_weight, w.dt_bias, w.A_log, w.D,
-                                 *(w.norm_weights or ()))
+    early, copied = early_inputs(conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log, D,
+                                 *(norm_weights or ()))
     conv_w, conv_b, x_w, dt_w, dt_b, A_log, D = early[:7]
     norms = tuple(early[7:]) or (dt_b, dt_b, dt_b)  # placeholders without norms
     blocks = triton.cdiv(d, block_d)
@@ -263,9 +208,9 @@ def mamba_decode_step_triton(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state
     )
     y = torch.empty(b, d, dtype=x.dtype, device=x.device)
     _ssm_from_parts_kernel[(b, blocks)](
-        part, xc, z, ssm_state, dt_w, dt_b, A_log, D, *norms, y, d, blocks, r, w.eps,
+        part, xc, z, ssm_state, dt_w, dt_b, A_log, D, *norms, y, d, blocks, r, eps,
         xc.stride(0), z.stride(0), ssm_state.stride(0), ssm_state.stride(1), dt_w.stride(0), y.stride(0),
         N=n, BD=block_d, RP=rp, RDT_P=triton.next_power_of_2(r), BLOCKS_P=triton.next_power_of_2(blocks),
-        NORMS=w.norm_weights is not None, num_warps=num_warps, **pdl_launch(x.device),
+        NORMS=norm_weights is not None, num_warps=num_warps, **pdl_launch(x.device),
     )
     return y

@@ -1,6 +1,6 @@
 """FlexAttention (CUDA) for Hymba's sliding-window + meta-token mask in prefill and training.
 
-Same semantics as :func:`hymba.ops.attention.attention_mask` for self-attention over one unpadded
+Same semantics as :func:`hymba.ops.attention.reference.attention_mask` for self-attention over one unpadded
 sequence whose keys are at positions ``offset + index`` and whose queries are the last keys.
 
 Inference follows torch.compile's automatic dynamic shapes: the first shape is compiled for
@@ -13,9 +13,9 @@ per (query and key lengths, window, meta tokens, offset) and cached. The output 
 memory layout, so a query that is a (b, L, H, d) view transposed to (b, H, L, d) gives an output
 that transposes back to (b, L, H·d) without a copy; the compiled region then returns it in
 (b, L, H, d) order, whose gradient arrives contiguous (returned as (b, H, L, d), the compiled
-backward copied each incoming gradient to that order first). K and V are made contiguous: compiled for
-dynamic lengths, strided K/V views of the projection ran 2-3x slower
-(``benchmarks/flex_gpu.py --layouts``).
+backward copied each incoming gradient to that order first). K and V are made contiguous: the
+kernels compiled for dynamic lengths cannot specialise on their strides, and strided views of the
+fused projection make every K/V tile load gather from rows far apart.
 """
 
 from __future__ import annotations
@@ -26,21 +26,22 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from .triton_gate import capability
+from ..switches import capability
 
 # Distinct graphs one process may compile (dynamo's default is 8): masks of global and
 # sliding-window layers, static and dynamic lengths, batch 1 and > 1, with and without autograd.
 # Raised (never lowered) for the whole process once, at the first FlexAttention call: a
-# ``config.patch`` around every call cost ≈ 30-80 µs of host time per layer.
+# ``config.patch`` around every call would cost host time at every layer.
 RECOMPILE_LIMIT = 64
 # the setting's name since torch 2.7; ``cache_size_limit`` before
 _LIMIT_SETTING = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
-# Tiles by (qk head dim, v head dim, dtype), measured on an H200 with benchmarks/flex_gpu.py:
-# inductor's sm_90 defaults for a 64-wide query head (forward 128 x 128 tiles on 4 warps) do not
-# leave room for Hymba's 128-wide value head (8K tokens, forward: global layer 1.54 -> 0.97 ms,
-# sliding-window layer 0.61 -> 0.33 ms; forward + backward 5.76 -> 4.98 and 3.36 -> 2.72 ms).
-# Other shapes and GPUs keep the defaults. The "fwd_"/"bwd_" prefixes need torch >= 2.6 (the
+# Tiles by (qk head dim, v head dim, dtype) for sm_90 GPUs: inductor picks its default tiles by
+# the query head's width, and for a 64-wide query head (forward 128 x 128 tiles on 4 warps) they
+# leave too little shared memory and too few registers for Hymba's 128-wide value head: the
+# accumulator of a 128-row tile holds 128 values of V per row. Halving the key block (and the
+# backward's blocks) keeps the pipeline's stages in shared memory. Other shapes and GPUs keep the
+# defaults. The "fwd_"/"bwd_" prefixes need torch >= 2.6 (the
 # attention dispatch takes FlexAttention on torch >= 2.7 only).
 _SM90_TILES = {
     (64, 128, torch.bfloat16): dict(
@@ -50,10 +51,11 @@ _SM90_TILES = {
 }
 
 # Shapes (of q, k, v) that get their own exact-shape compilation when autograd records the call.
-# The kernels compiled for dynamic lengths are slower: at Hymba-1.5B's 4K training shape
-# (H100), a sliding-window layer's backward took 1.11 ms a call against 0.65 ms compiled for the
-# shape, which the training benchmark got only when no other length had run before it. Shapes
-# past this many share the dynamic compilation (each exact shape is one more compilation).
+# Training packs its rows to one shape, and kernels compiled for that shape know the sequence's
+# length and block count (no bounds checks, no masking of a partial last block), which the
+# dynamic-length kernels must handle at run time; an exact shape also does not depend on which
+# lengths ran before it. Shapes past this many share the dynamic compilation (each exact shape is
+# one more compilation).
 STATIC_SHAPES = 8
 
 # torch.compile'd FlexAttention by ("exact shapes" (True: autograd) or automatic dynamic shapes
@@ -89,7 +91,7 @@ def _exact_shape(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
 
 def kernel_options(q: Tensor, v: Tensor) -> dict:
-    """The measured tiles for this shape and GPU, or none (inductor's defaults)."""
+    """The tiles chosen for this shape and GPU (``_SM90_TILES``), or none (inductor's defaults)."""
     if q.device.type != "cuda" or capability(q.device) != (9, 0):
         return {}
     return dict(_SM90_TILES.get((q.shape[-1], v.shape[-1], q.dtype), {}))

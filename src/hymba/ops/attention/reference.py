@@ -1,4 +1,4 @@
-"""Attention with Hymba's masks: causal, sliding window with always-visible meta tokens, padding.
+"""Attention with Hymba's masks in PyTorch: the boolean mask and SDPA over it.
 
 A query at position q sees key k iff ``k <= q`` and, in a sliding-window layer,
 ``q - k <= window`` or ``k < num_meta`` (itself, ``window`` earlier positions, every meta token).
@@ -7,8 +7,6 @@ invalid (padding) are never seen.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -56,45 +54,13 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-# FlexAttention compiled for dynamic lengths had lowering bugs before torch 2.7 (and is measured
-# on 2.11 only); older versions take SDPA.
-_FLEX_TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 7)
-
-
-def _flex_enabled(q: Tensor) -> bool:
-    if not _FLEX_TORCH or q.device.type != "cuda" or os.environ.get("HYMBA_ATTN_IMPL", "") == "sdpa":
-        return False
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
-    window: int | None,
-    num_meta: int,
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int | None, num_meta: int,
     key_valid: Tensor | None = None,
-    q_start: int | None = None,
 ) -> Tensor:
-    """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA.
-
-    1-D ``q_pos``/``k_pos`` are consecutive positions (as the model builds them) with the queries
-    the last keys, e.g. a prompt after the cached meta tokens. ``q_start`` is ``q_pos[0]`` as a
-    Python int, if the caller knows it (else it is read from the device, which waits for the GPU)."""
-    lq, lk = q.shape[2], k.shape[2]
-    if key_valid is None and lk >= lq >= 128 and q_pos.dim() == 1 and k_pos.dim() == 1 and _flex_enabled(q):
-        from .flex import flex_attention_swa
-
-        start = int(q_pos[0]) if q_start is None else q_start
-        return flex_attention_swa(q, k, v, window, num_meta, offset=start - (lk - lq))
+    """Reference of :func:`hymba.ops.attention`: SDPA over the mask (none for plain causal
+    attention of aligned queries and keys)."""
     aligned = q_pos is k_pos and q_pos.dim() == 1 and key_valid is None
     if aligned and (window is None or q.shape[2] - 1 <= window):
         return sdpa_attention(q, k, v, None)  # plain causal: no mask to build
-    mask = attention_mask(q_pos, k_pos, window, num_meta, key_valid)
-    return sdpa_attention(q, k, v, mask)
+    return sdpa_attention(q, k, v, attention_mask(q_pos, k_pos, window, num_meta, key_valid))

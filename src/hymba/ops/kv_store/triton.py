@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import pdl_launch, wait_for_producers
-from .rotary_triton import rotary_tables, rotate_half_split
+from .._triton import pdl_launch, wait_for_producers
+from ..rotary.triton import rotary_tables, rotate_half_split
 
 
 @triton.jit
@@ -44,7 +44,7 @@ def store_kv_step_triton(
     k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
     ring_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
 ) -> None:
-    """Same as :func:`hymba.ops.kv_store.store_kv_step_reference` (one token per row)."""
+    """Same as :func:`hymba.ops.kv_store.reference.store_kv_step_reference` (one token per row)."""
     b, hkv, _, dqk = k.shape
     dv = v.shape[-1]
     if k.stride(-1) != 1:

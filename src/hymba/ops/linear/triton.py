@@ -1,8 +1,9 @@
 """Linear layers for a decode step's rows (1 to 128) in Triton, inference only.
 
-cuBLAS reads some of a decode step's weights slowly at these shapes (an H200 measures 1.3-1.8
-TB/s for the output and down projections at one row, 0.8 TB/s for the LM head at 32-128 rows).
-Two kernels, chosen by :func:`hymba.ops.linear.kernel_for`:
+cuBLAS's kernels are made for many rows: at a decode step's few rows some products read their
+weight well below the memory's bandwidth (narrow outputs, short rows, very wide outputs), and a
+chain of them leaves gaps between kernels. Two kernels, chosen by
+:func:`hymba.ops.linear.kernel_for`:
 
 - a matrix-vector kernel: each program owns ``BN`` output features and streams their weight rows
   once, ``BK`` columns at a time, multiplying them with every activation row in float32;
@@ -21,16 +22,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import pdl_launch, wait_for_producers
-from .triton_gate import num_sms
+from .._triton import pdl_launch, wait_for_producers
+from ..switches import num_sms
 
 # Matrix-vector tuning knobs (columns per step, the least number of programs to aim for as a
 # multiple of the SM count, warps) for weight rows of at least LONG_ROW columns and for shorter
-# ones, chosen with ``benchmarks/linear_gpu.py --gemv-sweep`` on an H100 at one activation row
-# (the only row count the dispatch gives this kernel):
-# the output projection (3,200 columns) 7.0 -> 5.9 us and the down projection (5,504) 9.9 -> 8.0
-# us against the earlier (512, 4, 4). (Pipeline stages would change nothing: Triton pipelines
-# only loads that feed a dot, so the kernel prefetches the next tile itself.)
+# ones, at one activation row (the only row count the dispatch gives this kernel). Long rows:
+# wide column steps on 8 warps and one wave of programs, each streaming long contiguous runs of
+# its rows; short rows: narrow steps and four waves, so that enough loads are in flight while each
+# row is short (``benchmarks/linear_gpu.py --gemv-sweep`` times other knobs). Pipeline stages
+# would change nothing: Triton pipelines only loads that feed a dot, so the kernel prefetches the
+# next tile itself.
 LONG_ROW = 2048
 LONG_ROW_KNOBS = (1024, 1, 8)
 SHORT_ROW_KNOBS = (128, 4, 4)
@@ -162,7 +164,7 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residua
 
 
 # Tensor-core kernel: knobs chosen by dot_config; its pipeline buffers (stages - 1 of them) kept
-# within SHARED_BYTES (an H100 or H200 SM has 227 KB, and the epilogue needs some).
+# within SHARED_BYTES (a Hopper SM gives a block up to 227 KB, and the epilogue needs some).
 SHARED_BYTES = 192 * 1024
 
 
@@ -237,13 +239,16 @@ def _split_sum_kernel(part_ptr, bias_ptr, res_ptr, y_ptr, N, splits, plane, up_p
 
 
 def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
-    """Tile sizes, warps, stages and K split for ``m`` rows times an (n, k) weight, as measured
-    best on an H200 at Hymba-1.5B's decode shapes (``benchmarks/linear_gpu.py --sweep``): up to 64
-    rows 64 x 128 weight tiles (3 stages for the very wide LM head, else 4); 128 rows 64 x 64 tiles
-    on 8 warps, or 128 x 64 on 4 warps and 3 stages for the LM head. K is split until the programs
-    fill the GPU, keeping at least two blocks of K per split."""
+    """Tile sizes, warps, stages and K split for ``m`` rows times an (n, k) weight
+    (``benchmarks/linear_gpu.py --sweep`` times other choices). Up to 64 rows: 64 x 128 weight
+    tiles, a long K step per load for the few rows; 4 pipeline stages, 3 for a wide output (as
+    :func:`hymba.ops.linear.kernel_for` defines it: two 64-wide tiles per SM, the LM head), whose
+    tiles already fill the GPU and need no deeper prefetch. 128 rows: 64 x 64 tiles on 8 warps
+    (the row tile's accumulators take the registers a longer K step would), or for a wide output
+    128 x 64 on 4 warps and 3 stages, fewer programs each reading more of the weight at once. K is
+    split until the programs fill the GPU, keeping at least two blocks of K per split."""
     bm = min(128, max(16, triton.next_power_of_2(m)))
-    wide = n >= 16384
+    wide = n >= 2 * 64 * sms
     if bm <= 64:
         cfg = dict(bn=64, bk=128, num_warps=4, num_stages=3 if wide else 4)
     elif wide and not gated:

@@ -17,16 +17,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .decode_attention import DecodeKeys
-from .pdl_triton import pdl_launch, wait_for_producers
-from .rotary_triton import rotary_tables, rotate_half_split
-from .triton_gate import num_sms
+from .._triton import pdl_launch, wait_for_producers
+from ..rotary.triton import rotary_tables, rotate_half_split
+from ..switches import num_sms
+from .reference import DecodeKeys
 
 # Keys per block, warps, pipeline stages and how many waves of programs to aim for when
-# splitting the keys; chosen on an H200 with benchmarks/decode_attention_gpu.py. A ring store with
-# more (row, K/V head) programs than two per SM takes smaller blocks and one more stage
+# splitting the keys (``benchmarks/decode_attention_gpu.py`` times other choices). A ring store
+# with more (row, K/V head) programs than two per SM takes smaller blocks and one more stage
 # (CROWDED_RING), so that about five programs stay resident per SM instead of two: its programs are
-# short (a window of keys), and with two resident the last wave ran part-empty (b=128: 74 -> 70 us).
+# short (a window of keys), and with only two resident the last wave of programs runs part-empty.
 BLOCK_N = 128
 NUM_WARPS = 4
 NUM_STAGES = 2

@@ -1,4 +1,5 @@
-"""Causal depthwise conv over a whole sequence in Triton (prefill and training).
+"""Causal depthwise conv in Triton: over a whole sequence (prefill and training), and one decode
+step on the cache's conv state.
 
 One program per (row, block of time steps, block of channels) sums the ``kernel`` shifted inputs,
 reading the inputs that precede the sequence from the initial state. Same roundings as the
@@ -15,17 +16,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .derived import derived
-from .scan.triton import split_steps
+from .._triton import early_inputs, pdl_launch, split_steps, wait_for_producers
+from ..derived import derived
 
 BLOCK_T = 32
 BLOCK_C = 128
-# The backward kernels' tile (time steps, channels) and warps; the first holds the K input tiles
-# and K + 1 running sums for the weight and bias gradients, and runs about GRAD_PROGRAMS
-# programs, each over a time segment. ``benchmarks/conv_gpu.py --bwd-sweep`` (forward + backward
-# replayed as a CUDA graph; H100, b=1, 4,224 steps): 8 x 64 on 4 warps 149 us, 8 x 128 on 4
-# warps 170 us, 16 x 128 on 16 warps 239 us, 8 x 256 on 4 warps 198 us; 512 or 2,048 programs
-# instead of 1,024 within 5%.
+# The backward kernels' tile (time steps, channels) and warps. The first kernel holds the K input
+# tiles and K + 1 running sums for the weight and bias gradients in registers, so its tile is
+# small (wider or longer tiles spill); it runs about GRAD_PROGRAMS programs, each over a time
+# segment: several waves on any GPU, while each program's share of the weight gradient remains a
+# long sum (``benchmarks/conv_gpu.py --bwd-sweep`` times other tiles and program counts).
 BWD_BLOCK_T = 8
 BWD_BLOCK_C = 64
 BWD_WARPS = 4
@@ -34,8 +34,8 @@ GRAD_PROGRAMS = 1024
 
 def _taps(weight: Tensor, channels: int, kernel: int) -> Tensor:
     """The weight as (kernel, channels), contiguous: a tap's weights for a block of channels
-    load as one vector (read as (channels, kernel), the loads of a tap are strided, and they
-    kept the backward's L1 busy: 226 us of an H100 at Hymba-1.5B's 4K training shape). Kept
+    load as one vector (read as (channels, kernel), the loads of a tap are strided by the kernel
+    size and keep the backward's L1 busy). Kept
     between calls while the weight is unchanged (prefill), see :func:`hymba.ops.derived`."""
     return derived(weight, "conv taps", lambda w: w.detach().reshape(channels, kernel).t().contiguous())
 
@@ -238,3 +238,68 @@ def causal_conv1d_train(x: Tensor, weight: Tensor, bias: Tensor | None = None, a
     if x.shape[1] < weight.shape[-1]:
         raise ValueError(f"a sequence of {x.shape[1]} steps is shorter than the kernel ({weight.shape[-1]})")
     return _CausalConv.apply(x, weight, bias, activation)
+
+
+# ---------------------------------------------------------------- one decode step
+
+# channels per program of the one-step update
+UPDATE_BLOCK_C = 64
+
+
+@triton.jit
+def conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The conv taps (BD, KP) and bias (BD,) in float32 (zero bias without one)."""
+    w = tl.load(w_ptr + offs_d[:, None] * K + offs_k[None, :], mask=keep_d[:, None] & (offs_k[None, :] < K), other=0.0)
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=keep_d, other=0.0).to(tl.float32)
+    return w.to(tl.float32), bias
+
+
+@triton.jit
+def conv_shift_update(x, row, offs_k, keep_d, ss_k, w, bias, K: tl.constexpr, SILU: tl.constexpr):
+    """Shift the conv state rows at ``row`` left by one, append ``x``, store them and return the
+    conv output in float32: slot k takes slot k + 1, the last slot takes x."""
+    shifted = tl.load(row + (offs_k[None, :] + 1) * ss_k, mask=keep_d[:, None] & (offs_k[None, :] + 1 < K), other=0.0)
+    new = tl.where(offs_k[None, :] == K - 1, x[:, None].to(shifted.dtype), shifted)
+    tl.store(row + offs_k[None, :] * ss_k, new, mask=keep_d[:, None] & (offs_k[None, :] < K))
+    y = tl.sum(new.to(tl.float32) * w, axis=1) + bias
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    return y
+
+
+@triton.jit
+def _conv_step_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, d,
+    sx_b, sx_d, ss_b, ss_d, ss_k, so_b,
+    K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_k = tl.arange(0, KP)
+    keep_d = offs_d < d
+    w, bias = conv_weights(w_ptr, bias_ptr, offs_d, offs_k, keep_d, K, HAS_BIAS)
+    wait_for_producers(PDL)  # the weights are read before: they are not written during decoding
+    x = tl.load(x_ptr + b * sx_b + offs_d * sx_d, mask=keep_d, other=0.0)
+    y = conv_shift_update(x, state_ptr + b * ss_b + offs_d[:, None] * ss_d, offs_k, keep_d, ss_k, w, bias, K, SILU)
+    tl.store(out_ptr + b * so_b + offs_d, y.to(out_ptr.dtype.element_ty), mask=keep_d)
+
+
+def causal_conv1d_update_triton(
+    x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: bool = True
+) -> Tensor:
+    """Same as :func:`hymba.ops.conv.reference.causal_conv1d_update_reference`: x (b, d), state
+    (b, d, K) updated in place, weight (d, K); returns (b, d) in x's dtype."""
+    b, d = x.shape
+    kernel = state.shape[-1]
+    out = torch.empty(b, d, dtype=x.dtype, device=x.device)
+    (weight, bias), copied = early_inputs(weight, bias)
+    _conv_step_kernel[(b, triton.cdiv(d, UPDATE_BLOCK_C))](
+        x, state, weight, bias if bias is not None else weight, out, d,
+        x.stride(0), x.stride(1), state.stride(0), state.stride(1), state.stride(2), out.stride(0),
+        K=kernel, KP=triton.next_power_of_2(kernel), BD=UPDATE_BLOCK_C, HAS_BIAS=bias is not None, SILU=activation,
+        **pdl_launch(x.device, copied),
+    )
+    return out

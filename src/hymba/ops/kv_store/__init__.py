@@ -1,4 +1,5 @@
-"""Storing one decode step's keys and values in the cache: the reference and a fused Triton kernel.
+"""Storing one decode step's keys and values in the cache: the reference
+(:mod:`hymba.ops.kv_store.reference`) and a fused Triton kernel (:mod:`hymba.ops.kv_store.triton`).
 
 A producer layer's new K/V for position ``pos`` go to slot ``pos - first_pos`` of a linear store
 (global layers), or to slot ``(pos - first_pos) % size`` of a ring buffer (sliding-window layers),
@@ -9,29 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .rotary import apply_rotary
-from .triton_gate import use_triton
-
-
-def write_slots(store: Tensor, index: Tensor, new: Tensor) -> None:
-    """``store[b, :, index[b, t]] = new[b, :, t]`` in place; store (b, H, slots, d), new (b, H, L, d)."""
-    idx = index[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
-    store.scatter_(2, idx, new.to(store.dtype))
-
-
-def store_kv_step_reference(
-    k_store: Tensor, v_store: Tensor, k: Tensor, v: Tensor, pos: Tensor, first_pos: int,
-    ring_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
-) -> None:
-    """Reference of :func:`store_kv_step`."""
-    if rotary is not None:
-        k = apply_rotary(k, *rotary)
-    index = pos - first_pos
-    if ring_pos is not None:
-        index = index % ring_pos.shape[1]
-        ring_pos.scatter_(1, index, pos)
-    write_slots(k_store, index, k)
-    write_slots(v_store, index, v)
+from ..switches import use_triton
+from .reference import store_kv_step_reference, write_slots
 
 
 def store_kv_step(
@@ -44,7 +24,10 @@ def store_kv_step(
     (:func:`hymba.ops.apply_rotary`). One Triton kernel on CUDA without autograd, else the
     reference's scatters."""
     if k.shape[2] == 1 and (rotary is None or k.shape[-1] % 2 == 0) and use_triton(k, v, k_store, v_store):
-        from .kv_store_triton import store_kv_step_triton
+        from .triton import store_kv_step_triton
 
         return store_kv_step_triton(k_store, v_store, k, v, pos, first_pos, ring_pos, rotary)
     return store_kv_step_reference(k_store, v_store, k, v, pos, first_pos, ring_pos, rotary)
+
+
+__all__ = ["store_kv_step", "store_kv_step_reference", "write_slots"]

@@ -1,6 +1,8 @@
-"""Attention over a shared, always-visible prefix plus per-row keys, without concatenating them.
+"""Decode attention in PyTorch: one new query per row over [always-visible prefix K/V] + [cached
+K/V], the cached keys' visibility given by positions (:class:`DecodeKeys`).
 
-Decoding reads the meta tokens' K/V (one copy per model, batch 1) and a request's own cached K/V
+:func:`attention_with_prefix` is attention over a shared, always-visible prefix plus per-row keys,
+without concatenating them. Decoding reads the meta tokens' K/V (one copy per model, batch 1) and a request's own cached K/V
 (batch b). The two blocks are scored separately and merged with one softmax, so neither is copied,
 cast or concatenated at a decode step: the query heads of a K/V group are folded into the query
 length, so each block is one batched matmul over the cache as it is stored.
@@ -9,11 +11,39 @@ length, so each block is one batched matmul over the cache as it is stored.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..rotary import apply_rotary
+
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class DecodeKeys:
+    """Visibility of cached keys for the query at ``pos`` (b, 1): slot s holds position
+    ``slot_pos[b, s]`` (a ring buffer; -1 = empty) or, when ``slot_pos`` is None, position
+    ``first_pos + s`` (a global layer's linear store). A key is visible iff its position p satisfies
+    ``0 <= p <= pos`` and, with a ``limit``, ``pos - p <= limit``. Invisible slots must hold finite
+    values (the fused kernel reads them and gives them zero weight)."""
+
+    pos: Tensor
+    slot_pos: Tensor | None
+    first_pos: int
+    limit: int | None = None
+
+    def mask(self, num_slots: int) -> Tensor:
+        """(b, 1, 1, num_slots) bool mask (the reference's form)."""
+        if self.slot_pos is None:
+            p = torch.arange(self.first_pos, self.first_pos + num_slots, device=self.pos.device)[None]
+        else:
+            p = self.slot_pos[:, :num_slots]
+        visible = (p >= 0) & (p <= self.pos)
+        if self.limit is not None:
+            visible = visible & (self.pos - p <= self.limit)
+        return visible[:, None, None]
 
 
 def attention_with_prefix(
@@ -45,3 +75,14 @@ def attention_with_prefix(
         num = num + torch.matmul(p.to(mm), values.to(mm)).to(stat)
         den = den + p.sum(-1, keepdim=True)
     return (num / den).reshape(b, hq, lq, -1).to(q.dtype)
+
+
+def decode_attention_reference(
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, keys: DecodeKeys,
+    rotary: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Reference of :func:`hymba.ops.decode_attention`: q rotated (if ``rotary``), the mask built
+    from ``keys``, then :func:`attention_with_prefix`."""
+    if rotary is not None:
+        q = apply_rotary(q, *rotary)
+    return attention_with_prefix(q, prefix_k, prefix_v, k, v, keys.mask(k.shape[2]))

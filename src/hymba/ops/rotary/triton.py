@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .pdl_triton import pdl_launch, wait_for_producers
+from .._triton import pdl_launch, wait_for_producers
 
 ROWS = 16
 
@@ -70,7 +70,7 @@ def _rotary_kernel(
 
 def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None,
                         transpose: bool = False) -> Tensor:
-    """Same as :func:`hymba.ops.rotary.apply_rotary_reference`, in ``dtype`` (by default the
+    """Same as :func:`hymba.ops.rotary.reference.apply_rotary_reference`, in ``dtype`` (by default the
     promoted dtype of x and cos; computed in float32 and rounded once). ``transpose``: rotate by
     the transposed rotation instead. Heads that are a transposed (b, L, H, d) view, as split from
     a projection, come back in that memory order (so attention's output can keep it), others

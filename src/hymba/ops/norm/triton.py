@@ -1,6 +1,6 @@
-"""RMSNorm (alone, over three parts, after a residual add, the mean of two norms) and the SwiGLU
-gate in Triton. Forward: one program per row, float32 statistics, the same roundings as the
-PyTorch references. Backward (``*_train``, autograd functions): one program per group of rows,
+"""RMSNorm (alone, over three parts, after a residual add, the mean of two norms) in Triton.
+Forward: one program per row, float32 statistics, the same roundings as the PyTorch references
+(:mod:`hymba.ops.norm.reference`). Backward (``*_train``, autograd functions): one program per group of rows,
 float32 arithmetic throughout (the references round some intermediate gradients to bf16), each
 program's share of the weight gradient summed by PyTorch."""
 
@@ -11,9 +11,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .norm import _cast
-from .pdl_triton import pdl_launch, wait_for_producers
-from .triton_gate import num_sms
+from .._triton import pdl_launch, wait_for_producers
+from ..switches import num_sms
+from .reference import cast_to
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtyp
         _rms_norm_kernel[(rows.shape[0],)](
             rows, weight.contiguous(), out, d, rows.stride(0), out.stride(0), eps, **_row_launch(d, x.device),
         )
-    return _cast(out.view(shape), cast)
+    return cast_to(out.view(shape), cast)
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def add_rms_norm_triton(x: Tensor, delta: Tensor, weight: Tensor, eps: float, ou
             xr, dr, weight.contiguous(), total, out, d, xr.stride(0), dr.stride(0), total.stride(0),
             out.stride(0), eps, **_row_launch(d, x.device),
         )
-    return total.view(shape), _cast(out.view(shape), cast)
+    return total.view(shape), cast_to(out.view(shape), cast)
 
 
 @triton.jit
@@ -150,7 +150,7 @@ def mean_of_rms_norms_triton(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: T
             ar, br, weight_a.contiguous(), weight_b.contiguous(), out, d, ar.stride(0), br.stride(0),
             out.stride(0), eps, ROUND=store == promoted, **_row_launch(d, a.device),
         )
-    return _cast(out.view(shape), cast)
+    return cast_to(out.view(shape), cast)
 
 
 @triton.jit
@@ -190,29 +190,6 @@ def _rms_norm_parts_joined(x: Tensor, sizes: tuple[int, int, int], weights: tupl
             BLOCK=triton.next_power_of_2(width), **pdl_launch(x.device),
         )
     return out.view(shape)
-
-
-@triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    wait_for_producers(PDL)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    keep = offs < n
-    g = tl.load(g_ptr + offs, mask=keep, other=0.0)
-    u = tl.load(u_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    g32 = g.to(tl.float32)
-    act = (g32 / (1.0 + tl.exp(-g32))).to(g.dtype, fp_downcast_rounding="rtne").to(tl.float32)
-    tl.store(out_ptr + offs, (act * u).to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=keep)
-
-
-def silu_mul_triton(gate: Tensor, up: Tensor) -> Tensor:
-    """Same as ``F.silu(gate) * up`` for tensors of one shape and dtype."""
-    gate, up = gate.contiguous(), up.contiguous()
-    out = torch.empty_like(gate)
-    n = gate.numel()
-    block = 1024
-    if n:
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4, **pdl_launch(gate.device))
-    return out
 
 
 # ---------------------------------------------------------------- backward (training)
@@ -301,7 +278,7 @@ class _NormParts(torch.autograd.Function):
 def rms_norm_train(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`rms_norm_triton` with a backward."""
     store, cast = _out_dtype(torch.promote_types(x.dtype, weight.dtype), out_dtype)
-    return _cast(_NormParts.apply(x, eps, (x.shape[-1],), store, weight), cast)
+    return cast_to(_NormParts.apply(x, eps, (x.shape[-1],), store, weight), cast)
 
 
 def rms_norm_parts_train(x: Tensor, sizes: tuple[int, int, int], weights: tuple[Tensor, Tensor, Tensor],
@@ -344,7 +321,7 @@ def add_rms_norm_train(x: Tensor, delta: Tensor, weight: Tensor, eps: float, out
     promoted = torch.promote_types(torch.promote_types(x.dtype, delta.dtype), weight.dtype)
     store, cast = _out_dtype(promoted, out_dtype)
     total, out = _AddRMSNorm.apply(x, delta, weight, eps, store)
-    return total, _cast(out, cast)
+    return total, cast_to(out, cast)
 
 
 class _MeanOfNorms(torch.autograd.Function):
@@ -373,41 +350,4 @@ def mean_of_rms_norms_train(a: Tensor, b: Tensor, weight_a: Tensor, weight_b: Te
                             out_dtype: torch.dtype | None = None) -> Tensor:
     """:func:`mean_of_rms_norms_triton` with a backward."""
     store, cast = _out_dtype(torch.promote_types(a.dtype, weight_a.dtype), out_dtype)
-    return _cast(_MeanOfNorms.apply(a, b, weight_a, weight_b, eps, store), cast)
-
-
-@triton.jit
-def _silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    keep = offs < n
-    g = tl.load(g_ptr + offs, mask=keep, other=0.0)
-    u = tl.load(u_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    g32 = g.to(tl.float32)
-    sig = 1.0 / (1.0 + tl.exp(-g32))
-    act = (g32 * sig).to(g.dtype, fp_downcast_rounding="rtne").to(tl.float32)  # the forward's rounded SiLU
-    tl.store(dg_ptr + offs, (dy * u * sig * (1.0 + g32 * (1.0 - sig))).to(dg_ptr.dtype.element_ty), mask=keep)
-    tl.store(du_ptr + offs, (dy * act).to(du_ptr.dtype.element_ty), mask=keep)
-
-
-class _SiluMul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
-        gate, up = gate.contiguous(), up.contiguous()
-        ctx.save_for_backward(gate, up)
-        return silu_mul_triton(gate, up)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        gate, up = ctx.saved_tensors
-        dy = dy.contiguous()
-        dgate, dup = torch.empty_like(gate), torch.empty_like(up)
-        n, block = gate.numel(), 1024
-        if n:
-            _silu_mul_bwd_kernel[(triton.cdiv(n, block),)](gate, up, dy, dgate, dup, n, BLOCK=block, num_warps=4)
-        return dgate, dup
-
-
-def silu_mul_train(gate: Tensor, up: Tensor) -> Tensor:
-    """:func:`silu_mul_triton` with a backward."""
-    return _SiluMul.apply(gate, up)
+    return cast_to(_MeanOfNorms.apply(a, b, weight_a, weight_b, eps, store), cast)

@@ -1,0 +1,41 @@
+"""The SwiGLU MLP before its down projection: ``silu(x Wgᵀ) · (x Wuᵀ)`` (:func:`swiglu`), and its
+elementwise middle SiLU(gate) · up (:func:`silu_mul`) for gate and up products computed apart.
+
+For a decode step's rows on CUDA both products and the gate run in one tensor-core kernel (the
+gated form of :func:`hymba.ops.linear`'s kernel, chosen by :func:`hymba.ops.linear.kernel_for`);
+otherwise the two products run as :func:`hymba.ops.linear` runs them on cuBLAS, and the middle is
+one Triton kernel on CUDA (one more for the backward, :mod:`hymba.ops.swiglu.triton`), else its
+reference (:mod:`hymba.ops.swiglu.reference`).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..linear import kernel_for, torch_linear
+from ..switches import needs_grad, use_triton
+from .reference import silu_mul_reference, swiglu_reference
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """SiLU(gate) · up, the SwiGLU MLP's middle (one kernel on CUDA, one more for the backward)."""
+    if gate.shape == up.shape and gate.dtype == up.dtype and use_triton(gate, up, differentiable=True):
+        from . import triton
+
+        if needs_grad(gate, up):
+            return triton.silu_mul_train(gate, up)
+        return triton.silu_mul_triton(gate, up)
+    return silu_mul_reference(gate, up)
+
+
+def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
+    """``silu(x Wgᵀ) · (x Wuᵀ)``, the SwiGLU MLP before its down projection (one kernel under the
+    conditions of :func:`hymba.ops.linear`, with the same roundings as the unfused form)."""
+    if use_triton(x, gate_weight, up_weight) and kernel_for(x, gate_weight, up_weight) is not None:
+        from ..linear.triton import swiglu_dot
+
+        return swiglu_dot(x, gate_weight, up_weight)
+    return silu_mul(torch_linear(x, gate_weight), torch_linear(x, up_weight))
+
+
+__all__ = ["silu_mul", "silu_mul_reference", "swiglu", "swiglu_reference"]
