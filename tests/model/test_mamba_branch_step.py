@@ -65,7 +65,7 @@ def test_forward_of_one_cached_token_is_the_step():
     with torch.no_grad():
         want = branch.step(x[:, 0], z[:, 0], conv.clone(), ssm.clone())
         cache = _States(conv, ssm)
-        got = branch(x, z, SequenceLayout(torch.tensor([5]), None, 0, cache=cache))
+        got = branch(x, z, SequenceLayout(torch.tensor([5]), None, 0, state=cache))
     assert torch.equal(got[:, 0], want)
 
 
