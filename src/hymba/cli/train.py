@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", default=S, help="replace an existing run folder")
     p.add_argument("--resume", metavar="DIR", default=S, help="continue a run (run folder or checkpoint)")
     p.add_argument("--init-from", metavar="DIR", default=S, help="fine-tune a released-format checkpoint")
+    p.add_argument("--lora", metavar="SPEC", default=S,
+                   help="train LoRA adapters on the --init-from model instead of its weights, e.g. "
+                        "r=16,alpha=32[,dropout=0.05][,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj] "
+                        "(default targets: in_proj, out_proj and the MLP; needs peft: pip install 'hymba[hf]'). "
+                        "Checkpoints and final/ hold the adapter; 'hymba merge-lora' merges it")
     p.add_argument("--max-steps", type=int, default=S,
                    help="optimizer steps of the run (default: 160). With --resume, a new value extends "
                         "or shortens the run: a schedule that has not begun its decay moves the decay "
@@ -175,7 +180,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"final train loss {summary['train_loss']:.4f} (mean of the last 10 steps), "
           f"validation loss {summary['val_loss']:.4f}, "
           f"unigram baseline {summary['unigram_entropy']:.4f} (nats/token)")
-    print(f"model: {summary['final']}   metrics: {os.path.join(summary['out'], 'metrics.jsonl')}")
+    if summary["lora"]:
+        print(f"trained {summary['trainable_parameters']:,} adapter parameters")
+        print(f"adapter: {summary['final']}   metrics: {os.path.join(summary['out'], 'metrics.jsonl')}")
+        print("merge it into a released-format model with: hymba merge-lora "
+              f"--base {shlex.quote(summary['base'])} --adapter {shlex.quote(summary['final'])} --out MERGED_DIR")
+    else:
+        print(f"model: {summary['final']}   metrics: {os.path.join(summary['out'], 'metrics.jsonl')}")
     if summary["sample"]:
         print("sample:\n" + summary["sample"])
     return 0

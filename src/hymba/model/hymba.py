@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import HymbaConfig
+from ..config import ConfigError, HymbaConfig
 from .block import HymbaBlock
 from .layers import Linear, RMSNorm, RotaryEmbedding
 from .layout import InputError, SequenceLayout, check_token_ids, left_padding, padded_layout
@@ -222,6 +222,11 @@ class HymbaForCausalLM(nn.Module):
         rows may be right-padded with ``num_new`` (b,) real tokens each, and ``logits_to_keep=1``
         then keeps each row's last real token. See :meth:`HymbaModel.forward`.
         """
+        if self.config.tie_word_embeddings and (type(self.lm_head) is not Linear
+                                                or type(self.model.embed_tokens) is not nn.Embedding):
+            # merging would change the shared matrix for both uses: not what was trained
+            raise ConfigError("an adapter on lm_head or embed_tokens is not supported: the two share one "
+                              "matrix (tie_word_embeddings)")
         h, hidden = self.model(input_ids, attention_mask, output_hidden_states, state=state, num_new=num_new,
                                check_inputs=check_inputs)
         if logits_to_keep == 1 and num_new is not None:

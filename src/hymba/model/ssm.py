@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..config import HymbaConfig
+from ..config import ConfigError, HymbaConfig
 from .layers import Linear, RMSNorm
 from .layout import SequenceLayout
 
@@ -40,6 +40,7 @@ class MambaBranch(nn.Module):
         untouched (zero input, Δ = 0). With a ``layout.state`` the conv/SSM state continues from
         the state's and is written back; a single-token call updates it in place.
         """
+        self._check_unwrapped()
         valid = None if layout.token_valid is None else layout.token_valid[..., None]
         if valid is not None:
             x = x * valid.to(x.dtype)
@@ -72,6 +73,7 @@ class MambaBranch(nn.Module):
         Δ/B/C norms (:meth:`_project`), dt_proj, the state update. Where the op allows it
         (:func:`hymba.ops.fused_mamba_step_supported`: a few rows on CUDA), all of them run as
         two fused kernels with the same roundings."""
+        self._check_unwrapped()
         norms = self._norms()
         fused = (x, z, conv_state, ssm_state, self._conv_weight(), self.conv1d.bias, self.x_proj.weight,
                  None if norms is None else tuple(m.weight for m in norms), 0.0 if norms is None else norms[0].eps,
@@ -83,6 +85,19 @@ class MambaBranch(nn.Module):
         dt, B, C = self._project(xc)
         delta = ops.linear(dt, self.dt_proj.weight)  # the bias is added in float32 in the update
         return ops.ssm_decode_step(ssm_state, xc, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias)
+
+    def _check_unwrapped(self) -> None:
+        """Refuse an adapter (e.g. PEFT's LoRA) on ``dt_proj`` or ``conv1d``: their weights go
+        straight to the kernels (dt_proj's bias is added in float32 inside the scan and the
+        decode update, the conv taps feed the conv kernels), so a wrapper would be skipped.
+        ``x_proj`` is called as a module on every path that is not a fused weight-level kernel,
+        and those kernels run only when it is not wrapped."""
+        for name, plain in (("dt_proj", Linear), ("conv1d", nn.Conv1d)):
+            if type(getattr(self, name)) is not plain:
+                raise ConfigError(
+                    f"an adapter on the SSM's {name} (layer {self.layer_idx}) is not supported: its weight "
+                    "goes straight to the scan kernels. Adapt in_proj, out_proj, x_proj, gate_proj, "
+                    "up_proj or down_proj instead")
 
     def _conv_weight(self) -> Tensor:
         """The depthwise conv's taps as (d_inner, d_conv), oldest first."""

@@ -30,12 +30,17 @@ class TrainArgs:
     Resuming with another ``max_steps`` (:func:`~.optim.continue_schedule`): before the
     learning rate has begun to decay, the decay moves to the new end; once it has, the run goes
     on under its schedule (the extra steps of a finished run train at ``min_lr``), unless
-    ``rewarm`` starts a new warmup-stable-decay phase from the resumed step to ``max_steps``."""
+    ``rewarm`` starts a new warmup-stable-decay phase from the resumed step to ``max_steps``.
+
+    ``lora`` (``"r=16,alpha=32[,dropout=0.05][,targets=in_proj,...]"`` or a mapping, see
+    :class:`~.lora.LoraSettings`): train LoRA adapters on the ``init_from`` model instead of its
+    weights; checkpoints and ``final/`` then hold the adapter (PEFT's format), not the model."""
 
     out: str = "hymba-run"
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    lora: str | dict[str, Any] | None = None
     resume: str | None = None
     overwrite: bool = False
     data: list[str] = field(default_factory=list)
@@ -124,6 +129,15 @@ class TrainArgs:
             raise TrainError("rewarm starts a new learning-rate phase of a resumed run: it needs resume")
         if self.cuda_graph and self.compile:
             raise TrainError("use either cuda_graph or compile, not both")
+        if self.lora is not None:
+            from .lora import LoraError, LoraSettings
+
+            try:
+                LoraSettings.parse(self.lora)
+            except LoraError as exc:
+                raise TrainError(str(exc)) from None
+            if not (self.init_from or self.resume):
+                raise TrainError("lora trains adapters on a trained model: give init_from (the base model)")
 
 
 __all__ = ["TrainArgs", "TrainError", "TrainInterrupted"]

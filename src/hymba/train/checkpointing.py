@@ -1,8 +1,8 @@
 """Training checkpoints that never lose work.
 
 A checkpoint ``OUT/checkpoint-00000100/`` holds the released-format model (``config.json``,
-``model.safetensors``), the tokenizer files, ``optimizer.pt`` (the optimizer's state dict: plain
-tensors and numbers), ``rng.pt`` (RNG states) and ``trainer_state.json`` (step, data position,
+``model.safetensors``; a LoRA run: the adapter in PEFT's format), the tokenizer files,
+``optimizer.pt`` (the optimizer's state dict: plain tensors and numbers), ``rng.pt`` (RNG states) and ``trainer_state.json`` (step, data position,
 training arguments). It is written into a hidden temporary folder that is renamed into place only
 when complete, so a crash during a save leaves the previous checkpoints as they were. Everything
 is read back with ``torch.load(weights_only=True)``; nothing is unpickled.
@@ -67,7 +67,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_model_folder(folder: str, model: HymbaForCausalLM, tokenizer: HymbaTokenizer) -> None:
-    """Released-format model plus tokenizer files (what ``hymba generate --model`` reads)."""
+    """Released-format model plus tokenizer files (what ``hymba generate --model`` reads); for a
+    LoRA run, ``model`` is the ``peft.PeftModel`` and the folder gets its adapter instead
+    (``adapter_config.json`` + ``adapter_model.safetensors``)."""
     model.save_pretrained(folder)
     tokenizer.save(folder)
 

@@ -39,6 +39,7 @@ from .data import (
     split_labels,
     unigram_entropy,
 )
+from .lora import LoraError, LoraSettings, add_lora, is_adapter_folder, load_lora, lora_settings_of
 from .metrics import MetricsLog
 from .optim import Schedule, continue_schedule
 from .step import TrainStep
@@ -76,9 +77,11 @@ def _load_tokenizer(args: TrainArgs, resume_dir: str | None) -> HymbaTokenizer:
     return load_tokenizer(folder)
 
 
-def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, resume_dir: str | None) -> HymbaConfig:
-    if resume_dir or args.init_from:
-        config = HymbaConfig.load(resume_dir or args.init_from)
+def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, source: str | None) -> HymbaConfig:
+    """The config of the model a run trains: that of ``source`` (the folder its weights come
+    from), else ``args.preset`` with ``args.model``'s overrides."""
+    if source:
+        config = HymbaConfig.load(source)
     else:
         ids = {k: v for k, v in (("bos_token_id", tokenizer.bos_token_id),
                                  ("eos_token_id", tokenizer.eos_token_id),
@@ -93,6 +96,30 @@ def _model_config(args: TrainArgs, tokenizer: HymbaTokenizer, resume_dir: str | 
         raise TrainError(f"seq_len {args.seq_len} is above the model's max_position_embeddings "
                          f"{config.max_position_embeddings}")
     return config
+
+
+def _lora_plan(args: TrainArgs, resume_dir: str | None) -> tuple[LoraSettings | None, str | None]:
+    """The run's LoRA settings (None: it trains the model's weights) and the folder its model
+    weights come from: ``init_from``, the checkpoint resumed, or for a resumed LoRA run (its
+    checkpoints hold the adapter only) the base model its trainer state names."""
+    try:
+        if resume_dir is None:
+            return (LoraSettings.parse(args.lora) if args.lora is not None else None), args.init_from
+        if not is_adapter_folder(resume_dir):
+            if args.lora is not None:
+                raise TrainError(f"{resume_dir} holds a whole model, not a LoRA adapter: start a LoRA run "
+                                 "from it with init_from instead of resume")
+            return None, resume_dir
+        saved = lora_settings_of(resume_dir)
+        if args.lora is not None and LoraSettings.parse(args.lora) != saved:
+            raise TrainError(f"lora settings {args.lora!r} differ from those of the resumed adapter "
+                             f"{saved.to_dict()}")
+    except LoraError as exc:
+        raise TrainError(str(exc)) from None
+    base = ckpt.read_trainer_state(resume_dir).get("args", {}).get("init_from")
+    if not (isinstance(base, str) and os.path.isdir(base)):
+        raise TrainError(f"the base model of the LoRA run in {resume_dir} ({base}) is not a folder any more")
+    return saved, base
 
 
 def _load_data(args: TrainArgs, tokenizer: HymbaTokenizer) -> PackedData:
@@ -195,11 +222,12 @@ def train(args: TrainArgs) -> dict[str, Any]:
         resume_dir = ckpt.resolve_resume(args.resume) if args.resume else None
         if resume_dir:
             ckpt.check_training_state(resume_dir)  # a damaged file fails now, not after the setup
+        lora, model_dir = _lora_plan(args, resume_dir)
     except CheckpointError as exc:
         raise TrainError(str(exc)) from None
     device = _resolve_device(args.device)
     tokenizer = _load_tokenizer(args, resume_dir)
-    config = _model_config(args, tokenizer, resume_dir)
+    config = _model_config(args, tokenizer, model_dir)
     _check_sample_length(args, tokenizer, config)
     data = _load_data(args, tokenizer)
     world = distributed.setup(device.type)
@@ -212,7 +240,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         world.barrier()  # every rank has checked the output folder before rank 0 creates it
         out = _prepare_out_dir(args) if world.is_main else os.path.abspath(args.out)
         world.barrier()
-        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir)
+        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir, model_dir, lora)
         run.setup()
         run.loop()
         return run.finish()
@@ -254,13 +282,17 @@ def _schedule_note(previous: Schedule, schedule: Schedule, step: int, args: Trai
 class _Run:
     """One run of :func:`train` once its settings are checked: :meth:`setup` builds the model
     and the step (or restores both from a checkpoint), :meth:`loop` trains, logs, evaluates and
-    saves numbered checkpoints, :meth:`finish` saves the final model and returns the summary."""
+    saves numbered checkpoints, :meth:`finish` saves the final model and returns the summary.
+
+    ``model_dir``: the folder the model's weights come from (None: a new model); ``lora``: train
+    LoRA adapters on it (PEFT) instead, which checkpoints and ``final/`` then hold."""
 
     def __init__(self, args: TrainArgs, world: distributed.DistInfo, device: torch.device,
                  tokenizer: HymbaTokenizer, config: HymbaConfig, data: PackedData, out: str,
-                 resume_dir: str | None) -> None:
+                 resume_dir: str | None, model_dir: str | None = None, lora: LoraSettings | None = None) -> None:
         self.args, self.world, self.device, self.tokenizer = args, world, device, tokenizer
         self.config, self.data, self.out, self.resume_dir = config, data, out, resume_dir
+        self.model_dir, self.lora = model_dir, lora
         self.metrics_path = os.path.join(out, "metrics.jsonl")
         self.tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
         self.losses: list[float] = []
@@ -274,11 +306,21 @@ class _Run:
             if threads:
                 torch.set_num_threads(threads)
         torch.manual_seed(args.seed)
-        source = self.resume_dir or args.init_from
-        if source:
-            self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
+        if self.model_dir:
+            self.model = HymbaForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32, device=device)
         else:
             self.model = HymbaForCausalLM(self.config).to(device)
+        # what checkpoints save: the model, or the PEFT model that holds its adapters (these wrap
+        # the model's projections in place: self.model runs them, only they train)
+        self.saved: Any = self.model
+        if self.lora is not None:
+            try:
+                if self.resume_dir:
+                    self.saved = load_lora(self.model, self.resume_dir, trainable=True)
+                else:
+                    self.saved = add_lora(self.model, self.lora, base=os.path.abspath(self.model_dir))
+            except LoraError as exc:
+                raise TrainError(str(exc)) from None
         self.model.train()
         self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
         self.runner = TrainStep(self.model, args, self.world)
@@ -305,6 +347,9 @@ class _Run:
         for key in ("tokenizer", "init_from"):
             saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
         saved_args["rewarm"] = False  # a one-time action, not a setting a later resume repeats
+        saved_args["lora"] = self.lora.to_dict() if self.lora is not None else None
+        if self.lora is not None and self.resume_dir:  # the base model, for the next resume
+            saved_args["init_from"] = os.path.abspath(self.model_dir)
         schedule = self.runner.schedule
         self.run_state = {"args": saved_args, "data_position": 0,
                           "schedule": {"start": schedule.start, "total_steps": schedule.total_steps,
@@ -406,7 +451,7 @@ class _Run:
         """A numbered checkpoint of the current step (rank 0 writes; every rank waits for it)."""
         if self.world.is_main:
             self.run_state["data_position"] = self.step * self.args.grad_accum
-            ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.runner.optimizer,
+            ckpt.save_checkpoint(self.out, self.step, self.saved, self.tokenizer, self.runner.optimizer,
                                  self.run_state, self.args.keep_checkpoints)
         self.world.barrier()
 
@@ -419,7 +464,7 @@ class _Run:
         if world.is_main:
             tmp = os.path.join(self.out, ".tmp-final")
             shutil.rmtree(tmp, ignore_errors=True)
-            ckpt.save_model_folder(tmp, self.model, self.tokenizer)
+            ckpt.save_model_folder(tmp, self.saved, self.tokenizer)
             ckpt.publish(tmp, final)
             if args.sample_tokens > 0:
                 sample = _sample(self.model, self.tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
@@ -433,6 +478,8 @@ class _Run:
             "train_tokens": len(self.data.train) * args.seq_len, "val_tokens": len(self.data.val) * args.seq_len,
             "tokens_per_s": trained * self.tokens_per_step / self.wall, "wall_s": self.wall,
             "sample": sample, "world_size": world.world_size,
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "lora": self.lora is not None, "base": self.model_dir and os.path.abspath(self.model_dir),
         }
 
 
