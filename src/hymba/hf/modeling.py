@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -40,7 +41,7 @@ _IGNORED = frozenset({
 _LOAD_IGNORED = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "code_revision",
                            "attn_implementation", "experts_implementation", "low_cpu_mem_usage"})
 _LOAD_DEFAULTS = {
-    "adapter_kwargs": None, "force_download": False, "subfolder": "", "output_loading_info": False,
+    "force_download": False, "subfolder": "", "output_loading_info": False,
     "use_kernels": False, "weights_only": True, "key_mapping": None, "tp_plan": None,
     "device_mesh": None, "quantization_config": None, "proxies": None,
 }
@@ -103,6 +104,14 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
             raise TypeError("HymbaHFForCausalLM.from_pretrained takes no positional model arguments")
         if use_safetensors is False:
             raise ValueError("hymba loads safetensors weights only (use_safetensors=False is not supported)")
+        # with PEFT installed, the Auto classes pass the hub settings again here, and for a PEFT
+        # adapter folder (its adapter_config.json names the base) the adapter's path
+        adapter_kwargs = dict(kwargs.pop("adapter_kwargs", None) or {})
+        adapter_path = adapter_kwargs.pop("_adapter_model_path", None)
+        adapter_kwargs = {k: v for k, v in adapter_kwargs.items() if v is not None}
+        if set(adapter_kwargs) - {"revision", "token"}:
+            raise TypeError("HymbaHFForCausalLM.from_pretrained does not support adapter_kwargs "
+                            f"{', '.join(sorted(set(adapter_kwargs) - {'revision', 'token'}))}")
         unsupported = sorted(k for k, v in kwargs.items() if k not in _LOAD_IGNORED and not (
             k in _LOAD_DEFAULTS and (v is None or v == _LOAD_DEFAULTS[k] or v == {})))
         if unsupported:
@@ -120,6 +129,8 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         config._name_or_path = str(pretrained_model_name_or_path)
         config.dtype = inner.dtype
         model = cls(config, hymba_model=inner)
+        if adapter_path is not None:  # transformers' PEFT integration adds the adapter
+            model.load_adapter(str(adapter_path), adapter_kwargs=adapter_kwargs or None)
         generation_file = os.path.join(folder, "generation_config.json")
         if os.path.isfile(generation_file):
             model.generation_config = GenerationConfig.from_pretrained(folder)
@@ -163,11 +174,13 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         """hymba's forward: float32 logits for every position (or the last ``logits_to_keep``),
-        the next-token loss for ``labels`` (-100 = ignore). There is no transformers cache
+        the next-token loss for ``labels`` (-100 = ignore; with ``num_items_in_batch``, as
+        transformers' Trainer passes it, the summed loss divided by it). There is no transformers cache
         (``past_key_values``): incremental decoding goes through :meth:`generate`."""
         if past_key_values is not None or inputs_embeds is not None:
             raise ValueError("HymbaHFForCausalLM takes input_ids only (no past_key_values or inputs_embeds); "
                              "generate() decodes with hymba's own hybrid cache")
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         unknown = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
         if unknown:
             raise TypeError(f"HymbaHFForCausalLM.forward does not support {', '.join(unknown)}")
@@ -179,7 +192,13 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         if logits_to_keep:
             options["logits_to_keep"] = logits_to_keep
         out = self.hymba(input_ids, attention_mask, **options)
-        result = CausalLMOutputWithPast(loss=out.loss, logits=out.logits, hidden_states=out.hidden_states)
+        loss = out.loss
+        if labels is not None and num_items_in_batch is not None:
+            # transformers' Trainer under gradient accumulation: the summed token loss over the
+            # number of target tokens in the whole accumulated batch
+            loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(out.logits.device),
+                                   ignore_index=-100, reduction="sum") / num_items_in_batch
+        result = CausalLMOutputWithPast(loss=loss, logits=out.logits, hidden_states=out.hidden_states)
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return result if use_dict else result.to_tuple()
 

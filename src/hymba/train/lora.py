@@ -1,11 +1,13 @@
 """LoRA fine-tuning through PEFT (``pip install 'hymba[hf]'``): the settings of ``--lora``,
 wrapping a model, and merging a saved adapter into its base (``hymba merge-lora``).
 
-Adapters are saved in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``),
-so PEFT, transformers and this library read the same folders. Tensor names in an adapter file
-follow the model it was trained on: ``base_model.model.model.layers...`` for a
-:class:`~hymba.HymbaForCausalLM`, ``base_model.model.hymba.model.layers...`` for the
-transformers wrapper (``hymba.hf``); :func:`merge_lora` reads both.
+Adapters are saved in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``)
+with the tensor names of the transformers wrapper (``hymba.hf``, whose model is its submodule
+``hymba``: ``base_model.model.hymba.model.layers...``) and ``task_type: CAUSAL_LM``, so an
+adapter from ``hymba train --lora`` loads with ``PeftModel.from_pretrained`` on
+``AutoModelForCausalLM``, and one trained through PEFT on the wrapper merges with
+``hymba merge-lora``. (Adapters saved from a bare :class:`~hymba.HymbaForCausalLM`, named
+``base_model.model.model.layers...``, are read too.)
 
 Which projections can carry an adapter: those the model calls as modules on every path
 (prefill, eager decode, CUDA-graph decode). The fused in_proj covers the attention's Q/K/V and
@@ -139,9 +141,13 @@ def check_targets(targets) -> None:
 
 def add_lora(model: HymbaForCausalLM, settings: LoraSettings, base: str | None = None):
     """Wrap ``model``'s target projections with new LoRA adapters (in place: ``model`` now runs
-    them) and freeze everything else; returns the ``peft.PeftModel`` that saves the adapter."""
-    wrapped = _peft().get_peft_model(model, settings.peft_config())
-    wrapped.peft_config["default"].base_model_name_or_path = base  # saved in adapter_config.json
+    them) and freeze everything else; returns the ``peft.PeftModel`` that saves the adapter
+    (``base``: the base model's folder, recorded in ``adapter_config.json``)."""
+    wrapped = _peft().get_peft_model(_Holder(model), settings.peft_config())
+    saved = wrapped.peft_config["default"]
+    # what adapter_config.json records: the base, and the task of the transformers class whose
+    # tensor names the adapter has (a PeftModel of that class loads it as a causal LM)
+    saved.base_model_name_or_path, saved.task_type = base, "CAUSAL_LM"
     return wrapped
 
 
@@ -149,11 +155,13 @@ def load_lora(model: HymbaForCausalLM, folder: str, trainable: bool = False):
     """Add the adapter saved in ``folder`` to ``model`` (in place, as :func:`add_lora`); returns
     the ``peft.PeftModel``. Adapters saved from the transformers wrapper are accepted."""
     peft = _peft()
-    _check_adapter_folder(folder)
+    _read_adapter_config(folder)
     holder = _Holder(model) if _wrapper_names(folder) else model
     try:
-        wrapped = peft.PeftModel.from_pretrained(holder, folder, is_trainable=trainable)
-    except (RuntimeError, KeyError, ValueError) as exc:
+        config = peft.LoraConfig.from_pretrained(folder)
+        config.task_type = None  # a plain PeftModel: the holder is no transformers model
+        wrapped = peft.PeftModel.from_pretrained(holder, folder, is_trainable=trainable, config=config)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoraError(f"the adapter in {folder} does not fit this model: {first}") from None
     check_lora_layers(model)
@@ -225,8 +233,8 @@ def merge_lora(base: str | None, adapter: str, out: str, overwrite: bool = False
 
 
 class _Holder(nn.Module):
-    """Puts a model under the attribute name the transformers wrapper gives it (``hymba``), so
-    that an adapter saved from the wrapper finds its modules."""
+    """Puts a model under the attribute name the transformers wrapper gives it (``hymba``): the
+    adapters' tensor names are then those of the wrapper."""
 
     def __init__(self, model: HymbaForCausalLM) -> None:
         super().__init__()
