@@ -112,3 +112,18 @@ def test_loss_over_num_items_in_batch(folder):
                                  reduction="sum")
         torch.testing.assert_close(out.loss, summed / 40)
         torch.testing.assert_close(model(input_ids=ids, labels=labels).loss, summed / (labels[:, 1:] != -100).sum())
+
+
+def test_generate_without_generation_config_json(folder, tmp_path):
+    """A folder that hymba train or merge-lora wrote from such a base has no generation_config.json:
+    the flags transformers then takes from the model config (output_attentions=False, ...) are no
+    setting hymba refuses."""
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    os.remove(bare / "generation_config.json")
+    model = AutoModelForCausalLM.from_pretrained(bare)
+    ids = torch.tensor([[5, 6, 7]])
+    out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, HymbaForCausalLM.from_pretrained(bare).generate(ids, max_new_tokens=4, eos_token_id=[2]))
+    with pytest.raises(ValueError, match="does not support output_attentions"):
+        model.generate(input_ids=ids, max_new_tokens=4, output_attentions=True)

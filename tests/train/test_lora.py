@@ -292,7 +292,7 @@ def test_cli_lora_run_then_merge(trained_base, tmp_path, capsys):
                  "--data", str(corpus), "--out", str(out), "--max-steps", "2", "--seq-len", "16",
                  "--batch-size", "2", "--sample-tokens", "4", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "adapter parameters" in printed and "sample:" in printed
+    assert "LoRA adapter parameters (on a" in printed and "sample:" in printed
     assert f"hymba merge-lora --base {summary['final']} --adapter {out / 'final'}" in printed
     assert main(["merge-lora", "--adapter", str(out / "final"), "--out", str(tmp_path / "merged")]) == 0
     assert HymbaForCausalLM.from_pretrained(tmp_path / "merged").config.hidden_size == 32

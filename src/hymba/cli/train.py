@@ -175,13 +175,14 @@ def run(args: argparse.Namespace) -> int:
     steps = f"{trained} step{'' if trained == 1 else 's'}"
     if trained != summary["steps"]:
         steps += f" (resumed; now at step {summary['steps']})"
-    print(f"trained {summary['parameters']:,} parameters for {steps} "
+    what = (f"{summary['trainable_parameters']:,} LoRA adapter parameters (on a {summary['parameters']:,}-parameter "
+            "model)" if summary["lora"] else f"{summary['parameters']:,} parameters")
+    print(f"trained {what} for {steps} "
           f"in {summary['wall_s']:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)")
     print(f"final train loss {summary['train_loss']:.4f} (mean of the last 10 steps), "
           f"validation loss {summary['val_loss']:.4f}, "
           f"unigram baseline {summary['unigram_entropy']:.4f} (nats/token)")
     if summary["lora"]:
-        print(f"trained {summary['trainable_parameters']:,} adapter parameters")
         print(f"adapter: {summary['final']}   metrics: {os.path.join(summary['out'], 'metrics.jsonl')}")
         print("merge it into a released-format model with: hymba merge-lora "
               f"--base {shlex.quote(summary['base'])} --adapter {shlex.quote(summary['final'])} --out MERGED_DIR")

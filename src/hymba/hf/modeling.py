@@ -297,7 +297,10 @@ def _check_supported(config: GenerationConfig) -> None:
     for name, value in config.to_dict().items():
         if name in _SUPPORTED or name in _IGNORED or value is None:
             continue
-        if value != defaults.get(name, None) and value not in ({}, []):
+        default = defaults.get(name, None)
+        if value is False and not default:  # a flag left off (a config without generation_config.json
+            continue  # carries output_attentions=False from the model config)
+        if value != default and value not in ({}, []):
             problems.append(f"{name}={value!r}")
     if problems:
         raise ValueError(f"hymba's generate does not support {', '.join(problems)} (supported: "
