@@ -31,7 +31,7 @@ from hymba.train.lora import (
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'hymba[hf]')")
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(hymba.__file__), "data")
-LORA = "r=4,alpha=8,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj"
+LORA = "r=4,alpha=8,dropout=0.1,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_settings_parse_text_and_mappings():
 @pytest.mark.parametrize("text, message", [
     ("r=4,targets=dt_proj", "'dt_proj' is not supported: its weight goes straight to the SSM kernels"),
     ("r=4,targets=in_proj,conv1d", "'conv1d' is not supported"),
-    ("r=4,targets=lm_head", "'lm_head' is not supported: it shares its matrix"),
+    ("r=4,targets=lm_head", "'lm_head' is not supported: Hymba ties it to embed_tokens"),
     ("r=4,targets=q_proj", "unknown lora target 'q_proj'"),
     ("r=0", "r must be a positive integer"),
     ("r=four", "lora r must be a number"),
@@ -316,3 +316,8 @@ def test_cli_lora_run_then_merge(trained_base, tmp_path, capsys):
     state.write_text(json.dumps(saved))
     assert main(["train", "--resume", str(moved), "--max-steps", "3"]) == 2
     assert "is not a folder any more" in capsys.readouterr().err
+
+
+def test_lora_with_gradient_checkpointing_gives_the_same_losses(lora_run, trained_base, tmp_path):
+    summary = train(lora_args(trained_base, tmp_path / "gc", gradient_checkpointing=True))
+    assert summary["losses"] == pytest.approx(lora_run["losses"], rel=1e-5)

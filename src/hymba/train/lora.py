@@ -35,8 +35,8 @@ SUPPORTED_TARGETS = DEFAULT_TARGETS + ("x_proj",)
 REFUSED_TARGETS = {
     "dt_proj": "its weight goes straight to the SSM kernels (its bias is added in float32 inside the scan)",
     "conv1d": "its taps go straight to the SSM's conv kernels",
-    "lm_head": "it shares its matrix with embed_tokens (tied embeddings)",
-    "embed_tokens": "it shares its matrix with lm_head (tied embeddings)",
+    "lm_head": "Hymba ties it to embed_tokens (one matrix: a merge would change both)",
+    "embed_tokens": "Hymba ties it to lm_head (one matrix: a merge would change both)",
 }
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
