@@ -1,8 +1,9 @@
 """``hymba train``: train from scratch, fine-tune (``--init-from``) or resume (``--resume``).
 
 With no arguments it trains the ``tiny`` preset on the bundled Shakespeare + Milton corpus on the
-CPU for a few minutes and writes ``./hymba-run``. Ctrl-C saves the current step as a
-checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
+CPU for a few minutes and writes ``./hymba-run``. ``--init-from DIR --lora r=16,alpha=32`` trains
+LoRA adapters on a checkpoint instead of its weights (``hymba merge-lora`` merges them). Ctrl-C
+saves the current step as a checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
 the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
 or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
 """
