@@ -98,7 +98,7 @@ def _random_adapters(model: torch.nn.Module, seed: int = 1) -> None:
 @pytest.fixture(scope="module")
 def adapted(base_folder, tmp_path_factory):
     """(model with random adapters on every supported target, its saved adapter, the merged
-    model written by merge_lora)."""
+    model written by merge_lora, its folder, the PEFT model)."""
     model = HymbaForCausalLM.from_pretrained(base_folder)
     wrapped = add_lora(model, LoraSettings(r=4, alpha=8, targets=SUPPORTED_TARGETS), base=str(base_folder))
     _random_adapters(model)
@@ -106,7 +106,7 @@ def adapted(base_folder, tmp_path_factory):
     adapter = tmp_path_factory.mktemp("adapter")
     wrapped.save_pretrained(adapter)
     merged_dir = merge_lora(None, str(adapter), str(tmp_path_factory.mktemp("merged") / "out"))
-    return model, adapter, HymbaForCausalLM.from_pretrained(merged_dir).eval(), merged_dir
+    return model, adapter, HymbaForCausalLM.from_pretrained(merged_dir).eval(), merged_dir, wrapped
 
 
 def test_gradients_reach_the_adapters_of_the_ssm_path(base_folder):
@@ -149,7 +149,7 @@ def test_adapters_the_kernels_would_skip_are_refused(base_folder, target, messag
 
 
 def test_merge_is_base_plus_scaled_product(adapted, base_folder):
-    model, adapter, merged, merged_dir = adapted
+    model, adapter, merged, merged_dir, _ = adapted
     base = HymbaForCausalLM.from_pretrained(base_folder)
     weights = load_file(os.path.join(adapter, "adapter_model.safetensors"))
     prefix = "base_model.model.hymba.model.layers.1.mixer."
@@ -167,7 +167,7 @@ def test_merge_is_base_plus_scaled_product(adapted, base_folder):
 
 
 def test_merged_model_gives_the_adapter_logits_on_prefill(adapted, base_folder):
-    model, _, merged, _ = adapted
+    model, _, merged, _, _ = adapted
     ids = torch.randint(3, 500, (3, 20))
     mask = torch.ones_like(ids)
     mask[1, :7] = 0  # a left-padded row
@@ -180,7 +180,7 @@ def test_merged_model_gives_the_adapter_logits_on_prefill(adapted, base_folder):
 
 
 def test_merged_model_gives_the_adapter_tokens_on_cached_decode(adapted, base_folder):
-    model, _, merged, _ = adapted
+    model, _, merged, _, _ = adapted
     base = HymbaForCausalLM.from_pretrained(base_folder).eval()
     ids = torch.randint(3, 500, (2, 9))
     options = dict(max_new_tokens=12, eos_token_id=[], output_logits=True)
@@ -191,13 +191,32 @@ def test_merged_model_gives_the_adapter_tokens_on_cached_decode(adapted, base_fo
     assert (plain.logits - want.logits).abs().max() > 1e-2  # the adapters change the model
 
 
+def test_switching_adapters_off_or_merging_them_in_place_renews_the_cached_meta_prefix(base_folder):
+    """generate caches the meta tokens' state per model, renewed when the parameters change;
+    switching adapters off (PEFT's disable_adapter) or merging them in place changes no parameter
+    version, and must renew it too."""
+    base = HymbaForCausalLM.from_pretrained(base_folder).eval()
+    model = HymbaForCausalLM.from_pretrained(base_folder).eval()
+    wrapped = add_lora(model, LoraSettings(r=4, alpha=8, targets=SUPPORTED_TARGETS))
+    _random_adapters(model)
+    ids = torch.randint(3, 500, (1, 6))
+    options = dict(max_new_tokens=4, eos_token_id=[], output_logits=True)
+    with_adapters = model.generate(ids, **options).logits
+    with wrapped.disable_adapter():
+        torch.testing.assert_close(model.generate(ids, **options).logits, base.generate(ids, **options).logits,
+                                   rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.generate(ids, **options).logits, with_adapters, rtol=0, atol=1e-5)
+    wrapped.merge_adapter()  # in place: the LoRA layers stay, their weights are added to the base
+    torch.testing.assert_close(model.generate(ids, **options).logits, with_adapters, rtol=0, atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_merged_model_gives_the_adapter_tokens_with_cuda_graphs(adapted):
+def test_merged_model_gives_the_adapter_tokens_with_cuda_graphs(adapted, base_folder):
     """CUDA-graph decode: the adapter model runs the unfused projections, the merged one the
     fused kernels; same tokens, logits within float32 rounding."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    model, _, merged, _ = adapted
+    model, _, merged, _, _ = adapted
     model, merged = model.to("cuda"), merged.to("cuda")
     try:
         ids = torch.randint(3, 500, (2, 9), generator=torch.Generator().manual_seed(3)).cuda()
@@ -207,6 +226,12 @@ def test_merged_model_gives_the_adapter_tokens_with_cuda_graphs(adapted):
             graph = m.generate(ids, cuda_graph=True, **options)
             assert torch.equal(graph.sequences, eager.sequences)
             torch.testing.assert_close(graph.logits, eager.logits, rtol=0, atol=1e-3)
+        # the captured step is not replayed once the adapters are switched off
+        base = HymbaForCausalLM.from_pretrained(base_folder, device="cuda").eval()
+        plain = base.generate(ids, cuda_graph=True, **options)
+        with adapted[4].disable_adapter():
+            off = model.generate(ids, cuda_graph=True, **options)
+        torch.testing.assert_close(off.logits, plain.logits, rtol=0, atol=1e-3)
     finally:
         model.to("cpu"), merged.to("cpu")
 

@@ -95,8 +95,15 @@ class _MetaRecorder:
 
 
 def params_key(model: torch.nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced, moved, cast or modified in place."""
-    return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+    """Changes whenever a parameter is replaced, moved, cast or modified in place, and whenever
+    an adapter layer (one with ``active_adapters``, ``disable_adapters`` and ``merged``, as PEFT's
+    LoRA layers have) is switched off or on, merged or unmerged: that changes what the model
+    computes without a new parameter version (a merge writes the weights through ``.data``)."""
+    params = tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+    adapters = tuple((name, bool(m.disable_adapters), bool(m.merged), tuple(m.active_adapters))
+                     for name, m in model.named_modules()
+                     if all(hasattr(m, a) for a in ("active_adapters", "disable_adapters", "merged")))
+    return params + adapters
 
 
 # model -> (params_key, MetaPrefix); entries go with their model
