@@ -166,6 +166,23 @@ def test_merge_is_base_plus_scaled_product(adapted, base_folder):
                                               "tokenizer.json", "tokenizer_config.json"]
 
 
+def test_merge_keeps_the_base_dtype(adapted, base_folder, tmp_path):
+    """A bf16 base: the merge is computed in float32 and rounded once to bf16."""
+    base = HymbaForCausalLM.from_pretrained(base_folder)
+    base.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(base_folder / name, tmp_path / "bf16" / name)
+    out = merge_lora(str(tmp_path / "bf16"), str(adapted[1]), str(tmp_path / "merged"))
+    merged = HymbaForCausalLM.from_pretrained(out)
+    assert merged.dtype == torch.bfloat16 and merged.config.torch_dtype == "bfloat16"
+    weights = load_file(os.path.join(adapted[1], "adapter_model.safetensors"))
+    prefix = "base_model.model.hymba.model.layers.0.mixer.out_proj."
+    name = "model.layers.0.mixer.out_proj.weight"
+    bf16_base = HymbaForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).state_dict()[name]
+    expected = (bf16_base + 2.0 * weights[prefix + "lora_B.weight"] @ weights[prefix + "lora_A.weight"]).bfloat16()
+    assert torch.equal(merged.state_dict()[name], expected)
+
+
 def test_merged_model_gives_the_adapter_logits_on_prefill(adapted, base_folder):
     model, _, merged, _, _ = adapted
     ids = torch.randint(3, 500, (3, 20))
