@@ -127,3 +127,34 @@ def test_generate_without_generation_config_json(folder, tmp_path):
     assert torch.equal(out, HymbaForCausalLM.from_pretrained(bare).generate(ids, max_new_tokens=4, eos_token_id=[2]))
     with pytest.raises(ValueError, match="does not support output_attentions"):
         model.generate(input_ids=ids, max_new_tokens=4, output_attentions=True)
+
+
+def test_activation_checkpointing_uses_hymbas_own(folder, tmp_path):
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                                peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=TARGETS))
+    inner = model.get_base_model()
+    ids = torch.randint(3, 500, (2, 12))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    inner.activation_checkpointing_enable()
+    assert inner.hymba.model.gradient_checkpointing
+    again = model(input_ids=ids, labels=ids).loss
+    again.backward()
+    torch.testing.assert_close(again, loss)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, want[name], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="non-reentrantly"):
+        inner.activation_checkpointing_enable({"use_reentrant": True})
+    inner.activation_checkpointing_disable()
+    assert not inner.hymba.model.gradient_checkpointing
+    # transformers' Trainer turns it on through the same method
+    flag = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=1, per_device_train_batch_size=2,
+                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+                             **{flag: True})
+    Trainer(model=model, args=args, train_dataset=_Rows(ids)).train()
+    assert inner.hymba.model.gradient_checkpointing

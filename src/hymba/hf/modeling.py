@@ -153,6 +153,31 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         if self.generation_config is not None:
             self.generation_config.save_pretrained(save_directory)
 
+    # ------------------------------------------------------------------------------------------
+    # Activation checkpointing (transformers' Trainer, activation_checkpointing=True): hymba's
+    # own, one non-reentrant torch.utils.checkpoint per decoder layer
+    supports_gradient_checkpointing = True
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Checkpoint every decoder layer (non-reentrant: frozen inputs need no gradient, so
+        PEFT adapters train without ``enable_input_require_grads``). Other choices are refused."""
+        options = dict(activation_checkpointing_kwargs or {})
+        if options.pop("use_reentrant", False) or options or every_n_layers != 1 or offload:
+            raise ValueError("hymba checkpoints every decoder layer, non-reentrantly: use_reentrant=True, "
+                             "other checkpoint arguments, every_n_layers and offload are not supported")
+        self.hymba.gradient_checkpointing_enable(True)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.hymba.gradient_checkpointing_enable(False)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.hymba.model.embed_tokens
 
