@@ -166,6 +166,39 @@ def test_merge_is_base_plus_scaled_product(adapted, base_folder):
                                               "tokenizer.json", "tokenizer_config.json"]
 
 
+def test_an_adapter_for_another_model_is_refused(adapted, base_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    weights = load_file(os.path.join(adapted[1], "adapter_model.safetensors"))
+    for name, change in (("fewer", lambda w: {k: v for k, v in w.items() if ".layers.1." not in k}),
+                         ("more", lambda w: {**w, **{k.replace(".layers.0.", ".layers.99."): v.clone()
+                                                     for k, v in w.items() if ".layers.0." in k}})):
+        folder = tmp_path / name
+        shutil.copytree(adapted[1], folder)
+        save_file(change(weights), folder / "adapter_model.safetensors")
+        what = "no weights for adapted modules" if name == "fewer" else "weights for modules this model lacks"
+        with pytest.raises(LoraError, match=f"does not fit this model: it has {what}"):
+            merge_lora(str(base_folder), str(folder), str(tmp_path / "merged"))
+    small = tmp_path / "small"  # other widths: PEFT's own size check, reported the same way
+    model = HymbaForCausalLM(HymbaForCausalLM.from_pretrained(base_folder).config.replace(hidden_size=32))
+    add_lora(model, LoraSettings(r=4)).save_pretrained(small)
+    with pytest.raises(LoraError, match="does not fit this model"):
+        merge_lora(str(base_folder), str(small), str(tmp_path / "merged"))
+
+
+def test_an_adapter_of_a_bare_model_merges(base_folder, tmp_path):
+    """PEFT applied to HymbaForCausalLM itself (tensor names without the wrapper's ``hymba.``)."""
+    model = HymbaForCausalLM.from_pretrained(base_folder)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["x_proj", "out_proj"]))
+    _random_adapters(model)
+    wrapped.save_pretrained(tmp_path / "adapter")
+    merged = HymbaForCausalLM.from_pretrained(merge_lora(str(base_folder), str(tmp_path / "adapter"),
+                                                         str(tmp_path / "merged")))
+    ids = torch.randint(3, 500, (2, 10))
+    with torch.no_grad():
+        assert (merged(ids).logits - model.eval()(ids).logits).abs().max() < 1e-4
+
+
 def test_merge_keeps_the_base_dtype(adapted, base_folder, tmp_path):
     """A bf16 base: the merge is computed in float32 and rounded once to bf16."""
     base = HymbaForCausalLM.from_pretrained(base_folder)

@@ -156,7 +156,8 @@ def load_lora(model: HymbaForCausalLM, folder: str, trainable: bool = False):
     the ``peft.PeftModel``. Adapters saved from the transformers wrapper are accepted."""
     peft = _peft()
     _read_adapter_config(folder)
-    holder = _Holder(model) if _wrapper_names(folder) else model
+    saved = _tensor_names(folder)
+    holder = _Holder(model) if any(n.startswith("base_model.model.hymba.") for n in saved) else model
     try:
         config = peft.LoraConfig.from_pretrained(folder)
         config.task_type = None  # a plain PeftModel: the holder is no transformers model
@@ -165,6 +166,14 @@ def load_lora(model: HymbaForCausalLM, folder: str, trainable: bool = False):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoraError(f"the adapter in {folder} does not fit this model: {first}") from None
     check_lora_layers(model)
+    # every saved tensor went into an adapter of this model, and every adapter got one (PEFT
+    # only warns about either: an adapter for another model shape would load partly)
+    made = {n.replace(".default.", ".") for n, _ in wrapped.named_parameters() if "lora_" in n}
+    for names, what in ((saved - made, "weights for modules this model lacks"),
+                        (made - saved, "no weights for adapted modules")):
+        if names:
+            raise LoraError(f"the adapter in {folder} does not fit this model: it has {what}, such as "
+                            f"{min(names)} ({len(names)} in all)")
     return wrapped
 
 
@@ -262,17 +271,17 @@ def _check_adapter_folder(folder: str) -> None:
             raise LoraError(f"{folder} is not a LoRA adapter folder: no {name}")
 
 
-def _wrapper_names(folder: str) -> bool:
-    """Whether the adapter's tensor names are those of the transformers wrapper (``hymba.``)."""
+def _tensor_names(folder: str) -> set[str]:
+    """The tensor names of the adapter's weights file (``base_model.model.hymba...`` for the
+    transformers wrapper's, ``base_model.model.model...`` for a bare model's)."""
     from safetensors import SafetensorError, safe_open
 
     path = os.path.join(folder, ADAPTER_WEIGHTS)
     try:
         with safe_open(path, "pt") as fh:
-            names = list(fh.keys())
+            return set(fh.keys())
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
-    return any(n.startswith("base_model.model.hymba.") for n in names)
 
 
 __all__ = ["DEFAULT_TARGETS", "SUPPORTED_TARGETS", "LoraError", "LoraSettings", "add_lora", "check_lora_layers",

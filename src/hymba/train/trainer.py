@@ -289,7 +289,7 @@ class _Run:
 
     def __init__(self, args: TrainArgs, world: distributed.DistInfo, device: torch.device,
                  tokenizer: HymbaTokenizer, config: HymbaConfig, data: PackedData, out: str,
-                 resume_dir: str | None, model_dir: str | None = None, lora: LoraSettings | None = None) -> None:
+                 resume_dir: str | None, model_dir: str | None, lora: LoraSettings | None) -> None:
         self.args, self.world, self.device, self.tokenizer = args, world, device, tokenizer
         self.config, self.data, self.out, self.resume_dir = config, data, out, resume_dir
         self.model_dir, self.lora = model_dir, lora
