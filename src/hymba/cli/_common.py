@@ -10,8 +10,11 @@ from . import CLIError
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--model", metavar="DIR", help="checkpoint folder (config.json + safetensors)")
-    group.add_argument("--preset", metavar="NAME", help="a built-in shape: hymba-1.5b, hymba-350m, hymba-125m, tiny")
+    group.add_argument("--model", metavar="DIR", help="checkpoint folder (config.json + safetensors; "
+                       "default: none, use --preset)")
+    group.add_argument("--preset", metavar="NAME",
+                       help="a built-in shape with random weights: hymba-1.5b, hymba-350m, hymba-125m, "
+                            "tiny (default: tiny when --model is not given)")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> None:

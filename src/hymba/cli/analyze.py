@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--text", metavar="FILE", required=True, help="UTF-8 text file to analyse")
     p.add_argument("--max-tokens", type=int, default=1024, help="analyse at most this many tokens")
-    p.add_argument("--out", metavar="DIR", default="analysis", help="output folder (default: analysis)")
+    p.add_argument("--out", metavar="DIR", default="analysis", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     add_runtime_args(p)
     p.add_argument("--seed", type=int, default=0, help="init seed for --preset models")

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "tasks for models trained on them (hymba ablate); 'passkey' is a text task for "
                     "any checkpoint with a tokenizer.")
     add_model_args(r)
-    r.add_argument("--task", choices=("mqar", "niah", "passkey"), nargs="+", default=["mqar", "niah"])
+    r.add_argument("--task", choices=("mqar", "niah", "passkey"), nargs="+", default=["mqar", "niah"],
+                   help="one or more tasks")
     r.add_argument("--lengths", type=_ints, default=None,
                    help="comma-separated lengths (default: window/2 … 8×window)")
     r.add_argument("--samples", type=int, default=32, help="sequences per length (and depth)")
@@ -49,11 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--num-values", type=int, default=64, help="synthetic value ids (as in training)")
     r.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="needle depths in [0, 1]")
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     add_runtime_args(r)
     r.add_argument("--seed", type=int, default=0, help="init seed for --preset models")
-    r.add_argument("--json", metavar="PATH", help="write the rows as JSON")
-    r.add_argument("--plot", metavar="PNG", help="plot accuracy against length (needs matplotlib)")
+    r.add_argument("--json", metavar="PATH", help="also write the rows as JSON (default: not written)")
+    r.add_argument("--plot", metavar="PNG", help="also plot accuracy against length to this PNG (needs matplotlib; default: no plot)")
     r.set_defaults(func=run_recall)
 
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float16",
                    help="dtype of every cached value, SSM state included (default float16, as the paper)")
-    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON (default: not written)")
     p.set_defaults(func=run)
 
 
