@@ -25,12 +25,32 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 
 
+def check_model_folder(path: str) -> None:
+    """Fail with a pointer to the right path when ``--model`` names a file, a missing folder or a
+    ``hymba train`` run folder (whose model is in ``final/`` or a ``checkpoint-N/``)."""
+    if os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        raise CLIError(f"--model {path} is a file; pass the checkpoint folder that holds it: {folder}")
+    if not os.path.isdir(path):
+        raise CLIError(f"model folder {path} does not exist")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    candidates = [name for name in os.listdir(path)
+                  if os.path.isfile(os.path.join(path, name, "config.json"))
+                  and (name == "final" or name.startswith("checkpoint-"))]
+    if candidates:
+        checkpoints = sorted(n for n in candidates if n != "final")
+        choices = [os.path.join(path, n) for n in (["final"] if "final" in candidates else [])
+                   + checkpoints[-1:]]
+        what = " or ".join(f"{c}{' (the latest checkpoint)' if 'checkpoint-' in c else ''}" for c in choices)
+        raise CLIError(f"{path} is a training run folder, not a checkpoint; use {what}")
+
+
 def load_config(args: argparse.Namespace):
     from ..config import HymbaConfig
 
     if getattr(args, "model", None):
-        if not os.path.isdir(args.model):
-            raise CLIError(f"model folder {args.model} does not exist")
+        check_model_folder(args.model)
         return HymbaConfig.load(args.model)
     return HymbaConfig.from_preset(getattr(args, "preset", None) or "tiny")
 
@@ -44,6 +64,7 @@ def load_model(args: argparse.Namespace):
     device = resolve_device(getattr(args, "device", None))
     dtype = getattr(args, "dtype", None)
     if getattr(args, "model", None):
+        check_model_folder(args.model)
         return HymbaForCausalLM.from_pretrained(args.model, dtype=dtype, device=device)
     config = load_config(args)
     torch.manual_seed(getattr(args, "seed", 0) or 0)

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         plots.ablation_bars(rows, os.path.join(out, "ablation.png"), title)
         curves = [{**c, "model": r["key"]} for r in rows for c in r["curve"]]
         plots.recall_curves(curves, os.path.join(out, "recall_curves.png"), "MQAR accuracy", budget.window)
-    print(f"wrote {out}/ablation.json, ablation.md" + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
+    print(f"wrote {os.path.join(out, 'ablation.json')}, ablation.md"
+          + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
     return 0
 
 

@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
         title = os.path.basename(os.path.normpath(summary["model"] or "model"))
         plots.attention_shares(summary["layers"], os.path.join(args.out, "attention_shares.png"), title)
         plots.branch_magnitudes(summary["layers"], os.path.join(args.out, "branch_magnitudes.png"), title)
-    print(f"wrote {args.out}/analysis.json" + ("" if args.no_plots else " and 2 PNG plots"))
+    print(f"wrote {os.path.join(args.out, 'analysis.json')}" + ("" if args.no_plots else " and 2 PNG plots"))
     return 0

@@ -65,6 +65,15 @@ def default_lengths(config, shortest: int) -> list[int]:
     return sorted({max(shortest, min(top, int(window * f))) for f in (0.5, 1, 2, 4, 8)})
 
 
+def format_detail(row: dict) -> str:
+    """A row's per-query or per-depth accuracies as one short line."""
+    if row.get("per_query"):
+        return "per query " + " ".join(f"{x:.2f}" for x in row["per_query"])
+    if row.get("per_depth"):
+        return "per depth " + ", ".join(f"{float(d):g}: {v:.2f}" for d, v in row["per_depth"].items())
+    return ""
+
+
 def run_recall(args: argparse.Namespace) -> int:
     from ..eval import recall
 
@@ -84,29 +93,35 @@ def run_recall(args: argparse.Namespace) -> int:
     config = model.config
     queries = args.pairs if args.queries is None else args.queries
     lengths = args.lengths or default_lengths(config, 1 + 2 * args.pairs + 2 * queries)
-    rows: list[dict] = []
     synthetic = [t for t in args.task if t != "passkey"]
     if synthetic:
         vocab = recall.SyntheticVocab(config.vocab_size, args.num_keys, args.num_values)
-    if "mqar" in args.task:
-        rows += recall.mqar_accuracy(model, vocab, lengths, args.samples, args.pairs, args.queries,
-                                     batch_size=args.batch_size)
-    if "niah" in args.task:
-        rows += recall.needle_accuracy(model, vocab, lengths, args.depths, args.samples,
-                                       batch_size=args.batch_size)
     if "passkey" in args.task:
         if not args.model:
             raise CLIError("--task passkey needs --model DIR with a tokenizer")
         from ..tokenizer import load_tokenizer
 
-        rows += recall.passkey_accuracy(model, load_tokenizer(args.model), lengths, args.depths,
-                                        args.samples, batch_size=args.batch_size)
+        tokenizer = load_tokenizer(args.model)
+    measure = {
+        "mqar": lambda ls: recall.mqar_accuracy(model, vocab, ls, args.samples, args.pairs, args.queries,
+                                                batch_size=args.batch_size),
+        "niah": lambda ls: recall.needle_accuracy(model, vocab, ls, args.depths, args.samples,
+                                                  batch_size=args.batch_size),
+        "passkey": lambda ls: recall.passkey_accuracy(model, tokenizer, ls, args.depths, args.samples,
+                                                      batch_size=args.batch_size),
+    }
     window = config.sliding_window
-    print(f"{'task':<8} {'length':>7} {'vs window':>9} {'accuracy':>9}  detail")
-    for row in rows:
-        where = "-" if not window else ("within" if row["length"] <= window else "beyond")
-        detail = row.get("per_query") or row.get("per_depth")
-        print(f"{row['task']:<8} {row['length']:>7} {where:>9} {row['accuracy']:>9.3f}  {detail}")
+    print(f"{'task':<8} {'length':>7} {'vs window':>9} {'accuracy':>9}  detail", flush=True)
+    rows: list[dict] = []
+    for task in ("mqar", "niah", "passkey"):
+        if task not in args.task:
+            continue
+        for length in lengths:  # one length at a time, so that each row shows as soon as it is done
+            for row in measure[task]([length]):
+                rows.append(row)
+                where = "-" if not window else ("within" if row["length"] <= window else "beyond")
+                print(f"{row['task']:<8} {row['length']:>7} {where:>9} {row['accuracy']:>9.3f}  "
+                      f"{format_detail(row)}", flush=True)
     if args.json:
         write_json(args.json, {"model": args.model or args.preset, "window": window, "rows": rows})
     if args.plot:
