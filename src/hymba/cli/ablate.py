@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sharing / +meta tokens) with the same budget on MQAR and byte-level text, then "
                     "report recall within and beyond the window, perplexity, cache MB and prefill "
                     "tokens/s as a Markdown table, JSON and PNG plots. Budgets: tiny (a smoke test, "
-                    "seconds), small (CPU, minutes), large (one GPU).")
+                    "about a minute on 2 cores), small (CPU, tens of minutes), large (one GPU).")
     p.add_argument("--budget", choices=BUDGET_NAMES, default="small",
-                   help="training budget: tiny (seconds), small (2-core CPU, tens of minutes), "
+                   help="training budget: tiny (a smoke test, about a minute), small (2-core CPU, tens of minutes), "
                         "large (one GPU)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of: " + ", ".join(VARIANT_KEYS) + " (default: all)")
