@@ -37,7 +37,7 @@ def plot_run(run_dir: str, path: str | None = None) -> str:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
-    handles = ax.get_lines()
+    handles = list(ax.get_lines())
     if any("lr" in r for r in records):
         lr_ax = ax.twinx()
         handles += lr_ax.plot([r["step"] for r in records], [r.get("lr", 0.0) for r in records],
