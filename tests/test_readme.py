@@ -5,7 +5,8 @@ Every command of the README's ``bash`` and ``console`` blocks is either
 * run as written, in order, in a fresh folder holding a copy of the README (the commands that need
   no GPU, no network, no released checkpoint and none of the user's own data); the setup command's
   ``hymba train`` runs with fewer steps (the full run takes minutes; ``HYMBA_RUN_SLOW=1`` runs it
-  as written), then the tour's generate, chat, plot and eval run on its ``hymba-run/final``;
+  as written), then the tour's generate, chat, plot and eval run on its ``hymba-run/final``, and
+  so does the tour's Python block (load, save model + tokenizer, generate from the copy);
 * or, for ``hymba`` commands that need one of those, parsed by the real ``hymba`` parser;
 * or, for other programs, listed in ``NOT_RUN`` with the reason.
 
@@ -144,6 +145,13 @@ def test_readme_commands_run_as_written(tmp_path):
             marks = [line for line in shown if line.startswith(("Commands:", "you> ", "(conversation"))]
             found = iter(out)
             assert all(any(line.startswith(mark) for line in found) for mark in marks), (command, out)
+    # the tour's Python block: load, run and save the model and its tokenizer, then use the copy
+    tour = re.search(r"^```python\n(import torch\nfrom hymba .*?)^```", README.read_text(encoding="utf-8"),
+                     re.S | re.M).group(1)
+    subprocess.run([sys.executable, "-c", tour], cwd=tmp_path, env=env, check=True, timeout=300)
+    proc = subprocess.run(["bash", "-c", prelude + "hymba generate --model my-copy --prompt KING. --max-new-tokens 4"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     for expected in ("hymba-run/final/model.safetensors", "hymba-run/loss.png", "analysis/analysis.json",
                      "passkey.png", "ablation-tiny/ablation.json"):
         assert (tmp_path / expected).is_file(), expected
