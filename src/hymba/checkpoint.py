@@ -208,7 +208,11 @@ def load_pretrained(
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: str) -> None:
     tmp = path + ".tmp"
+    with open(tmp, "wb"):  # created as open() creates files: mode 0666 less the user's umask
+        pass
+    mode = os.stat(tmp).st_mode & 0o777
     save_file(tensors, tmp, metadata={"format": "pt"})
+    os.chmod(tmp, mode)  # safetensors leaves its file 0600
     os.replace(tmp, path)
 
 
