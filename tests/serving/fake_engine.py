@@ -151,7 +151,8 @@ class FakeEngine:
         if len(prompt) + params.max_tokens > self.config.max_model_len:
             raise InputError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) "
                              f"exceeds max_model_len {self.config.max_model_len}")
-        if len(self.waiting) >= self.config.max_queue:
+        free = self.config.max_batch - len(self.running)
+        if len(self.waiting) - free >= self.config.max_queue:  # waiting beyond the free slots
             raise QueueFull(f"{len(self.waiting)} requests waiting")
         if request_id is None:
             request_id = f"fake-{self.counter}"
