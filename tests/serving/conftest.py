@@ -1,5 +1,7 @@
-"""Fixtures for the serving tests: a tokenizer folder, and ``serve``: a real uvicorn server on a
-free loopback port, in a thread, over an AsyncEngine (see servekit.py)."""
+"""Fixtures for the serving tests: a checkpoint folder (the tiny preset with the test tokenizer),
+the engine under test (the real ``hymba.serving.engine.Engine``; the test-only fake where the real
+one does not exist yet), and ``serve``: a real uvicorn server on a free loopback port, in a thread,
+over an AsyncEngine (see servekit.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,35 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("openai")
 
-from fake_engine import install_contract_module  # noqa: E402
-from servekit import ServerThread  # noqa: E402
+from servekit import ServerThread  # noqa: E402  (installs the engine's types first)
 from tokenkit import write_tokenizer  # noqa: E402
-
-install_contract_module()  # the engine's types, until hymba.serving.engine exists
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve-tokenizer")
-    write_tokenizer(folder)
+    """A checkpoint folder: the test tokenizer and the tiny preset with random weights."""
+    import torch
+
+    from hymba import HymbaConfig, HymbaForCausalLM
+
+    folder = tmp_path_factory.mktemp("serve-ckpt")
+    tok = write_tokenizer(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        config = HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size(), tie_word_embeddings=False)
+        model = HymbaForCausalLM(config)
+        with torch.no_grad():  # varied continuations and a spread-out next-token distribution
+            model.model.embed_tokens.weight.normal_(0, 1)
+            model.lm_head.weight.normal_(0, 0.3)
+    model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer_dir):
+    from hymba import HymbaForCausalLM
+
+    return HymbaForCausalLM.from_pretrained(tokenizer_dir).eval()
 
 
 @pytest.fixture(scope="session")

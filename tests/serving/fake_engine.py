@@ -38,8 +38,8 @@ class SamplingParams:
     prompt_logprobs: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise InputError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_tokens < 0 or (self.max_tokens == 0 and not self.prompt_logprobs):
+            raise InputError("max_tokens must be >= 1 (0 only to score a prompt with prompt_logprobs)")
         if self.temperature < 0:
             raise InputError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -201,6 +201,10 @@ class FakeEngine:
             if self.poison_id is not None and self.poison_id in req.prompt:
                 del self.running[rid]
                 outputs.append(self._output(req, [], "", None, True, "error", "poisoned prompt"))
+                continue
+            if req.params.max_tokens == 0:  # score the prompt only
+                del self.running[rid]
+                outputs.append(self._output(req, [], "", None, True, "length"))
                 continue
             outputs.append(self._advance(req))
             if outputs[-1].finished:

@@ -1,5 +1,7 @@
 """The HTTP layer on a real loopback server, driven with the official ``openai`` client, over the
-test-only fake engine (tests/serving/fake_engine.py, which obeys ENGINE_API.md)."""
+engine under test: the real ``Engine`` on the tiny preset (the test-only fake of
+tests/serving/fake_engine.py where the real one does not exist yet). Failures of a request or of the
+whole engine are injected with the fake."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import threading
 import httpx
 import openai
 import pytest
+import torch
 from fake_engine import EngineConfig, FakeEngine, SamplingParams
-from servekit import wait_until
+from servekit import ENGINE_MODULE, REAL_ENGINE, wait_until
 
 from hymba.serving.async_engine import AsyncEngine, EngineShuttingDown
 from hymba.serving.server import ServerLimits
@@ -23,32 +26,82 @@ def client(server, key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=TIMEOUT)
 
 
-def expected_text(tokenizer, prompt_ids, max_tokens, **params) -> tuple[str, list[int]]:
-    """What the fake engine answers greedily for this prompt alone (a fresh engine, same seed)."""
-    ref = FakeEngine(tokenizer)
-    ids = ref.generate([prompt_ids], SamplingParams(max_tokens=max_tokens, temperature=0, **params))[0]
-    shown = [t for t in ids if t != tokenizer.eos_token_id]
-    return tokenizer.decode(shown), ids
+class ThreadCheck:
+    """Wraps an engine and records which threads call into it (the contract: only one)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.threads = engine, set()
+
+    def __getattr__(self, name):
+        value = getattr(self.engine, name)
+        if callable(value):
+            def call(*args, **kwargs):
+                self.threads.add(threading.get_ident())
+                return value(*args, **kwargs)
+            return call
+        return value
+
+
+class Backend:
+    """Builds the engine under test and says what it must answer."""
+
+    def __init__(self, tokenizer, model) -> None:
+        self.tokenizer, self.model, self.real = tokenizer, model, REAL_ENGINE
+
+    def engine(self, max_model_len: int = 256, **config) -> ThreadCheck:
+        if self.real:
+            cfg = ENGINE_MODULE.EngineConfig(max_model_len=max_model_len, **config)
+            return ThreadCheck(ENGINE_MODULE.Engine(self.model, self.tokenizer, cfg))
+        return ThreadCheck(FakeEngine(self.tokenizer, EngineConfig(max_model_len=max_model_len, **config),
+                                      step_delay=0.005))  # about a tiny model's step on a CPU
+
+    def greedy(self, ids: list[int], max_tokens: int, ignore_eos: bool = False) -> tuple[str, list[int]]:
+        """The greedy answer for this prompt alone: its text and its new tokens (a final EOS included)."""
+        eos = self.tokenizer.eos_token_id
+        if self.real:
+            out = self.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens,
+                                      eos_token_id=[] if ignore_eos else eos)[0, len(ids):].tolist()
+            new = out[: out.index(eos) + 1] if eos in out and not ignore_eos else out
+        else:
+            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
+            new = FakeEngine(self.tokenizer).generate([ids], params)[0]
+        shown = new[:-1] if new and new[-1] == eos and not ignore_eos else new
+        return self.tokenizer.decode(shown), new
+
+    def prompt_logprobs(self, ids: list[int]) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i >= 1."""
+        if self.real:
+            with torch.no_grad():
+                logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            return [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        fake = FakeEngine(self.tokenizer)
+        return [float(fake._logprobs(ids[i - 1])[ids[i]]) for i in range(1, len(ids))]
+
+
+@pytest.fixture(scope="module")
+def backend(tokenizer, tiny_model):
+    return Backend(tokenizer, tiny_model)
 
 
 @pytest.fixture
-def fake(tokenizer):
-    return FakeEngine(tokenizer, EngineConfig(max_batch=4))
+def fake(backend):
+    """The engine under test with 4 slots (named for history: real where the real one exists)."""
+    return backend.engine(max_batch=4)
 
 
-def test_completion_matches_the_engine_and_counts_usage(serve, fake, tokenizer):
+def test_completion_matches_the_engine_and_counts_usage(serve, fake, tokenizer, backend):
     server, engine = serve(fake, tokenizer)
     prompt = "the quick brown"
     ids = tokenizer.encode(prompt)
     r = client(server).completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
-    text, new = expected_text(tokenizer, ids, 12)
+    text, new = backend.greedy(ids, 12)
     assert r.object == "text_completion" and r.model == "tiny" and r.id.startswith("cmpl-")
     assert r.choices[0].text == text
     assert r.choices[0].finish_reason == ("stop" if tokenizer.eos_token_id in new else "length")
     assert r.usage.prompt_tokens == len(ids)
     assert r.usage.completion_tokens == len(new)
     assert r.usage.total_tokens == len(ids) + len(new)
-    assert fake.calls_from and len(fake.calls_from) == 1  # only the engine thread calls in
+    assert len(fake.threads) == 1  # only the engine thread calls in
 
 
 def test_stream_chunks_reassemble_to_the_whole_answer(serve, fake, tokenizer):
@@ -69,7 +122,7 @@ def test_stream_chunks_reassemble_to_the_whole_answer(serve, fake, tokenizer):
     assert all(ch.usage is None for ch in chunks[:-1])
 
 
-def test_echo_with_logprobs_is_what_lm_eval_reads(serve, fake, tokenizer):
+def test_echo_with_logprobs_is_what_lm_eval_reads(serve, fake, tokenizer, backend):
     server, _ = serve(fake, tokenizer)
     prompt = "the lazy dog"
     ids = tokenizer.encode(prompt)
@@ -80,15 +133,14 @@ def test_echo_with_logprobs_is_what_lm_eval_reads(serve, fake, tokenizer):
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert all(isinstance(x, float) and x <= 0 for x in lp.token_logprobs[1:])
     assert lp.text_offset == sorted(lp.text_offset)
-    # every prompt logprob is the fake model's log-probability of that token after the previous one
-    for i in range(1, len(ids)):
-        assert lp.token_logprobs[i] == pytest.approx(float(fake._logprobs(ids[i - 1])[ids[i]]), abs=1e-5)
+    # every prompt logprob is the model's log-probability of that token after the ones before it
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(backend.prompt_logprobs(ids), abs=1e-4)
     # greedy: the generated token is the most likely one (lm-eval's is_greedy test)
     assert lp.token_logprobs[-1] == pytest.approx(max(lp.top_logprobs[-1].values()))
     assert r.choices[0].text.startswith(tokenizer.decode(ids))
     # max_tokens=0 scores the prompt only
     r0 = client(server).completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=0)
-    assert r0.choices[0].logprobs.token_logprobs == lp.token_logprobs[:-1]
+    assert r0.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:-1], abs=1e-5)
     assert r0.usage.completion_tokens == 0 and r0.choices[0].text == tokenizer.decode(ids)
 
 
@@ -104,13 +156,13 @@ def test_streamed_logprobs_and_echo_match_the_whole_answer(serve, fake, tokenize
     assert tokens == whole.logprobs.tokens and offsets == whole.logprobs.text_offset
 
 
-def test_batch_of_prompts_with_n_choices(serve, fake, tokenizer):
+def test_batch_of_prompts_with_n_choices(serve, fake, tokenizer, backend):
     server, _ = serve(fake, tokenizer)
     prompts = [tokenizer.encode("the quick"), tokenizer.encode("lazy dog over")]
     r = client(server).completions.create(model="tiny", prompt=prompts, max_tokens=5, temperature=0, n=2)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
     for p, prompt in enumerate(prompts):
-        text, _ = expected_text(tokenizer, prompt, 5)
+        text, _ = backend.greedy(prompt, 5)
         assert r.choices[2 * p].text == r.choices[2 * p + 1].text == text
     assert r.usage.prompt_tokens == sum(len(p) for p in prompts)
 
@@ -140,18 +192,19 @@ def test_sampling_is_seeded(serve, fake, tokenizer):
               extra_body={"top_k": 20, "repetition_penalty": 1.2, "ignore_eos": True})
     a = c.completions.create(seed=7, **kw).choices[0].text
     assert c.completions.create(seed=7, **kw).choices[0].text == a
-    draws = {c.completions.create(seed=s, **kw).choices[0].text for s in range(8, 14)}
+    hot = dict(model="tiny", prompt="the quick", max_tokens=10, temperature=2.0, extra_body={"ignore_eos": True})
+    draws = {c.completions.create(seed=s, **hot).choices[0].text for s in range(8, 14)}
     assert len(draws) > 1
 
 
-def test_chat_completion_stream_and_logprobs(serve, fake, tokenizer):
+def test_chat_completion_stream_and_logprobs(serve, fake, tokenizer, backend):
     server, _ = serve(fake, tokenizer)
     c = client(server)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     kw = dict(model="tiny", messages=messages, max_tokens=10, temperature=0)
     whole = c.chat.completions.create(**kw, logprobs=True, top_logprobs=3)
     ids = tokenizer.apply_chat_template(messages, tokenize=True)
-    text, new = expected_text(tokenizer, ids, 10)
+    text, new = backend.greedy(ids, 10)
     msg = whole.choices[0].message
     assert whole.object == "chat.completion" and msg.role == "assistant" and msg.content == text
     assert whole.usage.prompt_tokens == len(ids) and whole.usage.completion_tokens == len(new)
@@ -272,43 +325,47 @@ def test_api_key(serve, fake, tokenizer):
     assert httpx.get(server.url + "/health", timeout=TIMEOUT).status_code == 200  # probes stay open
 
 
-def test_queue_full_is_429(serve, tokenizer):
-    fake = FakeEngine(tokenizer, EngineConfig(max_batch=1, max_queue=0), step_delay=0.02)
-    server, engine = serve(fake, tokenizer)
+def test_queue_full_is_429(serve, tokenizer, backend):
+    server, engine = serve(backend.engine(max_batch=1, max_queue=1, max_model_len=2048), tokenizer)
     c = client(server)
-    first = c.completions.create(model="tiny", prompt="hi", max_tokens=200, stream=True,
+    first = c.completions.create(model="tiny", prompt="hi", max_tokens=2000, stream=True,
                                  extra_body={"ignore_eos": True})
     next(iter(first))  # running: the one slot is taken
+    waiting = threading.Thread(target=lambda: c.completions.create(model="tiny", prompt="hi", max_tokens=2),
+                               daemon=True)
+    waiting.start()
+    assert wait_until(lambda: engine.stats()["waiting"] == 1)  # the queue (of one) is full
     with pytest.raises(openai.RateLimitError) as info:
         c.completions.create(model="tiny", prompt="hi", max_tokens=2)
     assert info.value.status_code == 429 and info.value.body["code"] == "queue_full"
     first.close()
-    assert wait_until(lambda: engine.stats()["slots_used"] == 0)
+    waiting.join(TIMEOUT)
+    assert not waiting.is_alive()
+    assert wait_until(lambda: engine.stats()["slots_used"] == 0 and engine.stats()["in_flight"] == 0)
 
 
-def test_cancelled_stream_frees_its_slot(serve, tokenizer):
-    fake = FakeEngine(tokenizer, EngineConfig(max_batch=2), step_delay=0.01)
-    server, engine = serve(fake, tokenizer)
-    stream = client(server).completions.create(model="tiny", prompt="the quick", max_tokens=500,
+def test_cancelled_stream_frees_its_slot(serve, tokenizer, backend):
+    server, engine = serve(backend.engine(max_batch=2, max_model_len=2048), tokenizer)
+    stream = client(server).completions.create(model="tiny", prompt="the quick", max_tokens=2000,
                                                stream=True, extra_body={"ignore_eos": True})
     it = iter(stream)
     for _ in range(3):
         next(it)
-    assert engine.stats()["slots_used"] == 1
+    assert engine.stats()["slots_used"] == 1 and engine.stats()["state_bytes_in_use"] > 0
     stream.close()  # the client goes away mid-stream
     assert wait_until(lambda: engine.stats()["slots_used"] == 0 and engine.stats()["in_flight"] == 0, 10)
     assert engine.stats()["outcomes"].get("abort") == 1
     assert engine.stats()["state_bytes_in_use"] == 0
 
 
-def test_dropped_non_streamed_request_frees_its_slot(serve, tokenizer):
-    fake = FakeEngine(tokenizer, EngineConfig(max_batch=2), step_delay=0.01)
-    server, engine = serve(fake, tokenizer)
+def test_dropped_non_streamed_request_frees_its_slot(serve, tokenizer, backend):
+    server, engine = serve(backend.engine(max_batch=2, max_model_len=2048), tokenizer)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/completions", timeout=httpx.Timeout(5.0, read=0.5),
-                   json={"model": "tiny", "prompt": "hi", "max_tokens": 1000, "ignore_eos": True})
+                   json={"model": "tiny", "prompt": "hi", "max_tokens": 2000, "ignore_eos": True})
     assert wait_until(lambda: engine.stats()["in_flight"] == 0 and engine.stats()["slots_used"] == 0, 10)
     assert engine.stats()["outcomes"].get("abort") == 1
+    assert engine.stats()["state_bytes_in_use"] == 0
 
 
 def test_a_failing_request_fails_alone(serve, tokenizer):
@@ -338,17 +395,16 @@ def test_an_engine_failure_fails_requests_instead_of_hanging(serve, tokenizer):
     assert r.status_code == 503 and error_of(r)["code"] == "engine_failed"
 
 
-def test_graceful_shutdown_drains_then_refuses(serve, tokenizer):
-    fake = FakeEngine(tokenizer, EngineConfig(max_batch=2), step_delay=0.01)
-    server, engine = serve(fake, tokenizer)
+def test_graceful_shutdown_drains_then_refuses(serve, tokenizer, backend):
+    server, engine = serve(backend.engine(max_batch=2, max_model_len=2048), tokenizer)
     c = client(server)
     short = c.completions.create(model="tiny", prompt="hi", max_tokens=10, stream=True,
                                  extra_body={"ignore_eos": True})
-    long = c.completions.create(model="tiny", prompt="hi", max_tokens=1000, stream=True,
+    long = c.completions.create(model="tiny", prompt="hi", max_tokens=2000, stream=True,
                                 extra_body={"ignore_eos": True})
     next(iter(short)), next(iter(long))
     done = threading.Event()
-    threading.Thread(target=lambda: (asyncio.run(engine.shutdown(drain_timeout=1.0)), done.set()),
+    threading.Thread(target=lambda: (asyncio.run(engine.shutdown(drain_timeout=2.0)), done.set()),
                      daemon=True).start()
     assert wait_until(lambda: not engine.stats()["accepting"], 5)
     r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "hi"}, timeout=TIMEOUT)

@@ -222,8 +222,7 @@ def build_app(engine: AsyncEngine, tokenizer, model_name: str, api_key: str | No
         _check_common(req, limits)
         if req.logprobs is not None and req.logprobs > limits.max_logprobs:
             raise APIError(400, f"logprobs must be at most {limits.max_logprobs}", param="logprobs")
-        score_only = req.max_tokens == 0
-        max_tokens = 1 if score_only else (req.max_tokens if req.max_tokens is not None else 16)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16  # 0: score the prompt only
         _check_max_tokens(max_tokens, limits, "max_tokens")
         choices: list[_Choice] = []
         for p, prompt in enumerate(prompts):
@@ -234,22 +233,22 @@ def build_app(engine: AsyncEngine, tokenizer, model_name: str, api_key: str | No
             _check_prompt(ids, limits)
             for i in range(req.n):
                 choices.append(_Choice(p * req.n + i, ids, text))
-        params = [_params(req, max_tokens, req.stop_list(), (), req.logprobs, req.echo and req.logprobs is not None,
-                          c.index % req.n) for c in choices]
+        prompt_logprobs = req.echo and (req.logprobs is not None or max_tokens == 0)
+        params = [_params(req, max_tokens, req.stop_list(), (), req.logprobs, prompt_logprobs, c.index % req.n)
+                  for c in choices]
         await _submit_all(engine, choices, params)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
-            gen = _completion_events(req, choices, tokenizer, rid, now, score_only)
+            gen = _completion_events(req, choices, tokenizer, rid, now)
             return _sse(gen, choices)
         await _collect(request, choices)
-        out = [CompletionChoice(index=c.index, text=(c.prompt_text if req.echo else "")
-                                + ("" if score_only else "".join(c.pieces)),
-                                logprobs=_completion_logprobs(tokenizer, c, req.echo, score_only)
+        out = [CompletionChoice(index=c.index, text=(c.prompt_text if req.echo else "") + "".join(c.pieces),
+                                logprobs=_completion_logprobs(tokenizer, c, req.echo)
                                 if req.logprobs is not None else None,
                                 finish_reason=c.finish_reason)
                for c in choices]
         return CompletionResponse(id=rid, created=now, model=model_name, choices=out,
-                                  usage=_usage(choices, req.n, score_only)).model_dump()
+                                  usage=_usage(choices, req.n)).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -512,7 +511,7 @@ def _sse(events: AsyncIterator[dict], choices: list[_Choice]) -> StreamingRespon
 
 # -- completions --------------------------------------------------------------------------------
 async def _completion_events(req: CompletionRequest, choices: list[_Choice], tokenizer, rid: str,
-                             created: int, score_only: bool) -> AsyncIterator[dict]:
+                             created: int) -> AsyncIterator[dict]:
     usage_wanted = req.stream_options is not None and req.stream_options.include_usage
     extra = {"usage": None} if usage_wanted else {}
 
@@ -530,13 +529,13 @@ async def _completion_events(req: CompletionRequest, choices: list[_Choice], tok
             choice.add(out)
             if out.finished and (err := _finish_error(choice, out)) is not None:
                 raise err
-            text = "" if score_only else out.new_text
+            text = out.new_text
             if first and req.echo:
                 text = choice.prompt_text + text
             logprobs = None
             if req.logprobs is not None:
-                logprobs = _completion_logprobs(tokenizer, choice, req.echo and first, score_only,
-                                                start=before, offset=offsets[choice.index])
+                logprobs = _completion_logprobs(tokenizer, choice, req.echo and first, start=before,
+                                                offset=offsets[choice.index])
                 offsets[choice.index] = (logprobs.text_offset[-1] + len(logprobs.tokens[-1])
                                          if logprobs.tokens else offsets[choice.index])
             if offsets[choice.index] is None:
@@ -548,10 +547,10 @@ async def _completion_events(req: CompletionRequest, choices: list[_Choice], tok
         await agen.aclose()
     if usage_wanted:
         yield {"id": rid, "object": "text_completion", "created": created, "model": req.model,
-               "choices": [], "usage": _usage(choices, req.n, score_only).model_dump()}
+               "choices": [], "usage": _usage(choices, req.n).model_dump()}
 
 
-def _completion_logprobs(tokenizer, choice: _Choice, echo: bool, score_only: bool, start: int = 0,
+def _completion_logprobs(tokenizer, choice: _Choice, echo: bool, start: int = 0,
                          offset: int | None = None) -> CompletionLogprobs:
     """The legacy format: tokens, token_logprobs, top_logprobs, text_offset. With ``echo`` the
     prompt's tokens come first (the first one has no logprob). ``start`` picks the generated
@@ -565,10 +564,9 @@ def _completion_logprobs(tokenizer, choice: _Choice, echo: bool, score_only: boo
     else:
         end = len(choice.prompt_ids) + start
         context = (choice.prompt_ids + choice.token_ids)[max(0, end - 4):end]
-    if not score_only:
-        gen = choice.token_ids[start:]
-        ids += gen
-        entries += choice.logprobs[start:start + len(gen)]
+    gen = choice.token_ids[start:]
+    ids += gen
+    entries += choice.logprobs[start:start + len(gen)]
     tokens = token_strings(tokenizer, ids, context)
     pos = offset if offset is not None else (0 if echo else len(choice.prompt_text))
     offsets = []
@@ -603,9 +601,9 @@ def token_strings(tokenizer, ids: Sequence[int], context: Sequence[int] = ()) ->
     return out
 
 
-def _usage(choices: list[_Choice], n: int, score_only: bool = False) -> Usage:
+def _usage(choices: list[_Choice], n: int) -> Usage:
     prompt = sum(len(c.prompt_ids) for c in choices[::n])  # each prompt once, whatever n
-    completion = 0 if score_only else sum(c.completion_tokens for c in choices)
+    completion = sum(c.completion_tokens for c in choices)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
