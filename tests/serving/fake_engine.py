@@ -273,7 +273,7 @@ class FakeEngine:
         return self._output(req, [token], text, lps, False, None)
 
     def _flush(self, req: _Request, ids: list[int]) -> str:
-        full = self.tokenizer.decode(ids)
+        full = self.tokenizer.decode(ids).rstrip("\ufffd")  # as the engine: no incomplete last character
         return full[req.shown:]
 
     def _output(self, req, new, text, lps, finished, reason, error=None) -> RequestOutput:

@@ -66,7 +66,7 @@ class Backend:
             params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
             new = FakeEngine(self.tokenizer).generate([ids], params)[0]
         shown = new[:-1] if new and new[-1] == eos and not ignore_eos else new
-        return self.tokenizer.decode(shown), new
+        return self.tokenizer.decode(shown).rstrip("\ufffd"), new  # an incomplete last character is held back
 
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
         """log p(ids[i] | ids[:i]) for i >= 1."""
