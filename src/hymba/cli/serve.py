@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args)
     from ..serving.engine import Engine, EngineConfig
 
-    max_model_len = args.max_model_len or model.config.max_position_embeddings
     engine = Engine(model, tokenizer, EngineConfig(
-        max_batch=args.max_batch, max_model_len=max_model_len, max_queue=args.max_queue,
+        max_batch=args.max_batch, max_model_len=args.max_model_len, max_queue=args.max_queue,
         prefill_chunk_tokens=args.prefill_chunk, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
+    # the length the engine resolved (its default: the model's maximum)
+    max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     return serve(engine, tokenizer, name, args, max_model_len)
 
