@@ -20,8 +20,7 @@ import time
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.cache import HybridCache, meta_prefix
-from hymba.generation import forward_step
+from hymba.inference import HybridCache, decode_logits, meta_prefix
 
 
 def run(model: HymbaForCausalLM, prompt_len: int, steps: int, batch: int) -> dict:
@@ -30,14 +29,12 @@ def run(model: HymbaForCausalLM, prompt_len: int, steps: int, batch: int) -> dic
     cache = HybridCache(model.config, batch, prompt_len + steps, dtype=model.dtype)
     cache.reset(meta_prefix(model))
     start = time.perf_counter()
-    h = forward_step(model, ids, cache)
-    token = model.lm_head(h[:, -1]).argmax(-1)
+    token = model(ids, state=cache, logits_to_keep=1).logits[:, -1].argmax(-1)
     prefill = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        h = forward_step(model, token[:, None], cache)
-        token = model.lm_head(h[:, -1]).argmax(-1)
+        token = decode_logits(model, token, cache).argmax(-1)
         times.append(time.perf_counter() - start)
     parts = cache.nbytes()
     step = statistics.median(times[steps // 4 :])  # skip warm-up steps

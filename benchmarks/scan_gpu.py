@@ -75,7 +75,7 @@ def launch_sweep(length: int) -> list[tuple[str, str, float]]:
     replays), of the forward that saves states for a backward at ``length`` for each of its
     prefetch settings, and of the backward (forward + backward minus forward) at ``length`` for each
     backward setting (back-to-back calls: a 2 ms call hides its launch, and graph capture failed
-    once after a setting compiled new kernels, benchmarks/NOTES-gpu.md item 49)."""
+    once after a setting compiled new kernels; docs/performance.md, "Measuring")."""
     fwd_defaults = scan_triton.FWD_PREFETCH, scan_triton.TARGET_PROGRAMS
     bwd_defaults = [getattr(scan_triton, name) for name in BWD_SETTINGS]
     rows = []

@@ -11,13 +11,19 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
   for Hymba the same prefill replayed as a CUDA graph (the GPU's work alone);
 - decode: ms per step and tokens/s at batch 1/32/128 after an 8K prompt, bytes one step must move
   (weights + cache), and the achieved fraction of that roofline; Hymba's step replayed as a CUDA
-  graph (:class:`hymba.generation.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
+  graph (:class:`hymba.inference.DecodeGraph`, the default of ``generate`` on CUDA) and eager. Hymba's cache is filled with
   random K/V and state as an 8K prompt would leave it (same shapes, same bytes); Llama's is
   filled by a real chunked prefill (HF DynamicCache);
 - training: one fwd+bwd step of Hymba-1.5B on ``--train-batch`` 4K sequences (default 1; fp32
   weights, bf16 autocast), with and without activation checkpointing, each eager and replayed as
   a CUDA graph (:class:`hymba.train.graph.TrainingGraph`, ``hymba train --cuda-graph``), tokens/s
-  and MFU (6·N·T + attention, recomputation not counted).
+  and MFU (6·N·T + attention, recomputation not counted);
+- generate: the user's path, ``model.generate`` timed as a whole call (random prompts, EOS off) at
+  batch x prompt = 1 x 8000, 32 x 8000, 128 x 2048 and 128 x 8000; the decode step from the
+  difference of two calls with ``--gen-tokens`` (default 16 and 144) new tokens, the prefill as
+  the rest; peak memory of each call; next to HF Llama-3.2-1B's ``generate`` with a static cache
+  and ``torch.compile`` (its strongest setting) on the same prompts, each against its own decode
+  roofline (weights + the cache at that length).
 
 With ``--profile-dir`` the top CUDA kernels of a Hymba prefill, decode step and training step
 are written there (torch.profiler).
@@ -38,14 +44,14 @@ from graph_timing import graph_time
 from torch import nn
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.cache import HybridCache, meta_prefix
-from hymba.generation import DecodeGraph, forward_step
+from hymba.inference import DecodeGraph, HybridCache, decode_logits, meta_prefix
 from hymba.train.graph import TrainingGraph
 
 PROMPT = 8192
 TRAIN_LEN = 4096
 BATCHES = (1, 32, 128)
-PARTS = ("prefill", "decode", "train", "llama")
+PARTS = ("prefill", "decode", "train", "llama", "generate")
+GENERATE_SHAPES = ((1, 8000), (32, 8000), (128, 2048), (128, 8000))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +227,7 @@ def hymba_decode(model: HymbaForCausalLM, batch: int, bandwidth: float, cuda_gra
         if graph is not None:
             logits = graph(tokens)
         else:
-            logits = model.lm_head(forward_step(model, tokens[:, None], cache)[:, -1]).float()
+            logits = decode_logits(model, tokens, cache)
         tokens.copy_(logits.argmax(-1))
 
     t = cuda_time(step, warmup=warm, repeats=steps)
@@ -410,10 +416,98 @@ def run_hymba(hy: dict, bandwidth: float, rate: float, profile_dir: Path | None,
         if "decode" in parts:
             for b in (1, 128):
                 cache = fill_hymba_cache(model, b, 4, static_shapes=True)
-                tokens = torch.zeros(b, 1, dtype=torch.long, device="cuda")
+                tokens = torch.zeros(b, dtype=torch.long, device="cuda")
                 hy[f"decode_b{b}_eager_kernels"] = profile(
-                    lambda t=tokens, c=cache: forward_step(model, t, c), profile_dir / f"hymba_decode_b{b}.txt")
+                    lambda t=tokens, c=cache: decode_logits(model, t, c), profile_dir / f"hymba_decode_b{b}.txt")
                 del cache
+
+
+# ----------------------------------------------------------------------------------------------
+# the user's path: generate() as a whole
+def timed_call(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds of one call (the device synchronised before and after) and its peak GB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 1e9
+
+
+def generate_row(call: Callable[[int], object], batch: int, prompt: int, tokens: tuple[int, int],
+                 step_bytes: int, bandwidth: float) -> dict:
+    """Two whole calls with ``tokens`` new tokens: decode step = their difference per token."""
+    short, long = tokens
+    call(short)  # warm-up: kernels compiled, graphs captured, allocator grown
+    t_short, peak_short = timed_call(lambda: call(short))
+    t_long, peak_long = timed_call(lambda: call(long))
+    step = (t_long - t_short) / (long - short)
+    return dict(batch=batch, prompt=prompt, new_tokens=list(tokens), call_s=[t_short, t_long],
+                prefill_s=t_short - short * step, ms_step=step * 1e3, tok_s=batch / step,
+                roofline_frac=step_bytes / bandwidth / step, peak_gb=max(peak_short, peak_long))
+
+
+@torch.no_grad()
+def hymba_generate(model: HymbaForCausalLM, batch: int, prompt: int, tokens: tuple[int, int], bandwidth: float) -> dict:
+    from hymba.inference import cache_bytes
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
+    parts = cache_bytes(model.config, prompt + tokens[1], batch=batch, dtype_bytes=2, ssm_dtype_bytes=4)
+    step_bytes = param_bytes(model) + parts["total"] + parts["meta_kv"]
+    row = generate_row(lambda n: model.generate(ids, max_new_tokens=n, eos_token_id=[]), batch, prompt, tokens,
+                       step_bytes, bandwidth)
+    return row
+
+
+@torch.no_grad()
+def llama_generate(model: nn.Module, batch: int, prompt: int, tokens: tuple[int, int], bandwidth: float) -> dict:
+    c = model.config
+    ids = torch.randint(0, c.vocab_size, (batch, prompt), device="cuda")
+    mask = torch.ones_like(ids)
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * batch * (prompt + tokens[1])
+    step_bytes = param_bytes(model) + kv
+
+    def call(n: int):
+        return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              cache_implementation="static", pad_token_id=0)
+
+    return generate_row(call, batch, prompt, tokens, step_bytes, bandwidth)
+
+
+def run_generate(results: dict, bandwidth: float, tokens: tuple[int, int], shapes, with_llama: bool) -> None:
+    model = hymba_model()
+    hy = results.setdefault("hymba-1.5b", {})
+    for batch, prompt in shapes:
+        guarded(hy, f"generate_b{batch}_p{prompt}", lambda b=batch, p=prompt, m=model: hymba_generate(m, b, p, tokens, bandwidth))
+    del model
+    torch.cuda.empty_cache()
+    if not with_llama:
+        return
+    row = results.setdefault("llama-3.2-1b", {})
+    try:
+        llama = llama_model("llama-3.2-1b")
+    except Exception as exc:  # noqa: BLE001 - transformers missing or incompatible
+        row["generate_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return
+    for batch, prompt in shapes:
+        guarded(row, f"generate_b{batch}_p{prompt}", lambda b=batch, p=prompt: llama_generate(llama, b, p, tokens, bandwidth))
+
+
+def generate_table(results: dict, shapes) -> str:
+    lines = ["| batch x prompt | hymba-1.5b generate: ms/step (tok/s, roofline) | prefill s | peak GB "
+             "| llama-3.2-1b generate (static cache + compile) | prefill s | peak GB |",
+             "|---|---|---|---|---|---|---|"]
+    for batch, prompt in shapes:
+        cells = [f"{batch} x {prompt:,}"]
+        for name in ("hymba-1.5b", "llama-3.2-1b"):
+            r = results.get(name, {}).get(f"generate_b{batch}_p{prompt}", {})
+            if "ms_step" in r:
+                cells += [f"{r['ms_step']:.2f} ({r['tok_s']:,.0f}, {r['roofline_frac']:.0%})", f"{r['prefill_s']:.2f}",
+                          f"{r['peak_gb']:.1f}"]
+            else:
+                cells += [(r.get("error") or results.get(name, {}).get("generate_error") or "-")[:70], "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # (result key, activation checkpointing, CUDA graph)
@@ -456,6 +550,10 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="what to measure (default: all; 'llama' = the HF peers' prefill and decode)")
     parser.add_argument("--train-batch", type=int, default=1, help="4K sequences per training step (default: 1)")
+    parser.add_argument("--gen-tokens", type=int, nargs=2, default=(16, 144), metavar=("SHORT", "LONG"),
+                        help="new tokens of the two timed generate calls (default: 16 144)")
+    parser.add_argument("--gen-shapes", nargs="+", default=[f"{b}x{p}" for b, p in GENERATE_SHAPES],
+                        help="batch x prompt settings of the generate part (default: %(default)s)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("throughput.py needs a CUDA device")
@@ -480,7 +578,14 @@ def main() -> None:
         for name in LLAMA_SHAPES:
             run_llama(results.setdefault(name, {}), name, bandwidth, rate)
             torch.cuda.empty_cache()
+    if "generate" in parts:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.gen_shapes]
+        run_generate(results, bandwidth, tuple(args.gen_tokens), shapes, with_llama="llama" in parts)
+        torch.cuda.empty_cache()
     print(table(results))
+    if "generate" in parts:
+        print()
+        print(generate_table(results, shapes))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.cache import HybridCache, meta_prefix
-from hymba.generation import forward_step
+from hymba.inference import HybridCache, meta_prefix
 
 SMALL = dict(
     vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=5, num_attention_heads=4,
@@ -47,7 +46,7 @@ def incremental_logits(model, ids: torch.Tensor, chunks: list[int], **options) -
     out, start = [], 0
     with torch.no_grad():
         for size in chunks:
-            out.append(model.lm_head(forward_step(model, ids[:, start : start + size], cache)).float())
+            out.append(model(ids[:, start : start + size], state=cache).logits)
             start += size
     return torch.cat(out, 1)
 
@@ -108,9 +107,9 @@ def test_decode_writes_in_place():
     storage = {id(t): t.data_ptr() for t in [*cache.k.values(), *cache.v.values(), *cache.conv.values(), *cache.ssm.values()]}
     ids = torch.randint(3, 97, (1, 30), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        forward_step(model, ids[:, :10], cache)
+        model(ids[:, :10], state=cache)
         for t in range(10, 30):
-            forward_step(model, ids[:, t : t + 1], cache)
+            model(ids[:, t : t + 1], state=cache)
     after = {id(t): t.data_ptr() for t in [*cache.k.values(), *cache.v.values(), *cache.conv.values(), *cache.ssm.values()]}
     assert after == storage
     assert cache.lengths.tolist() == [model.config.num_memory_tokens + 30]
@@ -140,4 +139,4 @@ def test_cache_capacity_error():
     model = make_model()
     cache = HybridCache(model.config, 1, 4).reset(meta_prefix(model))
     with pytest.raises(ValueError, match="at most 4 tokens"):
-        forward_step(model, torch.ones(1, 5, dtype=torch.long), cache)
+        model(torch.ones(1, 5, dtype=torch.long), state=cache)

@@ -118,6 +118,18 @@ def test_mismatched_tensors_are_listed(saved, edit, message):
         HymbaForCausalLM.from_pretrained(saved)
 
 
+@pytest.mark.parametrize("int_dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_float_tensor_stored_as_integer_is_refused(saved, int_dtype):
+    key = "model.layers.1.mamba.out_proj.weight"
+    rewrite(saved, lambda t: t.update({key: t[key].to(int_dtype)}))
+    stored = str(int_dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"tensor {key} in .* is stored as {stored}, expected a "
+                                              r"floating-point dtype \(loading as float32\)"):
+        HymbaForCausalLM.from_pretrained(saved)
+    with pytest.raises(CheckpointError, match=r"loading as bfloat16"):
+        HymbaForCausalLM.from_pretrained(saved, dtype="bfloat16")
+
+
 def test_all_problems_in_one_message(saved):
     def edit(t):
         t.pop("model.memory_tokens")

@@ -118,3 +118,20 @@ def test_ablation_switches_are_valid_configs(variant):
         assert not any(s.has_attention for s in plan)
     if cfg.sliding_window is None:
         assert all(s.is_global for s in plan)
+
+
+def test_preset_layouts_are_pinned():
+    """The Table 11 presets' layouts, written out (they come from config.hymba_layout, the rule
+    the ablation uses too)."""
+    from hymba.config import PRESETS, hymba_layout
+
+    assert PRESETS["hymba-350m"]["global_attn_idx"] == [0, 15, 31]
+    assert PRESETS["hymba-350m"]["kv_reuse_group"] == [
+        [1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14],
+        [16, 17], [18, 19], [20, 21], [22, 23], [24, 25], [26, 27], [28, 29, 30]]
+    assert PRESETS["hymba-125m"]["global_attn_idx"] == [0, 11, 23]
+    assert PRESETS["hymba-125m"]["kv_reuse_group"] == [
+        [1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [12, 13], [14, 15], [16, 17], [18, 19], [20, 21, 22]]
+    for name, layers in (("hymba-350m", 32), ("hymba-125m", 24)):
+        assert {k: PRESETS[name][k] for k in ("global_attn_idx", "kv_reuse_group")} == hymba_layout(layers)
+    assert hymba_layout(6) == {"global_attn_idx": [0, 2, 5], "kv_reuse_group": [[3, 4]]}

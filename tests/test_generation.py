@@ -11,7 +11,7 @@ from test_cache import make_model
 from tokenkit import write_tokenizer
 
 from hymba import InputError, load_tokenizer
-from hymba.generation import SamplingConfig, stream
+from hymba.inference import SamplingConfig, stream
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +172,59 @@ def test_stream_checks_sampling_arguments_as_generate_does(text_model):
     model, tok = text_model
     with pytest.raises(InputError, match="top_p"):  # 0 was once read as "no top-p"
         list(stream(model, tok, "the quick", do_sample=True, top_p=0.0))
+
+
+def test_step_logits_are_not_kept_unless_asked(monkeypatch):
+    """generate() without output_logits holds no step's logits past the step that used them."""
+    import weakref
+
+    import hymba.inference.generation as generation
+
+    model = make_model()
+    produced: list = []
+    original = generation.decode_logits
+
+    def spy(m, tokens, cache):
+        logits = original(m, tokens, cache)
+        produced.append(weakref.ref(logits))
+        # two steps back, nothing may hold the logits any more
+        assert all(r() is None for r in produced[:-2]), "generate kept an old step's logits"
+        return logits
+
+    monkeypatch.setattr(generation, "decode_logits", spy)
+    model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=12, eos_token_id=[])
+    assert len(produced) == 11
+    kept = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4, eos_token_id=[], output_logits=True)
+    assert kept.logits.shape == (1, 4, model.config.vocab_size)
+
+
+def test_decode_steps_read_nothing_back_from_the_device(monkeypatch):
+    """Apart from the finished-rows flag (read asynchronously on CUDA), a decode step asks the
+    device for no value: no bool(), item(), tolist(), cpu() or numpy() on a tensor."""
+    import hymba.inference.generation as generation
+
+    model = make_model()
+    monkeypatch.setattr(generation._DoneFlag, "all_done", lambda self: False)
+    loop = generation.DecodeLoop(model, torch.tensor([[3, 4, 5], [6, 7, 8]]),
+                                 options=generation.GenerationOptions(max_new_tokens=10, eos_token_id=[5]))
+    steps = iter(loop)
+    next(steps)  # the prefill and the first token may read the device
+    reads = []
+    for name in ("__bool__", "item", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _n=name, _o=original, **k: reads.append(_n) or _o(self, *a, **k))
+    count = sum(1 for _ in steps)
+    monkeypatch.undo()
+    assert count == 9 and reads == []
+
+
+def test_stream_takes_eos_token_id(text_model):
+    model, tok = text_model
+    ids = tok.encode("the quick")
+    free = model.generate(torch.tensor([ids]), max_new_tokens=12, eos_token_id=[])[0, len(ids):].tolist()
+    stop = free[3]
+    text = "".join(stream(model, tok, ids, max_new_tokens=12, eos_token_id=stop))
+    assert text == tok.decode(free[: free.index(stop)])
+    with pytest.raises(InputError, match="unknown generation option 'max_tokens'"):
+        list(stream(model, tok, ids, max_tokens=3))

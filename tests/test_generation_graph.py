@@ -10,8 +10,7 @@ from test_cache import make_model
 from test_generation import left_pad
 
 from hymba import HymbaForCausalLM, InputError
-from hymba.cache import HybridCache
-from hymba.generation import DecodeGraph
+from hymba.inference import DecodeGraph, HybridCache
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -54,3 +53,27 @@ def test_graph_decode_matches_eager_left_padded(dtype):
     graph = model.generate(ids, mask, cuda_graph=True, **options)
     assert torch.equal(graph.sequences, eager.sequences)
     torch.testing.assert_close(graph.logits, eager.logits, rtol=0, atol=1e-3 if dtype == torch.float32 else 0.1)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_decode_steps_do_not_synchronise(cuda_graph):
+    """After the prefill, no decode step waits for the device (torch's sync debug mode raises on
+    any synchronising call), eager or replayed."""
+    from hymba.inference import DecodeLoop, GenerationOptions
+
+    model = make_model("tiny", scale=0.05).to("cuda")
+    ids = torch.randint(3, 2048, (3, 20), device="cuda")
+    loop = DecodeLoop(model, ids, options=GenerationOptions(max_new_tokens=12, eos_token_id=[2],
+                                                            cuda_graph=cuda_graph))
+    steps = iter(loop)
+    next(steps)
+    next(steps)  # the first replay captures the graph
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = sum(1 for _ in steps)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert 1 <= rest <= 10

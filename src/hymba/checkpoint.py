@@ -183,6 +183,11 @@ def load_pretrained(
             if key not in expected:
                 continue  # the tied lm_head copy
             target = by_key[key]
+            if target.is_floating_point() and not tensor.is_floating_point():
+                stored = str(tensor.dtype).removeprefix("torch.")
+                wanted = str(target.dtype).removeprefix("torch.")
+                raise CheckpointError(f"tensor {key} in {folder} is stored as {stored}, expected a "
+                                      f"floating-point dtype (loading as {wanted})")
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(f"tensor {key} in {folder} contains NaN or inf")
             target.copy_(tensor.to(target.dtype))

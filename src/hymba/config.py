@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -368,26 +369,45 @@ class HymbaConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _pair_groups(first: int, last: int) -> list[list[int]]:
-    """Adjacent producer/consumer pairs covering layers first..last (a trailing odd layer joins the
-    last pair, as the released model's [16, 17, 18])."""
-    layers = list(range(first, last + 1))
-    groups = [layers[i : i + 2] for i in range(0, len(layers) - 1, 2)]
-    if len(layers) % 2 and groups:
-        groups[-1].append(layers[-1])
+def global_layers(num_layers: int) -> list[int]:
+    """The layers with global attention in Hymba's layout: the first, the middle
+    (``num_layers // 2 - 1``) and the last, as the released model's [0, 15, 31] of 32."""
+    return sorted({0, num_layers // 2 - 1, num_layers - 1})
+
+
+def kv_share_groups(num_layers: int, global_idx: Sequence[int]) -> list[list[int]]:
+    """K/V-sharing groups of Hymba's layout: within each run of consecutive sliding-window layers
+    (the layers not in ``global_idx``), adjacent pairs share K/V, the first of a pair computing it;
+    a run of odd length ends in a group of three. (The released 1.5B model, whose default
+    config spells its groups out, puts its group of three first after the middle layer:
+    [16, 17, 18].)"""
+    groups: list[list[int]] = []
+    run: list[int] = []
+    for i in [*range(num_layers), None]:
+        if i is not None and i not in global_idx:
+            run.append(i)
+            continue
+        pairs = [run[j : j + 2] for j in range(0, len(run) - 1, 2)]
+        if len(run) % 2 and pairs:
+            pairs[-1].append(run[-1])
+        groups += pairs
+        run = []
     return groups
 
 
+def hymba_layout(num_layers: int) -> dict[str, list]:
+    """The config fields of Hymba's layer layout (paper Table 11, the released model):
+    ``global_attn_idx`` from :func:`global_layers` and ``kv_reuse_group`` from
+    :func:`kv_share_groups`; every other layer uses sliding-window attention."""
+    globals_ = global_layers(num_layers)
+    return {"global_attn_idx": globals_, "kv_reuse_group": kv_share_groups(num_layers, globals_)}
+
+
 def _family(layers: int, hidden: int, heads: int, kv_heads: int, mlp: int, **kw: Any) -> dict:
-    """Paper Table 11 shape: global attention in the first, middle and last layer, the rest SWA with
-    adjacent layers sharing K/V, 128 meta tokens, window 1024."""
-    middle = layers // 2 - 1
+    """Paper Table 11 shape: Hymba's layout (:func:`hymba_layout`), 128 meta tokens, window 1024."""
     return dict(
         num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=mlp,
-        global_attn_idx=[0, middle, layers - 1],
-        kv_reuse_group=_pair_groups(1, middle - 1) + _pair_groups(middle + 1, layers - 2),
-        **kw,
+        num_key_value_heads=kv_heads, intermediate_size=mlp, **hymba_layout(layers), **kw,
     )
 
 

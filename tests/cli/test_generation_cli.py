@@ -11,10 +11,10 @@ import torch
 from tokenkit import write_tokenizer
 
 from hymba import HymbaConfig, HymbaForCausalLM, load_tokenizer
-from hymba.cache_math import cache_bytes
 from hymba.cli import main
-from hymba.cli.cache_size import cache_parts
 from hymba.cli.chat import repl
+from hymba.inference.accounting import cache_bytes
+from hymba.inference.cache import HybridCache
 
 
 def test_cache_size_reproduces_the_paper(tmp_path, capsys):
@@ -28,17 +28,25 @@ def test_cache_size_reproduces_the_paper(tmp_path, capsys):
     assert abs(result["baselines"]["Llama-3.2-3B"]["ratio"] - 11.67) < 0.2
 
 
-def test_cache_object_agrees_with_the_analytic_count():
-    config = HymbaConfig.from_preset("hymba-1.5b")
-    real = cache_parts(config, 8000, 1, "float16")
-    analytic = cache_bytes(config, 8000)
-    for part in ("global_kv", "ssm_state", "conv_state"):
-        assert real[part] == analytic[part]
-    assert real["meta_kv"] == analytic["meta_kv"]
-    # the ring keeps window + 1 slots (the current token and the window before it)
-    producers = sum(1 for s in config.layer_plan() if s.computes_kv and s.window is not None)
-    kv_token = 2 * config.num_key_value_heads * (config.qk_head_dim + config.value_head_dim)
-    assert real["swa_kv"] - analytic["swa_kv"] == producers * kv_token
+@pytest.mark.parametrize("preset", ["tiny", "hymba-1.5b"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_cache_allocates_what_the_accounting_counts(preset, dtype):
+    config = HymbaConfig.from_preset(preset)
+    for batch, length in ((1, 8000), (3, 17)):
+        cache = HybridCache(config, batch, length, dtype=dtype, device="meta", ssm_dtype=torch.float32)
+        parts = cache.nbytes()
+        assert cache.allocated_bytes() == parts["total"]
+        assert parts == cache_bytes(config, length, batch=batch, dtype_bytes=dtype.itemsize, ssm_dtype_bytes=4)
+        meta = sum(t.numel() * t.element_size() for t in [*cache.meta_k.values(), *cache.meta_v.values()])
+        assert meta == parts["meta_kv"]
+
+
+def test_info_and_cache_size_print_the_same_total(capsys):
+    assert main(["info", "--preset", "hymba-1.5b", "--seq", "8000"]) == 0
+    info = float(re.search(r"cache per request at 8000 tokens .*?: ([\d.]+) MB", capsys.readouterr().out).group(1))
+    assert main(["cache-size", "--preset", "hymba-1.5b", "--seq", "8000"]) == 0
+    size = float(re.search(r"total per request\s+([\d.]+) MB", capsys.readouterr().out).group(1))
+    assert info == size
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,7 @@ def test_generate_dtype_choices(checkpoint, capsys):
 
 
 def test_chat_repl_keeps_history_resets_and_exits_on_eof(checkpoint, monkeypatch):
-    import hymba.generation as generation
+    import hymba.inference as generation
 
     model = HymbaForCausalLM.from_pretrained(checkpoint).eval()
     tok = load_tokenizer(checkpoint)

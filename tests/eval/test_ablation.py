@@ -8,6 +8,7 @@ import json
 import pytest
 
 from hymba.cli import main
+from hymba.config import global_layers, kv_share_groups
 from hymba.eval import ablation
 from hymba.eval.recall import SyntheticVocab
 
@@ -29,7 +30,27 @@ def test_variants_are_distinct_valid_configs():
 
 @pytest.mark.parametrize("layers,expected", [(6, [[3, 4]]), (8, [[1, 2], [4, 5, 6]]), (4, [])])
 def test_kv_share_groups(layers, expected):
-    assert ablation.kv_share_groups(layers, ablation.global_layers(layers)) == expected
+    assert kv_share_groups(layers, global_layers(layers)) == expected
+
+
+def test_variant_switches_are_pinned():
+    """The variants' switches, as they were when the ablation had its own copy of the layout rule."""
+    compressed = {"global_attn_idx": [0, 3, 7], "kv_reuse_group": [[1, 2], [4, 5, 6]]}
+    all_global = {"sliding_window": None, "global_attn_idx": [], "kv_reuse_group": []}
+    expected = {
+        "ssm": {"mixer_type": "ssm", "num_memory_tokens": 0},
+        "ssm-meta": {"mixer_type": "ssm", "num_memory_tokens": 4},
+        "attn": {"mixer_type": "attention", "num_memory_tokens": 0, **all_global},
+        "attn-compressed": {"mixer_type": "attention", "num_memory_tokens": 0, **compressed},
+        "hybrid-global": {"num_memory_tokens": 0, **all_global},
+        "hybrid-swa": {"global_attn_idx": [], "kv_reuse_group": [], "num_memory_tokens": 0},
+        "hybrid-swa3": {"global_attn_idx": [0, 3, 7], "kv_reuse_group": [], "num_memory_tokens": 0},
+        "hybrid-kvshare": {"num_memory_tokens": 0, **compressed},
+        "hymba": {"num_memory_tokens": 4, **compressed},
+    }
+    assert {key: make(8, 4) for key, _, _, make in ablation.VARIANTS} == expected
+    assert ablation.VARIANTS[-1][3](6, 8) == {"num_memory_tokens": 8, "global_attn_idx": [0, 2, 5],
+                                              "kv_reuse_group": [[3, 4]]}
 
 
 def test_training_stream_mixes_recall_and_text():

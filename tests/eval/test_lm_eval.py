@@ -113,6 +113,8 @@ def test_three_request_types_batched(tiny_checkpoint, tmp_path):
 
 
 def test_cli_runs(tiny_checkpoint, tmp_path):
+    """The command as a user types it, without --device (lm_eval then passes cuda:0, which means
+    the CPU on a machine without CUDA)."""
     write_tasks(tmp_path)
     exe = Path(sys.executable).with_name("lm_eval")
     if not exe.exists():
@@ -120,7 +122,7 @@ def test_cli_runs(tiny_checkpoint, tmp_path):
     out = subprocess.run(
         [str(exe), "--model", "hymba", "--model_args", f"pretrained={tiny_checkpoint},dtype=float32",
          "--tasks", "hymba_local_choice", "--include_path", str(tmp_path), "--batch_size", "2",
-         "--device", "cpu", "--output_path", str(tmp_path / "out")],
+         "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, env={**os.environ}, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -145,3 +147,18 @@ def test_generation_matches_full_forward_greedy(tiny_checkpoint):
             new.append(token)
             ids = torch.cat([ids, torch.tensor([[token]])], 1)
         assert text == lm.tok_decode(new)
+
+
+def test_cuda_device_falls_back_to_cpu_without_cuda(tiny_checkpoint, monkeypatch, caplog):
+    import torch
+
+    from hymba.eval.lm_eval import HymbaLM
+    from hymba.model import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda:0", "cuda", None, "auto"):
+        lm = HymbaLM(pretrained=str(tiny_checkpoint), dtype="float32", device=device)
+        assert lm.device == torch.device("cpu") and lm.model.device == torch.device("cpu")
+    assert "CUDA is not available: running on the CPU" in caplog.text
+    with pytest.raises(InputError, match="'tpu:7' is not a device"):
+        HymbaLM(pretrained=str(tiny_checkpoint), device="tpu:7")

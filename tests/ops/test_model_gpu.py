@@ -90,8 +90,7 @@ def test_fast_paths_under_autocast_are_as_close_to_float32_as_the_portable_paths
 def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch):
     """A generation prefill of > 128 tokens attends with FlexAttention over meta + prompt; its
     logits equal the forward without a cache, and its cache equals the SDPA path's."""
-    from hymba.cache import HybridCache, meta_prefix
-    from hymba.generation import forward_step
+    from hymba.inference import HybridCache, meta_prefix
     from hymba.ops import flex
 
     ids = torch.randint(0, model.config.vocab_size, (2, 300), device="cuda")
@@ -102,7 +101,7 @@ def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch
     def prefill():
         cache = HybridCache(model.config, 2, 310, device="cuda").reset(meta_prefix(model))
         with torch.no_grad():
-            return model.lm_head(forward_step(model, ids, cache)).float(), cache
+            return model(ids, state=cache).logits, cache
 
     fast, fast_cache = prefill()
     assert calls, "the prefill did not run FlexAttention"
@@ -119,22 +118,21 @@ def test_long_prompt_into_a_fresh_cache_runs_flex_and_matches(model, monkeypatch
         assert fast_cache.ring_pos[slot].equal(slow_cache.ring_pos[slot])
     nxt = ids[:, :1]
     with torch.no_grad():  # decoding goes on from either cache alike
-        a, b = (model.lm_head(forward_step(model, nxt, c)).float() for c in (fast_cache, slow_cache))
+        a, b = (model(nxt, state=c).logits for c in (fast_cache, slow_cache))
     assert (a - b).abs().max().item() <= 1e-4
 
 
 def _decode_logits(m, ids: torch.Tensor, triton: str, monkeypatch) -> torch.Tensor:
     """Logits of a 40-token prefill and then one decode step per remaining token, (batch, steps,
     vocab) in float32, with HYMBA_TRITON set to ``triton``."""
-    from hymba.cache import HybridCache, meta_prefix
-    from hymba.generation import forward_step
+    from hymba.inference import HybridCache, meta_prefix
 
     monkeypatch.setenv("HYMBA_TRITON", triton)
     dtype = m.lm_head.weight.dtype
     cache = HybridCache(m.config, ids.shape[0], ids.shape[1] + 10, dtype=dtype, device="cuda").reset(meta_prefix(m))
     with torch.no_grad():
-        steps = [forward_step(m, ids[:, :40], cache)[:, -1]]
-        steps += [forward_step(m, ids[:, t : t + 1], cache)[:, -1] for t in range(40, ids.shape[1])]
+        steps = [m.model(ids[:, :40], state=cache)[0][:, -1]]
+        steps += [m.model(ids[:, t : t + 1], state=cache)[0][:, -1] for t in range(40, ids.shape[1])]
         return m.lm_head(torch.stack(steps, 1)).float()
 
 

@@ -256,3 +256,37 @@ def test_train_args_take_path_objects_and_name_bad_values(tmp_path):
                          (dict(model=[1]), "model must be a mapping")):
         with pytest.raises(TrainError, match=message):
             TrainArgs(**bad).validate()
+
+
+def test_train_model_in_memory_matches_a_run(reference_run, corpus, tmp_path, monkeypatch):
+    """train_model on the rows a run reads, from the same initial weights, takes the same steps
+    (the ablation trains through it) and writes nothing."""
+    from hymba import HymbaConfig
+    from hymba.tokenizer import load_tokenizer
+    from hymba.train import train_model
+    from hymba.train.data import BatchStream, load_rows, split_labels
+
+    args = small_args(corpus, tmp_path / "unused")
+    config = HymbaConfig.load(reference_run["final"])
+    data = load_rows(args.data, load_tokenizer(reference_run["final"]), args.seq_len, args.val_fraction)
+    stream = BatchStream(data.train, args.batch_size, args.seed)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    model = HymbaForCausalLM(config).eval()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    seen = []
+    losses = train_model(model, (split_labels(stream.batch(k)) for k in range(4)), args,
+                         progress=lambda n, loss: seen.append((n, loss)), report_every=3)
+    assert losses == reference_run["losses"]
+    assert seen == [(3, losses[2]), (4, losses[3])]
+    assert not model.training and os.listdir(work) == []
+    assert _same_weights_as(model, reference_run["final"])
+    with pytest.raises(TrainError, match="batches ran out at step 1 of 4"):
+        train_model(model, [split_labels(stream.batch(0))], args)
+
+
+def _same_weights_as(model, folder):
+    other = HymbaForCausalLM.from_pretrained(folder)
+    return all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), other.state_dict().values()))

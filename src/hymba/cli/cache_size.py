@@ -1,5 +1,5 @@
 """``hymba cache-size``: the generation cache of a model by part, next to Llama-3.2-shaped
-transformers sized the same way (a real :class:`~hymba.cache.HybridCache` on the meta device)."""
+transformers sized the same way (a real :class:`~hymba.inference.HybridCache` on the meta device)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ BASELINES = {
 def cache_parts(config, seq: int, batch: int, dtype_name: str) -> dict[str, int]:
     import torch
 
-    from ..cache import HybridCache
+    from ..inference.cache import HybridCache
 
     dtype = getattr(torch, dtype_name)
     cache = HybridCache(config, batch, seq, dtype=dtype, device="meta", ssm_dtype=dtype)

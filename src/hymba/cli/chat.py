@@ -33,7 +33,7 @@ def repl(model, tokenizer, stdin: TextIO, stdout: TextIO, system: str | None = N
 
     Returns the conversation. A turn that does not fit (prompt too long) is reported and dropped.
     """
-    from ..generation import stream
+    from ..inference import stream
     from ..model import InputError
     from ..tokenizer import TokenizerError
 

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generation import stream
+    from ..inference import stream
     from ..tokenizer import TokenizerError, check_utf8
 
     if args.prompt == "-":  # bytes, so that text which is not UTF-8 gets the error below, whatever the locale

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache_math import cache_bytes, growth_per_token
+    from ..inference.accounting import cache_bytes, growth_per_token
     from ..model import count_parameters
 
     config = load_config(args)
@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     for spec in plan:
         print(f"{spec.index:>5}  {spec.kind}")
     per_token = growth_per_token(config, args.cache_dtype_bytes)
-    total = cache_bytes(config, args.seq, args.cache_dtype_bytes)
+    total = cache_bytes(config, args.seq, dtype_bytes=args.cache_dtype_bytes)
     print()
-    print(f"cache growth per token past the windows: {per_token:,} bytes")
-    print(f"cache at {args.seq} tokens ({args.cache_dtype_bytes}-byte values): "
+    print(f"cache growth per token (global layers): {per_token:,} bytes")
+    print(f"cache per request at {args.seq} tokens ({args.cache_dtype_bytes}-byte values): "
           f"{total['total'] / 1e6:.2f} MB  (" +
-          ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in total.items() if k != "total") + ")")
+          ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in total.items() if k not in ("total", "meta_kv")) +
+          f"; plus meta-token K/V {total['meta_kv'] / 1e6:.2f} MB once per model)")
     return 0

@@ -1,7 +1,8 @@
 """``hymba train``: train from scratch, fine-tune (``--init-from``) or resume (``--resume``).
 
 With no arguments it trains the ``tiny`` preset on the bundled Shakespeare + Milton corpus on the
-CPU for a few minutes and writes ``./hymba-run``. Settings come from, lowest priority first:
+CPU for a few minutes and writes ``./hymba-run``. Ctrl-C saves the current step as a
+checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
 the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
 or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
 """
@@ -12,6 +13,8 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
+import sys
 from typing import Any
 
 from . import CLIError
@@ -24,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train or fine-tune a model (no arguments: a small demo run on bundled text)",
         description="Train a Hymba model. With no arguments: the 'tiny' preset on the bundled "
-                    "Shakespeare + Milton corpus, on the CPU, a few minutes; output in ./hymba-run.",
+                    "Shakespeare + Milton corpus, on the CPU, a few minutes; output in ./hymba-run. "
+                    "Ctrl-C finishes the current step, saves it as a checkpoint and prints the "
+                    "command that resumes the run (a second Ctrl-C aborts at once).",
     )
     S = argparse.SUPPRESS  # unset flags stay absent so that lower layers show through
     p.add_argument("--config", metavar="FILE", help="training settings (.yaml, .json or .toml)")
@@ -38,7 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", default=S, help="replace an existing run folder")
     p.add_argument("--resume", metavar="DIR", default=S, help="continue a run (run folder or checkpoint)")
     p.add_argument("--init-from", metavar="DIR", default=S, help="fine-tune a released-format checkpoint")
-    p.add_argument("--max-steps", type=int, default=S)
+    p.add_argument("--max-steps", type=int, default=S,
+                   help="optimizer steps of the run (default: 160). With --resume, a new value extends "
+                        "or shortens the run: a schedule that has not begun its decay moves the decay "
+                        "to the new end; one that has goes on, so extra steps after a finished decay "
+                        "train at --min-lr (see --rewarm)")
+    p.add_argument("--rewarm", action="store_true", default=S,
+                   help="with --resume: start a new learning-rate phase from the resumed step to "
+                        "--max-steps (warmup to --lr, stable, decay to --min-lr), e.g. to extend a "
+                        "finished run at full rate")
     p.add_argument("--seq-len", type=int, default=S)
     p.add_argument("--batch-size", type=int, default=S, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=int, default=S, help="micro-batches per optimizer step")
@@ -108,7 +121,7 @@ def _saved_args(resume: str) -> dict[str, Any]:
     from ..train.checkpointing import read_trainer_state, resolve_resume
 
     saved = read_trainer_state(resolve_resume(resume)).get("args", {})
-    return {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "init_from")}
+    return {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "init_from", "rewarm")}
 
 
 def _run_folder(resume: str) -> str:
@@ -139,13 +152,18 @@ def build_train_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import DataError, TrainError, train
+    from ..train import DataError, TrainError, TrainInterrupted, train
 
     train_args = build_train_args(args)
     try:
         summary = train(train_args)
     except (TrainError, DataError) as exc:
         raise CLIError(str(exc)) from None
+    except TrainInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"interrupted at step {stop.step}; resume with: hymba train --resume {shlex.quote(stop.out)}",
+                  file=sys.stderr, flush=True)
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     trained = summary["trained_steps"]

@@ -11,7 +11,7 @@ measured on
 * MQAR accuracy at lengths within and beyond the sliding window (pairs first, queries last);
   "beyond" averages the lengths up to the training length, the recall curve goes further;
 * byte-level perplexity on held-out text (:mod:`hymba.eval.perplexity`);
-* cache size at ``cache_len`` tokens in fp16 (:func:`hymba.cache_math.cache_bytes`);
+* cache size at ``cache_len`` tokens in fp16 (:func:`hymba.inference.accounting.cache_bytes`);
 * prefill throughput (tokens/s of a no-grad forward on this machine);
 * where attention goes (:mod:`hymba.eval.analysis`): mean share of attention mass on meta tokens
   and on the first token over one held-out text.
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache_math import cache_bytes
-from ..config import HymbaConfig
+from ..config import HymbaConfig, global_layers, hymba_layout
+from ..inference.accounting import cache_bytes
 from ..model import HymbaForCausalLM, InputError
+from ..train import TrainArgs, train_model
 from ..train.bpe import BUNDLED_CORPUS, bundled_data_dir
 from ..train.sources import iter_documents
 from .analysis import analyze
@@ -84,35 +85,8 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def global_layers(layers: int) -> list[int]:
-    """First, middle and last layer, as the released model's [0, 15, 31]."""
-    return sorted({0, layers // 2 - 1, layers - 1})
-
-
-def kv_share_groups(layers: int, globals_: Sequence[int]) -> list[list[int]]:
-    """Adjacent pairs of consecutive sliding-window layers share K/V (a trailing odd layer joins
-    its run's last pair)."""
-    groups: list[list[int]] = []
-    run: list[int] = []
-    for i in [*range(layers), None]:
-        if i is not None and i not in globals_:
-            run.append(i)
-            continue
-        pairs = [run[j:j + 2] for j in range(0, len(run) - 1, 2)]
-        if len(run) % 2 and pairs:
-            pairs[-1].append(run[-1])
-        groups += pairs
-        run = []
-    return groups
-
-
 # (key, description, paper Table 10 row, switches as a function of the layer and meta-token counts)
 Variant = tuple[str, str, str, Callable[[int, int], dict]]
-
-
-def _swa3(layers: int) -> dict:
-    g = global_layers(layers)
-    return {"global_attn_idx": g, "kv_reuse_group": kv_share_groups(layers, g)}
 
 
 _ALL_GLOBAL = dict(sliding_window=None, global_attn_idx=[], kv_reuse_group=[])
@@ -124,7 +98,7 @@ VARIANTS: list[Variant] = [
     ("attn", "attention only (all global)", "6",
      lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_ALL_GLOBAL)),
     ("attn-compressed", "attention only + SWA, 3 global, KV share", "10",
-     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **_swa3(n))),
+     lambda n, m: dict(mixer_type="attention", num_memory_tokens=0, **hymba_layout(n))),
     ("hybrid-global", "hybrid heads, all global", "5",
      lambda n, m: dict(num_memory_tokens=0, **_ALL_GLOBAL)),
     ("hybrid-swa", "hybrid heads, all SWA", "7",
@@ -132,9 +106,9 @@ VARIANTS: list[Variant] = [
     ("hybrid-swa3", "hybrid heads, SWA + 3 global", "8",
      lambda n, m: dict(global_attn_idx=global_layers(n), kv_reuse_group=[], num_memory_tokens=0)),
     ("hybrid-kvshare", "hybrid, SWA + 3 global + KV share", "9",
-     lambda n, m: dict(num_memory_tokens=0, **_swa3(n))),
+     lambda n, m: dict(num_memory_tokens=0, **hymba_layout(n))),
     ("hymba", "hybrid, SWA + 3 global + KV share + meta tokens (Hymba)", "13",
-     lambda n, m: dict(num_memory_tokens=m, **_swa3(n))),
+     lambda n, m: dict(num_memory_tokens=m, **hymba_layout(n))),
 ]
 
 
@@ -245,47 +219,23 @@ def training_batches(budget: Budget, vocab: SyntheticVocab, text: ByteText, seed
 REPORT_EVERY = 10  # training steps between two reads of the loss
 
 
+def train_args(budget: Budget) -> TrainArgs:
+    """The optimisation settings of every variant: AdamW (betas 0.9/0.98, no weight decay), a
+    cosine schedule (5% warm-up, decay to 10% of the peak), gradient clipping at 1; bf16 autocast
+    on CUDA (the trainer's default)."""
+    return TrainArgs(max_steps=budget.steps, lr=budget.lr, schedule="cosine", warmup=0.05,
+                     min_lr=0.1 * budget.lr, weight_decay=0.0, adam_beta2=0.98, grad_clip=1.0)
+
+
 def train(model: HymbaForCausalLM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
           progress: Callable[[int, float], None] | None = None) -> list[float]:
-    """The training package's AdamW (betas 0.9/0.98, no weight decay) and cosine schedule (5%
-    warm-up, decay to 10% of the peak), gradient clipping at 1, over the ablation's own labelled
-    batches; bf16 autocast on CUDA. Returns the loss of every step.
+    """Train ``model`` on the ablation's labelled batches with :func:`hymba.train.train_model`
+    under :func:`train_args`; the model is left in eval mode. Returns the loss of every step.
 
-    ``progress(steps_done, last_loss)`` is called every ``REPORT_EVERY`` steps: reading a loss
-    waits for the GPU, so the host reads them in groups and can queue steps ahead."""
-    from ..train.optim import Schedule, build_optimizer
-
-    device = next(model.parameters()).device
-    opt = build_optimizer(model, budget.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    schedule = Schedule("cosine", budget.lr, budget.steps, warmup=0.05, min_lr=0.1 * budget.lr)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    model.train()
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []
-    for step, (ids, labels) in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = schedule(step)
-        with autocast:
-            loss = model(ids.to(device), labels=labels.to(device)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        pending.append(loss.detach())
-        if len(pending) == REPORT_EVERY:
-            _flush(pending, losses, progress)
-    _flush(pending, losses, progress)
+    ``progress(steps_done, last_loss)`` is called every ``REPORT_EVERY`` steps."""
+    losses = train_model(model, batches, train_args(budget), progress, report_every=REPORT_EVERY)
     model.eval()
     return losses
-
-
-def _flush(pending: list[torch.Tensor], losses: list[float], progress: Callable[[int, float], None] | None) -> None:
-    if not pending:
-        return
-    losses += torch.stack(pending).float().tolist()
-    pending.clear()
-    if progress:
-        progress(len(losses), losses[-1])
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ def instrument(model: torch.nn.Module) -> Iterator[dict[int, dict[str, Any]]]:
                 entry[stage] = float(value[:, num_meta:].float().abs().mean())
         return hook
 
-    for i, layer in enumerate(model.model.layers):
+    for i, layer in enumerate(model.layers):
         mixer = layer.mixer
         hooks.append(layer.register_forward_pre_hook(lambda *_, i=i: current.__setitem__(0, i)))
         for branch, inner, norm in (("attention", "attn", "attn_norm"), ("ssm", "ssm", "ssm_norm")):
@@ -100,7 +100,7 @@ def analyze(model: torch.nn.Module, input_ids: Tensor) -> dict[str, Any]:
     layers = []
     for i, spec in enumerate(model.config.layer_plan()):
         rec = records.get(i, {})
-        mixer = model.model.layers[i].mixer
+        mixer = model.layers[i].mixer
         mags = rec.get("branch_magnitude", {})
         for branch, norm in (("attention", "attn_norm"), ("ssm", "ssm_norm")):
             if branch in mags:

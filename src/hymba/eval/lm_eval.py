@@ -13,6 +13,7 @@ through :func:`~hymba.eval.scoring.score_pairs`, ``generate_until`` through
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -22,11 +23,27 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..model import HymbaForCausalLM, InputError
 from ..tokenizer import load_tokenizer
 from .scoring import left_pad, score_pairs
 
 MODEL_NAME = "hymba"
+
+logger = logging.getLogger(__name__)
+
+
+def _device(name: str | None) -> torch.device:
+    """The device to run on. The ``lm_eval`` command passes ``cuda:0`` when ``--device`` is not
+    given, so a CUDA device on a machine without CUDA means the CPU (with a warning), as
+    lm-eval's transformers adapter does; other unusable devices are an :class:`InputError`."""
+    if name is not None and str(name).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device %s requested but CUDA is not available: running on the CPU", name)
+        return torch.device("cpu")
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _batch_size(value: Any) -> int:
@@ -44,7 +61,8 @@ class HymbaLM(TemplateLM):
     """lm-eval adapter around :class:`~hymba.HymbaForCausalLM` and its checkpoint's tokenizer.
 
     ``model_args``: ``pretrained`` (checkpoint folder), ``dtype`` (float32/bfloat16/float16,
-    default: the checkpoint's), ``device`` (default cuda if available), ``batch_size``,
+    default: the checkpoint's), ``device`` (default cuda if available; a CUDA device on a machine
+    without CUDA falls back to the CPU), ``batch_size``,
     ``max_length`` (tokens per forward; default the config's ``max_position_embeddings``),
     ``max_gen_toks`` (default 256), ``add_bos_token`` (default: the tokenizer's setting).
     """
@@ -61,13 +79,13 @@ class HymbaLM(TemplateLM):
         add_bos_token: bool | None = None,
     ) -> None:
         super().__init__()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = _device(device)
         dtype = None if dtype in (None, "auto") else dtype
         self.model = HymbaForCausalLM.from_pretrained(pretrained, dtype=dtype, device=device).eval()
         self.hymba_tokenizer = load_tokenizer(pretrained)
         if add_bos_token is not None:
             self.hymba_tokenizer.add_bos_token = bool(add_bos_token)
-        self._device = torch.device(device)
+        self._device = device
         self._batch_size = _batch_size(batch_size)
         if max_batch_size is not None:
             self._batch_size = min(self._batch_size, int(max_batch_size))

@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
-
-def require_matplotlib() -> Any:
-    """The ``matplotlib.pyplot`` module with the file-only Agg backend, or a clear ImportError."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(
-            "plots need matplotlib: pip install 'hymba[eval]' (or pip install matplotlib)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..plotting import require_matplotlib
 
 
 def recall_curves(rows: Sequence[dict], path: str | os.PathLike, title: str, window: int | None = None) -> None:

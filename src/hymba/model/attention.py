@@ -6,39 +6,12 @@ and its output (heads × V head dim = the Mamba inner width) goes straight to th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor, nn
 
 from .. import ops
 from ..config import HymbaConfig, LayerSpec
-from ..ops.decode_attention import DecodeKeys
 from .layout import SequenceLayout
-
-
-@dataclass
-class SharedKV:
-    """K/V computed by a producer layer, as its consumers attend over them."""
-
-    k: Tensor  # (b, Hkv, Lk, d_qk), after RoPE
-    v: Tensor  # (b, Hkv, Lk, d_v)
-    k_pos: Tensor  # (Lk,) or (b, Lk)
-    k_valid: Tensor | None  # (b, Lk) or None
-    # Decode from a cache: always-visible K/V kept once per model (the meta tokens) and which
-    # of k/v each row's query sees; k_pos/k_valid are then not used.
-    prefix: tuple[Tensor, Tensor] | None = None
-    decode: DecodeKeys | None = None
-
-
-def rotate(x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
-    """Heads ``x`` with their rotary embedding (none for ``rotary=None``). Under autocast the
-    result is in the autocast dtype, as attention then computes: rotated with the (float32)
-    tables and rounded once."""
-    if rotary is None:
-        return x
-    autocast = torch.is_autocast_enabled(x.device.type)
-    return ops.apply_rotary(x, *rotary, dtype=torch.get_autocast_dtype(x.device.type) if autocast else None)
+from .state import SharedKV, rotate
 
 
 class AttentionBranch(nn.Module):
@@ -73,8 +46,8 @@ class AttentionBranch(nn.Module):
         if self.spec.computes_kv:
             k = self._heads(k, self.num_kv_heads, self.qk_dim)
             v = self._heads(v, self.num_kv_heads, self.v_dim)
-            if layout.cache is not None:
-                shared = layout.cache.update_kv(self.spec, k, v, layout, rotary)
+            if layout.state is not None:
+                shared = layout.state.update_kv(self.spec, k, v, layout, rotary)
             else:
                 # contiguous once here rather than in each consumer's attention (FlexAttention's
                 # layout)

@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import HymbaConfig, LayerSpec
-from .attention import AttentionBranch, SharedKV
+from .attention import AttentionBranch
 from .layers import MLP, Linear, RMSNorm
 from .layout import SequenceLayout
 from .ssm import MambaBranch
+from .state import SharedKV
 
 
 class HybridMixer(nn.Module):

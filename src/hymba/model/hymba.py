@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..config import HymbaConfig
 from .block import HymbaBlock
 from .layers import Linear, RMSNorm, RotaryEmbedding
-from .layout import InputError, SequenceLayout, left_padding, padded_layout
+from .layout import InputError, SequenceLayout, check_token_ids, left_padding, padded_layout
+from .state import LayerState, SequenceState
 
 
 @dataclass
@@ -40,22 +41,6 @@ class HymbaModel(nn.Module):
         self.rotary = RotaryEmbedding(config) if config.has_attention and config.rope else None
         self.gradient_checkpointing = False
 
-    def _check_ids(self, input_ids: Tensor) -> None:
-        if not isinstance(input_ids, Tensor):
-            raise InputError(f"input_ids must be a (batch, length) tensor, got {type(input_ids).__name__}")
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        if input_ids.numel() == 0:
-            raise InputError(f"input_ids {tuple(input_ids.shape)} is empty: give at least one row of one token")
-        if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
-            return  # a graph being captured cannot read the device: its caller checks the ids
-        lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read of the device
-        if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
-
     def embed(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, SequenceLayout, Tensor | None]:
         """Embeddings with the meta tokens placed in front of each row's real tokens.
 
@@ -80,17 +65,56 @@ class HymbaModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         output_hidden_states: bool = False,
+        state: SequenceState | None = None,
+        num_new: Tensor | None = None,
+        check_inputs: bool = True,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        self._check_ids(input_ids)
-        h, layout, output_index = self.embed(input_ids, attention_mask)
-        hidden = [h] if output_hidden_states else None
-        h = self.run_layers(h, layout, hidden)
+        """Final-norm hidden states (b, n, H) for the ``input_ids`` positions.
+
+        Without ``state`` each row is a new sequence (meta tokens in front, ``attention_mask`` may
+        left-pad rows). With ``state`` the ids continue the sequences it holds and are stored in
+        it; rows may then be right-padded, ``num_new`` (b,) saying how many ids of each row are
+        real. ``check_inputs=False`` skips the id range check, which reads the device (a decode
+        loop feeding back sampled tokens needs no check, and must not wait for the device).
+        """
+        if state is None:
+            if num_new is not None:
+                raise InputError("num_new describes tokens added to a state: pass state= as well")
+            if check_inputs:
+                check_token_ids(input_ids, self.config.vocab_size)
+            h, layout, output_index = self.embed(input_ids, attention_mask)
+            hidden = [h] if output_hidden_states else None
+            h = self.run_layers(h, layout, hidden)
+            n = input_ids.shape[1]
+            if output_index is None:
+                h = h[:, -n:]
+            else:
+                h = torch.gather(h, 1, output_index[..., None].expand(-1, -1, h.shape[-1]))
+            return h, (tuple(hidden) if hidden is not None else None)
+        if attention_mask is not None:
+            raise InputError("with a state, right-pad rows and pass num_new instead of attention_mask")
+        if output_hidden_states:
+            raise InputError("output_hidden_states is not available with a state")
+        if check_inputs:
+            mask = None
+            if num_new is not None:
+                steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+                mask = steps[None] < num_new.to(input_ids.device)[:, None]
+            check_token_ids(input_ids, self.config.vocab_size, mask)
         n = input_ids.shape[1]
-        if output_index is None:
-            h = h[:, -n:]
-        else:
-            h = torch.gather(h, 1, output_index[..., None].expand(-1, -1, h.shape[-1]))
-        return h, (tuple(hidden) if hidden is not None else None)
+        layout = state.layout(n, num_new)
+        h = self.run_layers(self.embed_tokens(input_ids), layout)
+        state.advance(n)
+        return h, None
+
+    def run_meta_tokens(self, state: LayerState) -> None:
+        """Run the meta tokens alone, as the start of a sequence, through ``state``: what they
+        leave behind (their K/V, the conv/SSM state after them) does not depend on the input."""
+        m = self.num_meta
+        if not m:
+            return
+        h = self.memory_tokens[None].to(self.embed_tokens.weight.dtype)
+        self.run_layers(h, SequenceLayout(torch.arange(m, device=h.device), None, m, state=state, start=0))
 
     def run_layers(self, h: Tensor, layout: SequenceLayout, hidden: list[Tensor] | None = None) -> Tensor:
         """The decoder layers and the final norm over internal positions ``h`` (b, L, H)."""
@@ -156,6 +180,12 @@ class HymbaForCausalLM(nn.Module):
                 p.normal_(0.0, 1.0)
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers, in order (one :class:`~hymba.model.block.HymbaBlock` each), for
+        inspection and hooks."""
+        return self.model.layers
+
+    @property
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
 
@@ -178,14 +208,26 @@ class HymbaForCausalLM(nn.Module):
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
+        *,
+        state: SequenceState | None = None,
+        num_new: Tensor | None = None,
+        check_inputs: bool = True,
     ) -> CausalLMOutput:
         """Logits for every input position (or the last ``logits_to_keep``), float32.
 
         ``attention_mask`` (1 = real token, 0 = padding) may left-pad rows: each row then gives
         the logits it would give alone. ``labels`` (−100 = ignore) yield the next-token loss.
+
+        ``state`` (e.g. a :class:`hymba.inference.HybridCache`) continues the sequences it holds;
+        rows may be right-padded with ``num_new`` (b,) real tokens each, and ``logits_to_keep=1``
+        then keeps each row's last real token. See :meth:`HymbaModel.forward`.
         """
-        h, hidden = self.model(input_ids, attention_mask, output_hidden_states)
-        if logits_to_keep:
+        h, hidden = self.model(input_ids, attention_mask, output_hidden_states, state=state, num_new=num_new,
+                               check_inputs=check_inputs)
+        if logits_to_keep == 1 and num_new is not None:
+            last = (num_new.to(h.device) - 1).clamp(min=0)
+            h = h[torch.arange(h.shape[0], device=h.device), last][:, None]
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h).float()
         loss = None
@@ -197,9 +239,13 @@ class HymbaForCausalLM(nn.Module):
             )
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden)
 
+    def run_meta_tokens(self, state: LayerState) -> None:
+        """Run the meta tokens alone through ``state`` (see :meth:`HymbaModel.run_meta_tokens`)."""
+        self.model.run_meta_tokens(state)
+
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs):
-        """Generate continuations with the hybrid cache; see :func:`hymba.generation.generate`."""
-        from ..generation import generate
+        """Generate continuations with the hybrid cache; see :func:`hymba.inference.generate`."""
+        from ..inference.generation import generate
 
         return generate(self, input_ids, attention_mask, **kwargs)
 

@@ -8,10 +8,13 @@ Positions restart at 0 on each row's first meta token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .state import LayerState
 
 
 class InputError(ValueError):
@@ -23,9 +26,10 @@ class SequenceLayout:
     """Per-forward facts shared by all layers.
 
     ``positions``: (L,) when all rows are aligned, else (b, L); ``token_valid``: (b, L) or None
-    when no row is padded; ``cos``/``sin``: rotary tables for ``positions``; ``cache``: the
-    generation cache or None; ``start``: ``positions[0]`` as a Python int where it is known
-    without reading the device (1-D positions built on the host), else None.
+    when no row is padded; ``cos``/``sin``: rotary tables for ``positions``; ``state``: where
+    the layers keep K/V and SSM state across calls (:class:`~hymba.model.state.LayerState`),
+    or None; ``start``: ``positions[0]`` as a Python int where it is known without reading the
+    device (1-D positions built on the host), else None.
     """
 
     positions: Tensor
@@ -33,7 +37,7 @@ class SequenceLayout:
     num_meta: int
     cos: Tensor | None = None
     sin: Tensor | None = None
-    cache: Any = None
+    state: LayerState | None = None
     start: int | None = None
 
     @property
@@ -85,3 +89,25 @@ def padded_layout(pads: Tensor, num_meta: int, n: int) -> tuple[Tensor, Tensor, 
     j = torch.arange(n, device=pads.device)[None]
     output = torch.where(j >= p, j + num_meta, j)
     return source, positions, valid, output
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int, mask: Tensor | None = None) -> None:
+    """Raise :class:`InputError` unless ``input_ids`` is a non-empty (batch, length) tensor of
+    integer ids inside ``[0, vocab_size)``; with ``mask`` (same shape, True = real token) only the
+    real tokens are range-checked. Reads the device once (not at all while a CUDA graph is being
+    captured, whose caller checks its ids)."""
+    if not isinstance(input_ids, Tensor):
+        raise InputError(f"input_ids must be a (batch, length) tensor, got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise InputError(f"input_ids {tuple(input_ids.shape)} is empty: give at least one row of one token")
+    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    ids = input_ids if mask is None else torch.where(mask.to(input_ids.device, torch.bool), input_ids, 0)
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one read of the device
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise InputError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")

@@ -37,15 +37,15 @@ class MambaBranch(nn.Module):
         """``x``, ``z``: (b, L, d_inner) pre-conv input and gate → (b, L, d_inner).
 
         Padding positions (``layout.token_valid`` False) leave the conv input and the SSM state
-        untouched (zero input, Δ = 0). With a cache, the conv/SSM state continues from the cache's
-        and is written back; a single-token call updates the cached state in place.
+        untouched (zero input, Δ = 0). With a ``layout.state`` the conv/SSM state continues from
+        the state's and is written back; a single-token call updates it in place.
         """
         valid = None if layout.token_valid is None else layout.token_valid[..., None]
         if valid is not None:
             x = x * valid.to(x.dtype)
-        cache = layout.cache
-        conv_state = cache.conv_state(self.layer_idx) if cache is not None else None
-        ssm_state = cache.ssm_state(self.layer_idx) if cache is not None else None
+        state = layout.state
+        conv_state = state.conv_state(self.layer_idx) if state is not None else None
+        ssm_state = state.ssm_state(self.layer_idx) if state is not None else None
         weight = self.conv1d.weight[:, 0, :]
         if conv_state is not None and x.shape[1] == 1:
             return self._step(x[:, 0], z[:, 0], weight, conv_state, ssm_state)[:, None]
@@ -60,8 +60,8 @@ class MambaBranch(nn.Module):
             xc, delta, ops.derived(self.A_log, "A", lambda a: -torch.exp(a.float())), B, C, self.D, z,
             delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
         )
-        if cache is not None:
-            cache.store_ssm(self.layer_idx, x, new_ssm_state)
+        if state is not None:
+            state.store_ssm(self.layer_idx, x, new_ssm_state)
         return y
 
     def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,2 +1,6 @@
-"""Serving: a continuous-batching engine (``engine``), its asyncio wrapper (``async_engine``) and
-the OpenAI-compatible HTTP server (``protocol``, ``server``) that ``hymba serve`` runs."""
+"""Serving: a continuous-batching engine over the hybrid cache (:mod:`.engine`) and, with the
+``serve`` extra, an OpenAI-compatible HTTP server on it (``hymba serve``)."""
+
+from .engine import Engine, EngineConfig, LogProb, QueueFull, RequestOutput, SamplingParams
+
+__all__ = ["Engine", "EngineConfig", "LogProb", "QueueFull", "RequestOutput", "SamplingParams"]

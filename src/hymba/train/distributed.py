@@ -41,6 +41,14 @@ class DistInfo:
         dist.all_reduce(t)
         return float(t) / self.world_size
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank (every rank must call this at the same point)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -40,7 +41,11 @@ class Schedule:
     ``wsd``: linear warmup, constant, then a linear decay to ``min_lr`` over the last
     ``decay_fraction`` of the steps (the paper: 1% warmup, last 20% decay to 1e-5).
     ``cosine``: linear warmup, then a cosine from ``lr`` to ``min_lr`` at the last step.
-    ``warmup`` below 1 is a fraction of ``total_steps``, otherwise a step count.
+    ``warmup`` below 1 is a fraction of the steps, otherwise a step count.
+
+    The schedule spans the steps ``start`` .. ``total_steps - 1`` (a run starts at 0; a
+    ``--rewarm`` phase starts at the step it resumes from); after its last step it stays at
+    ``min_lr``. :func:`continue_schedule` decides the schedule of a resumed run.
     """
 
     kind: str
@@ -49,35 +54,77 @@ class Schedule:
     warmup: float = 0.01
     min_lr: float = 1e-5
     decay_fraction: float = 0.2
+    start: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("wsd", "cosine"):
             raise ValueError(f"schedule must be 'wsd' or 'cosine', got {self.kind!r}")
-        if self.total_steps < 1:
-            raise ValueError(f"total steps must be >= 1, got {self.total_steps}")
+        if self.total_steps - self.start < 1:
+            raise ValueError(f"total steps must be >= 1, got {self.total_steps - self.start}")
         if not 0 <= self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction}")
 
     @property
+    def steps(self) -> int:
+        """The number of steps the schedule spans."""
+        return self.total_steps - self.start
+
+    @property
     def warmup_steps(self) -> int:
-        w = self.warmup * self.total_steps if self.warmup < 1 else self.warmup
-        return min(int(round(w)), self.total_steps)
+        w = self.warmup * self.steps if self.warmup < 1 else self.warmup
+        return min(int(round(w)), self.steps)
+
+    @property
+    def decay_start(self) -> int:
+        """The first step whose learning rate is below the peak after the warmup (the end of
+        the schedule for a WSD schedule without decay)."""
+        if self.kind == "cosine":
+            return self.start + self.warmup_steps
+        return self.total_steps - int(round(self.decay_fraction * self.steps))
 
     def __call__(self, step: int) -> float:
+        step -= self.start
         warm = self.warmup_steps
         if step < warm:
             return self.lr * (step + 1) / warm
-        last = self.total_steps - 1
+        last = self.steps - 1
         if self.kind == "cosine":
             span = max(1, last - warm)
             t = min(1.0, (step - warm) / span)
             return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
-        decay_steps = int(round(self.decay_fraction * self.total_steps))
-        start = self.total_steps - decay_steps
+        decay_steps = int(round(self.decay_fraction * self.steps))
+        start = self.steps - decay_steps
         if decay_steps == 0 or step < start:
             return self.lr
         t = min(1.0, (step - start + 1) / decay_steps)
         return self.lr + (self.min_lr - self.lr) * t
+
+
+def continue_schedule(previous: Schedule, step: int, planned: Schedule, rewarm: bool = False) -> Schedule:
+    """The schedule of a run resumed at ``step``: ``previous`` is the schedule the checkpoint was
+    trained under, ``planned`` the one the resumed run's settings give from step 0 (its
+    ``total_steps`` is the new ``max_steps``; its rates and shape settings are used throughout).
+
+    * Same ``max_steps``: the run goes on under its schedule (an exact resume).
+    * A different ``max_steps`` while the schedule has not begun to decay (WSD: warmup or the
+      stable phase; cosine: warmup): the decay moves to the new end, the warmup keeps its steps,
+      so the learning rate goes on as it was.
+    * A different ``max_steps`` once the decay has begun (or ended): the previous schedule goes
+      on; the decay ends where it was going to and the steps after it train at ``min_lr`` (the
+      learning rate never jumps back up by itself).
+    * ``rewarm``: a new phase of the planned shape from ``step`` to ``max_steps``: warmup from
+      near zero to ``lr``, stable, decay to ``min_lr`` (cosine: warmup, cosine).
+    """
+    if rewarm:
+        return dataclasses.replace(planned, start=step)
+    if planned.total_steps == previous.total_steps:
+        return dataclasses.replace(planned, start=previous.start)
+    pinned = float(previous.warmup_steps)  # as a count: it must not change with the length
+    stretched = dataclasses.replace(planned, start=previous.start, warmup=pinned)
+    if step < previous.decay_start and step < stretched.decay_start:
+        return stretched
+    return dataclasses.replace(planned, start=previous.start, total_steps=previous.total_steps,
+                               warmup=pinned)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

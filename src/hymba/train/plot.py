@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..plotting import require_matplotlib
 from .data import DataError
 
 
@@ -25,8 +26,6 @@ def read_metrics(run_dir: str) -> list[dict]:
 def plot_run(run_dir: str, path: str | None = None) -> str:
     """Training loss (and validation loss where logged) against step, plus the learning rate;
     written to ``path`` (default: ``RUN/loss.png``). Returns the path."""
-    from ..eval.plots import require_matplotlib
-
     records = read_metrics(run_dir)
     plt = require_matplotlib()
     path = path or os.path.join(run_dir, "loss.png")

@@ -2,7 +2,8 @@
 
 ``train(TrainArgs(...))`` returns a summary dict. The run folder ``args.out`` receives numbered
 checkpoints (:mod:`.checkpointing`), ``metrics.jsonl`` (one JSON object per logged step) and the
-final model in ``final/`` (released format + tokenizer).
+final model in ``final/`` (released format + tokenizer). The optimizer step itself is
+:class:`.step.TrainStep`; Ctrl-C stops a run after a step, saved (:class:`.args.TrainInterrupted`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +30,7 @@ from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
 from . import distributed
+from .args import TrainArgs, TrainError, TrainInterrupted
 from .bpe import BUNDLED_CORPUS, bundled_data_dir
 from .data import (
     BatchStream,
@@ -35,109 +39,9 @@ from .data import (
     split_labels,
     unigram_entropy,
 )
-from .graph import TrainingGraph
 from .metrics import MetricsLog
-from .optim import Schedule, build_optimizer, set_lr
-
-
-class TrainError(ValueError):
-    """A training run cannot start or had to stop; the message says why."""
-
-
-@dataclass
-class TrainArgs:
-    """Everything a run depends on. ``data`` empty: the bundled corpus; ``tokenizer`` None: the
-    ``init_from`` checkpoint's tokenizer, else the bundled one. ``model`` overrides config fields
-    of ``preset`` (from-scratch runs). ``warmup`` below 1 is a fraction of ``max_steps``."""
-
-    out: str = "hymba-run"
-    preset: str = "tiny"
-    model: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None
-    resume: str | None = None
-    overwrite: bool = False
-    data: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
-    max_steps: int = 160
-    seq_len: int = 128
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr: float = 1e-5
-    schedule: str = "wsd"
-    warmup: float = 0.01
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    val_fraction: float = 0.02
-    eval_every: int = 40
-    eval_batches: int = 8
-    save_every: int = 80
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    device: str = "auto"
-    dtype: str | None = None
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    threads: int | None = None
-    tensorboard: bool = False
-    compile: bool = False
-    cuda_graph: bool = False
-    sample_prompt: str = "To be, or not to be"
-    sample_tokens: int = 60
-    progress: bool = True
-
-    def __post_init__(self) -> None:  # paths may be given as os.PathLike, data as any sequence
-        for name in ("out", "init_from", "resume", "tokenizer"):
-            if isinstance(getattr(self, name), os.PathLike):
-                setattr(self, name, os.fspath(getattr(self, name)))
-        if isinstance(self.data, (str, os.PathLike)):
-            self.data = [self.data]
-        if isinstance(self.data, (list, tuple)):
-            self.data = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.data]
-
-    def validate(self) -> None:
-        """Raise :class:`TrainError` naming the first setting of the wrong type or range."""
-
-        def check(names: tuple[str, ...], ok, what: str) -> None:
-            for name in names:
-                value = getattr(self, name)
-                if not ok(value):
-                    raise TrainError(f"{name} must be {what}, got {value!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        check(("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches",
-               "save_every", "log_every"), lambda v: is_int(v) and v >= 1, "a positive integer")
-        check(("keep_checkpoints", "sample_tokens", "seed"), lambda v: is_int(v) and v >= 0,
-              "a non-negative integer")
-        check(("threads",), lambda v: v is None or (is_int(v) and v >= 1), "a positive integer")
-        check(("lr",), lambda v: is_number(v) and v > 0, "a positive number")
-        check(("min_lr", "warmup", "weight_decay", "grad_clip"), lambda v: is_number(v) and v >= 0,
-              "a non-negative number")
-        check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
-        check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        check(("overwrite", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
-              lambda v: isinstance(v, bool), "true or false")
-        check(("out", "preset", "sample_prompt"), lambda v: isinstance(v, str), "a string")
-        check(("device",), lambda v: v is None or isinstance(v, str), "a device name")
-        check(("init_from", "resume", "tokenizer"), lambda v: v is None or isinstance(v, str), "a path")
-        check(("data",), lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
-              "a list of paths")
-        check(("model",), lambda v: isinstance(v, dict), "a mapping of config fields")
-        if self.schedule not in ("wsd", "cosine"):
-            raise TrainError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
-        if self.dtype not in (None, "float32", "bfloat16"):
-            raise TrainError(f"dtype must be float32 or bfloat16 (autocast), got {self.dtype!r}")
-        if self.init_from and self.resume:
-            raise TrainError("use either init_from (start a fine-tune) or resume (continue a run)")
-        if self.cuda_graph and self.compile:
-            raise TrainError("use either cuda_graph or compile, not both")
-
+from .optim import Schedule, continue_schedule
+from .step import TrainStep
 
 # ------------------------------------------------------------------------------------------------
 # Setup
@@ -308,162 +212,228 @@ def train(args: TrainArgs) -> dict[str, Any]:
         world.barrier()  # every rank has checked the output folder before rank 0 creates it
         out = _prepare_out_dir(args) if world.is_main else os.path.abspath(args.out)
         world.barrier()
-        return _run(args, world, device, tokenizer, config, data, out, resume_dir)
+        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir)
+        run.setup()
+        run.loop()
+        return run.finish()
     finally:
         world.close()
 
 
-def _run(args: TrainArgs, world: distributed.DistInfo, device: torch.device, tokenizer: HymbaTokenizer,
-         config: HymbaConfig, data: PackedData, out: str, resume_dir: str | None) -> dict[str, Any]:
-    if device.type == "cpu":
-        threads = args.threads or (1 if config.hidden_size <= 256 else None)
-        if threads:
-            torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    source = resume_dir or args.init_from
-    if source:
-        model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
-    else:
-        model = HymbaForCausalLM(config).to(device)
-    model.train()
-    model.gradient_checkpointing_enable(args.gradient_checkpointing)
-    wrapped: torch.nn.Module = model
-    if world.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+def _checkpoint_schedule(state: dict[str, Any], planned: Schedule, path: str) -> Schedule:
+    """The schedule checkpoint ``path`` was trained under: its saved settings and the span its
+    trainer state records (a checkpoint from before that record: 0 .. its ``max_steps``)."""
+    saved = state.get("args", {})
+    span = state.get("schedule") or {}
+    try:
+        return Schedule(saved.get("schedule", planned.kind), float(saved.get("lr", planned.lr)),
+                        int(span.get("total_steps", saved.get("max_steps", planned.total_steps))),
+                        float(span.get("warmup", saved.get("warmup", planned.warmup))),
+                        float(saved.get("min_lr", planned.min_lr)),
+                        float(saved.get("decay_fraction", planned.decay_fraction)),
+                        int(span.get("start", 0)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TrainError(f"the learning-rate schedule saved in {path} is malformed: {exc}") from None
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = (args.dtype or ("bfloat16" if device.type == "cuda" else "float32")) == "bfloat16"
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
-                else contextlib.nullcontext())
-    if args.compile:
-        wrapped = torch.compile(wrapped)
-    graph = None
-    if args.cuda_graph:
-        if device.type != "cuda" or world.enabled:
-            raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
-        graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
-                        args.decay_fraction)
 
-    step = 0
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if resume_dir:
-        step = int(ckpt.load_training_state(resume_dir, optimizer)["step"])
+def _schedule_note(previous: Schedule, schedule: Schedule, step: int, args: TrainArgs) -> str | None:
+    """One line telling what a resume did to the learning-rate schedule, where it changed."""
+    if schedule.start != previous.start:
+        return (f"learning rate: a new {schedule.kind} phase from step {step} to {schedule.total_steps} "
+                f"(--rewarm)")
+    if schedule.total_steps < args.max_steps:
+        return (f"learning rate: the schedule had begun its decay at step {previous.decay_start}; it "
+                f"goes on, and steps {schedule.total_steps + 1}..{args.max_steps} train at min_lr "
+                f"{schedule.min_lr:g} (--rewarm starts a new warmup-stable-decay phase instead)")
+    if schedule.total_steps != previous.total_steps:
+        return (f"learning rate: the decay now ends at step {schedule.total_steps} "
+                f"(was {previous.total_steps})")
+    return None
+
+
+class _Run:
+    """One run of :func:`train` once its settings are checked: :meth:`setup` builds the model
+    and the step (or restores both from a checkpoint), :meth:`loop` trains, logs, evaluates and
+    saves numbered checkpoints, :meth:`finish` saves the final model and returns the summary."""
+
+    def __init__(self, args: TrainArgs, world: distributed.DistInfo, device: torch.device,
+                 tokenizer: HymbaTokenizer, config: HymbaConfig, data: PackedData, out: str,
+                 resume_dir: str | None) -> None:
+        self.args, self.world, self.device, self.tokenizer = args, world, device, tokenizer
+        self.config, self.data, self.out, self.resume_dir = config, data, out, resume_dir
+        self.metrics_path = os.path.join(out, "metrics.jsonl")
+        self.tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
+        self.losses: list[float] = []
+        self.val_loss: float | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        args, device = self.args, self.device
+        if device.type == "cpu":
+            threads = args.threads or (1 if self.config.hidden_size <= 256 else None)
+            if threads:
+                torch.set_num_threads(threads)
+        torch.manual_seed(args.seed)
+        source = self.resume_dir or args.init_from
+        if source:
+            self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
+        else:
+            self.model = HymbaForCausalLM(self.config).to(device)
+        self.model.train()
+        self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
+        self.runner = TrainStep(self.model, args, self.world)
+        self.step = 0
+        if self.resume_dir:
+            state = ckpt.load_training_state(self.resume_dir, self.runner.optimizer)
+            self.step = int(state["step"])
+            if self.step >= args.max_steps:
+                raise TrainError(f"the checkpoint is at step {self.step}; raise max_steps above it to train more")
+            planned = self.runner.schedule
+            previous = _checkpoint_schedule(state, planned, self.resume_dir)
+            self.runner.schedule = continue_schedule(previous, self.step, planned, args.rewarm)
+            if self.world.is_main:
+                _trim_metrics(self.metrics_path, self.step)
+                print(f"resuming from step {self.step} of {args.out}", flush=True)
+                note = _schedule_note(previous, self.runner.schedule, self.step, args)
+                if note:
+                    print(note, flush=True)
+        self.start_step = self.step
+        self.stream = BatchStream(self.data.train, args.batch_size, args.seed, self.world.rank,
+                                  self.world.world_size)
+        saved_args = dataclasses.asdict(args)  # paths made absolute so a resume works from anywhere
+        saved_args["data"] = [os.path.abspath(p) for p in args.data]
+        for key in ("tokenizer", "init_from"):
+            saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
+        saved_args["rewarm"] = False  # a one-time action, not a setting a later resume repeats
+        schedule = self.runner.schedule
+        self.run_state = {"args": saved_args, "data_position": 0,
+                          "schedule": {"start": schedule.start, "total_steps": schedule.total_steps,
+                                       "warmup": schedule.warmup}}
+        self.baseline = unigram_entropy(self.data.val, self.config.vocab_size)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        args, world = self.args, self.world
+        self.bar = tqdm(total=args.max_steps, initial=self.step, disable=not (args.progress and world.is_main),
+                        unit="step", dynamic_ncols=True)
+        self.start_time = time.perf_counter()
+        try:
+            self.log = MetricsLog(self.out, args.tensorboard) if world.is_main else None
+        except ImportError as exc:
+            raise TrainError(str(exc)) from None
+        self.interrupted = False
+        restore = self._catch_interrupts()
+        try:
+            while self.step < args.max_steps:
+                self._train_step()
+                saved = self.step % args.save_every == 0 or self.step == args.max_steps
+                if saved:
+                    self.save_checkpoint()
+                # every rank stops at the same step; an interrupt of the last step lets it finish
+                if self.step < args.max_steps and world.any(self.interrupted, self.device):
+                    if not saved:
+                        self.save_checkpoint()
+                    raise TrainInterrupted(self.step, args.out,
+                                           os.path.join(self.out, ckpt.checkpoint_name(self.step)))
+        finally:
+            restore()
+            self.bar.close()
+            if self.log:
+                self.log.close()
+        self.wall = time.perf_counter() - self.start_time
+
+    def _catch_interrupts(self) -> Callable[[], None]:
+        """Make the first Ctrl-C (SIGINT) ask the loop to stop after the current step and save
+        it; a second one aborts at once. Returns the function that puts the old handler back.
+        (Only the main thread can handle signals; elsewhere Ctrl-C keeps its usual effect.)
+
+        Under ``torchrun`` the workers run in their own sessions: Ctrl-C reaches the launcher,
+        which sends one SIGINT to every worker and kills them if they have not exited after its
+        ``--shutdown-timeout`` (30 s by default; raise it when a checkpoint takes longer to
+        write). Ranks may see the signal at different steps, so the loop all-reduces the flag at
+        every step boundary and every rank stops after the same step."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if self.world.is_main:
+                print("\ninterrupt: stopping at the end of this step and saving a checkpoint "
+                      "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _train_step(self) -> None:
+        """One optimizer step, its loss check and its log record."""
+        args, step = self.args, self.step
+        t0 = time.perf_counter()
+        micro = [split_labels(self.stream.batch(step * args.grad_accum + m)) for m in range(args.grad_accum)]
+        result = self.runner.accumulate(step, micro)
+        loss_value = self.world.mean(result.mean, self.device)
+        if not math.isfinite(loss_value):
+            last = ckpt.list_checkpoints(self.out)
+            kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+            raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
+                             f"({kept}). Lower --lr or check the data.")
+        grad_norm = float(self.runner.update())
+        self.step = step = step + 1
+        self.losses.append(loss_value)
+        tok_s = self.tokens_per_step / (time.perf_counter() - t0)
+        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": result.lr, "grad_norm": grad_norm,
+                                  "tokens_per_s": tok_s, "tokens": step * self.tokens_per_step}
+        memory = _peak_memory_gib(self.device)
+        if memory is not None:
+            record["max_memory_gib"] = memory
+        if step % args.eval_every == 0 or step == args.max_steps:
+            self.val_loss = evaluate(self.model, self.data.val, args.batch_size, args.eval_batches,
+                                     self.device, self.runner.autocast)
+            record["val_loss"] = self.val_loss
+            if self.world.is_main:
+                self.bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {self.val_loss:.4f} "
+                               f"(unigram baseline {self.baseline:.4f})")
+        if self.log and (step % args.log_every == 0 or "val_loss" in record):
+            self.log.write(record)
+        self.bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{result.lr:.2e}", tok_s=f"{tok_s:.0f}")
+        self.bar.update(1)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """A numbered checkpoint of the current step (rank 0 writes; every rank waits for it)."""
+        if self.world.is_main:
+            self.run_state["data_position"] = self.step * self.args.grad_accum
+            ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.runner.optimizer,
+                                 self.run_state, self.args.keep_checkpoints)
+        self.world.barrier()
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Save ``final/`` (and generate the sample) on rank 0; the run's summary."""
+        args, world = self.args, self.world
+        final = os.path.join(self.out, "final")
+        sample = ""
         if world.is_main:
-            _trim_metrics(metrics_path, step)
-    if step >= args.max_steps:
-        raise TrainError(f"the checkpoint is at step {step}; raise max_steps above it to train more")
-    stream = BatchStream(data.train, args.batch_size, args.seed, world.rank, world.world_size)
-    saved_args = dataclasses.asdict(args)  # paths made absolute so a resume works from anywhere
-    saved_args["data"] = [os.path.abspath(p) for p in args.data]
-    for key in ("tokenizer", "init_from"):
-        saved_args[key] = saved_args[key] and os.path.abspath(saved_args[key])
-    run_state = {"args": saved_args, "data_position": 0}
-    baseline = unigram_entropy(data.val, config.vocab_size)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=args.max_steps, initial=step, disable=not (args.progress and world.is_main),
-               unit="step", dynamic_ncols=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses: list[float] = []
-    val_loss = None
-    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
-    start_time = time.perf_counter()
-    start_step = step
-    try:
-        log = MetricsLog(out, args.tensorboard) if world.is_main else None
-    except ImportError as exc:
-        raise TrainError(str(exc)) from None
-    try:
-        while step < args.max_steps:
-            t0 = time.perf_counter()
-            lr = schedule(step)
-            set_lr(optimizer, lr)
-            loss_sum, counted = 0.0, 0
-            for micro in range(args.grad_accum):
-                x, labels = split_labels(stream.batch(step * args.grad_accum + micro))
-                has_targets = bool((labels[:, 1:] != -100).any())  # a chat row may hold only prompt
-                if graph is not None:  # a batch without targets adds a zero gradient: skipped
-                    if has_targets:  # the first one writes the gradients, the others add to them
-                        loss_sum += float(graph(x, labels, accumulate=counted > 0))
-                        counted += 1
-                    continue
-                x, labels = x.to(device), labels.to(device)
-                sync = not world.enabled or micro == args.grad_accum - 1
-                with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                    result = wrapped(x, labels=labels if has_targets else None)
-                    loss = result.loss if has_targets else result.logits.sum() * 0.0
-                    (loss / args.grad_accum).backward()
-                loss_sum += float(loss.detach())
-                counted += has_targets
-            if graph is not None and counted == 0:  # no micro-step wrote this step's gradients:
-                for p in params:  # zeros, as the eager path's zero-loss backward gives
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    else:
-                        p.grad.zero_()
-            loss_value = world.mean(loss_sum / max(counted, 1), device)
-            if not math.isfinite(loss_value):
-                last = ckpt.list_checkpoints(out)
-                kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-                raise TrainError(f"the loss is {loss_value} at step {step + 1}; training stopped "
-                                 f"({kept}). Lower --lr or check the data.")
-            clip = args.grad_clip if args.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            optimizer.step()
-            if graph is None:  # a graph's next step writes the gradients
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(loss_value)
-            tok_s = tokens_per_step / (time.perf_counter() - t0)
-            record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                                      "tokens_per_s": tok_s, "tokens": step * tokens_per_step}
-            memory = _peak_memory_gib(device)
-            if memory is not None:
-                record["max_memory_gib"] = memory
-            if step % args.eval_every == 0 or step == args.max_steps:
-                val_loss = evaluate(model, data.val, args.batch_size, args.eval_batches, device, autocast)
-                record["val_loss"] = val_loss
-                if world.is_main:
-                    bar.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f} "
-                              f"(unigram baseline {baseline:.4f})")
-            if log and (step % args.log_every == 0 or "val_loss" in record):
-                log.write(record)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-            bar.update(1)
-            if step % args.save_every == 0 or step == args.max_steps:
-                if world.is_main:
-                    run_state["data_position"] = step * args.grad_accum
-                    ckpt.save_checkpoint(out, step, model, tokenizer, optimizer, run_state,
-                                         args.keep_checkpoints)
-                world.barrier()
-    finally:
-        bar.close()
-        if log:
-            log.close()
-    wall = time.perf_counter() - start_time
-
-    final = os.path.join(out, "final")
-    sample = ""
-    if world.is_main:
-        tmp = os.path.join(out, ".tmp-final")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ckpt.save_model_folder(tmp, model, tokenizer)
-        ckpt.publish(tmp, final)
-        if args.sample_tokens > 0:
-            sample = _sample(model, tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
-    world.barrier()
-    tail = losses[-10:]
-    return {
-        "out": out, "final": final, "steps": step, "trained_steps": step - start_step,
-        "train_loss": sum(tail) / len(tail), "losses": losses, "val_loss": val_loss,
-        "unigram_entropy": baseline, "parameters": model.num_parameters(),
-        "train_tokens": len(data.train) * args.seq_len, "val_tokens": len(data.val) * args.seq_len,
-        "tokens_per_s": (step - start_step) * tokens_per_step / wall, "wall_s": wall,
-        "sample": sample, "world_size": world.world_size,
-    }
+            tmp = os.path.join(self.out, ".tmp-final")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ckpt.save_model_folder(tmp, self.model, self.tokenizer)
+            ckpt.publish(tmp, final)
+            if args.sample_tokens > 0:
+                sample = _sample(self.model, self.tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
+        world.barrier()
+        tail = self.losses[-10:]
+        trained = self.step - self.start_step
+        return {
+            "out": self.out, "final": final, "steps": self.step, "trained_steps": trained,
+            "train_loss": sum(tail) / len(tail), "losses": self.losses, "val_loss": self.val_loss,
+            "unigram_entropy": self.baseline, "parameters": self.model.num_parameters(),
+            "train_tokens": len(self.data.train) * args.seq_len, "val_tokens": len(self.data.val) * args.seq_len,
+            "tokens_per_s": trained * self.tokens_per_step / self.wall, "wall_s": self.wall,
+            "sample": sample, "world_size": world.world_size,
+        }
 
 
-__all__ = ["TrainArgs", "TrainError", "train", "evaluate"]
+__all__ = ["TrainArgs", "TrainError", "TrainInterrupted", "evaluate", "train"]

@@ -1,0 +1,592 @@
+"""The serving engine: continuous batching over the hybrid cache, usable without HTTP.
+
+One decode batch keeps running; requests join and leave it between steps. Each :meth:`Engine.step`
+
+1. ends aborted requests and frees their state at once;
+2. admits waiting requests while a decode slot and a prefill row are free;
+3. prefills up to ``prefill_chunk_tokens`` prompt tokens of admitted requests, span by span, so a
+   long prompt never stalls the running streams for more than one span; a request whose prompt
+   is done gets its first token and moves to its decode slot;
+4. runs one decode step for every running request (a CUDA graph per batch-size bucket on a GPU)
+   and hands each its next token, its text and, when asked, log-probabilities.
+
+**State.** A request's state lives in one row of a preallocated :class:`HybridCache`: a *decode
+slot* while it generates, a row of a small *prefill* cache while its prompt is stored. Rows are
+fixed regions, not paged blocks: in Hymba only the few global layers keep per-token K/V; the
+sliding-window rings, conv inputs and SSM state are fixed-size whatever the length. A fixed
+region therefore wastes only the unused tail of three layers' K/V (per slot, ``max_model_len``
+minus the request's length), while blocks would make every decode-attention kernel follow a
+block table. When a prompt is done, its row is copied into the decode slot
+(:meth:`HybridCache.snapshot_row` / :meth:`~HybridCache.restore_row`), which is also how prefix
+states are kept and reused (:mod:`.prefix_cache`).
+
+Decode slots are handed out lowest first, so the running requests sit at the front of the cache and
+a step runs over the smallest bucket of rows that holds them all. Free rows inside that bucket
+compute throwaway tokens; their lengths are put back after each step so they never run past the
+cache, and a new request overwrites the whole row.
+
+The engine is single-threaded: only one thread may call :meth:`add_request`, :meth:`abort` and
+:meth:`step` (:class:`hymba.serving.async_engine.AsyncEngine` serialises an event loop's calls).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..inference.cache import HybridCache, meta_prefix
+from ..inference.generation import _safe_length
+from ..inference.step import DecodeGraph, decode_logits
+from ..model.layout import InputError
+from .prefix_cache import PrefixCache
+from .sampler import SlotSampler, TokenChoice
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class _HostChoice:
+    """A :class:`TokenChoice` read back to the host in one go (one transfer per step)."""
+
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_ids: list[list[int]] | None
+    top_logprobs: list[list[float]] | None
+
+    @classmethod
+    def of(cls, choice: TokenChoice) -> _HostChoice:
+        parts = [choice.tokens, choice.logprobs, choice.top_ids, choice.top_logprobs]
+        present = [p for p in parts if p is not None]
+        flat = torch.cat([p.reshape(len(choice.tokens), -1).double() for p in present], 1).tolist() if present else []
+        out, col = [], 0
+        for p in parts:
+            if p is None:
+                out.append(None)
+                continue
+            width = p.reshape(len(choice.tokens), -1).shape[1]
+            rows = [r[col : col + width] for r in flat]
+            col += width
+            out.append(rows if p.dim() == 2 else [r[0] for r in rows])
+        tokens = [int(t) for t in out[0]]
+        top_ids = None if out[2] is None else [[int(t) for t in r] for r in out[2]]
+        return cls(tokens, out[1], top_ids, out[3])
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound: the request is refused (HTTP 429)."""
+
+
+@dataclass
+class SamplingParams:
+    """Per-request generation parameters (validated on creation, :class:`InputError`)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    prompt_logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+            return float(value)
+
+        integer("max_tokens", 0)
+        integer("top_k", 0)
+        if number("temperature") < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < number("top_p") <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if number("repetition_penalty") <= 0:
+            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if self.seed is not None:
+            integer("seed", 0)
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if not all(isinstance(s, str) for s in self.stop):
+            raise InputError("stop must be strings")
+        self.stop_token_ids = tuple(self.stop_token_ids)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in self.stop_token_ids):
+            raise InputError("stop_token_ids must be integers")
+        if self.logprobs is not None:
+            integer("logprobs", 0)
+            if self.logprobs > MAX_TOP_LOGPROBS:
+                raise InputError(f"logprobs must be at most {MAX_TOP_LOGPROBS}, got {self.logprobs}")
+        if self.max_tokens == 0 and not self.prompt_logprobs:
+            raise InputError("max_tokens must be >= 1 (0 only to score a prompt with prompt_logprobs)")
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 32  # decode slots
+    max_model_len: int | None = None  # prompt + new tokens per request (default: the model's maximum)
+    max_queue: int = 256  # waiting requests at most; more are refused (QueueFull)
+    prefill_chunk_tokens: int = 512  # prompt tokens prefilled per step
+    prefill_rows: int = 8  # requests whose prompts are being stored at once
+    prefix_cache_bytes: int = 256 << 20  # budget of stored prefix states (0: off)
+    cuda_graph: bool | None = None  # default: on for a CUDA model
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "prefill_chunk_tokens", "prefill_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise InputError(f"max_model_len must be an integer >= 2, got {self.max_model_len!r}")
+        if not isinstance(self.prefix_cache_bytes, int) or self.prefix_cache_bytes < 0:
+            raise InputError(f"prefix_cache_bytes must be an integer >= 0, got {self.prefix_cache_bytes!r}")
+
+
+@dataclass
+class LogProb:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    logprobs: list[LogProb] | None
+    prompt_logprobs: list[LogProb | None] | None
+    finished: bool
+    finish_reason: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _Request:
+    id: str
+    prompt: list[int]
+    params: SamplingParams
+    slot: int | None = None
+    stage_row: int | None = None
+    stored: int = 0  # prompt tokens stored in the prefill row
+    split: int | None = None  # store a prefix snapshot once this many tokens are stored
+    prev_logits: Tensor | None = None  # last position's logits of the previous span (prompt logprobs)
+    output: list[int] = field(default_factory=list)
+    text_tokens: list[int] = field(default_factory=list)  # output tokens that make text
+    text: str = ""  # their text so far
+    text_from: int = 0  # incremental decoding: context starts here ...
+    text_read: int = 0  # ... and the tokens from here on are not in ``text`` yet
+    shown: int = 0  # characters of ``text`` already handed out
+    prompt_logprobs: list[LogProb | None] | None = None
+    prompt_logprobs_sent: bool = False
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens stored in the decode slot: the prompt and every new token but the last."""
+        return len(self.prompt) + max(len(self.output) - 1, 0)
+
+
+class Engine:
+    """Continuous batching for one model (see the module docstring)."""
+
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        config = config or EngineConfig()
+        mc = model.config
+        self.max_model_len = config.max_model_len or mc.max_position_embeddings
+        if self.max_model_len > mc.max_position_embeddings:
+            raise InputError(f"max_model_len {self.max_model_len} exceeds the model's maximum of "
+                             f"{mc.max_position_embeddings} tokens")
+        self.config = config = dataclasses.replace(config, max_model_len=self.max_model_len)
+        device = model.device
+        self.use_graph = device.type == "cuda" if config.cuda_graph is None else bool(config.cuda_graph)
+        if self.use_graph and device.type != "cuda":
+            raise InputError("cuda_graph=True needs a model on a CUDA device")
+        self.eos = set() if mc.eos_token_id is None else {mc.eos_token_id}
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            self.eos.add(tokenizer.eos_token_id)
+        self.prefix = meta_prefix(model)
+        self.slots = HybridCache(mc, config.max_batch, self.max_model_len, dtype=model.dtype, device=device,
+                                 static_shapes=self.use_graph).reset(self.prefix)
+        self.stage = HybridCache(mc, config.prefill_rows, self.max_model_len, dtype=model.dtype,
+                                 device=device).reset(self.prefix)
+        self.sampler = SlotSampler(config.max_batch, mc.vocab_size, device)
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
+        self.free_slots = list(range(config.max_batch))
+        self.free_stage_rows = list(range(config.prefill_rows))
+        self.waiting: deque[_Request] = deque()
+        self.prefilling: list[_Request] = []
+        self.decoding: dict[int, _Request] = {}  # slot -> request
+        self.requests: dict[str, _Request] = {}
+        self.aborted: list[_Request] = []
+        self.active = torch.zeros(config.max_batch, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(config.max_batch, dtype=torch.long, device=device)
+        self.buckets = sorted({min(2 ** i, config.max_batch) for i in range(config.max_batch.bit_length() + 1)})
+        self.views: dict[int, HybridCache] = {}
+        self.stage_views: dict[int, HybridCache] = {}
+        self.graphs: dict[int, DecodeGraph] = {}
+        self._ids = itertools.count()
+        self.slot_bytes = self.slots.nbytes()["total"] // config.max_batch
+        self.stage_bytes = self.stage.nbytes()["total"] // config.prefill_rows
+        self.counters = dict(tokens_generated_total=0, prompt_tokens_total=0, steps_total=0,
+                             requests_finished_total=0, requests_aborted_total=0, requests_failed_total=0)
+
+    # ------------------------------------------------------------------------------------
+    # The public interface
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
+        """Queue a request; returns its id. Raises InputError or QueueFull; never blocks."""
+        if not isinstance(params, SamplingParams):
+            raise InputError("params must be a SamplingParams")
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InputError("the prompt is empty: give at least one token")
+        vocab = self.model.config.vocab_size
+        for t in prompt:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise InputError(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+        if len(prompt) + params.max_tokens > self.max_model_len:
+            raise InputError(f"prompt of {len(prompt)} tokens + max_tokens={params.max_tokens} exceeds the "
+                             f"maximum of {self.max_model_len} tokens per request (max_model_len)")
+        if params.stop and self.tokenizer is None:
+            raise InputError("stop strings need an engine with a tokenizer")
+        if len(self.waiting) >= self.config.max_queue:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting (the bound is {self.config.max_queue})")
+        request_id = str(next(self._ids)) if request_id is None else str(request_id)
+        if request_id in self.requests:
+            raise InputError(f"request id {request_id!r} is already in use")
+        request = _Request(request_id, prompt, params)
+        self.requests[request_id] = request
+        self.waiting.append(request)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """End a request now and free its state; the next :meth:`step` reports it."""
+        request = self.requests.get(str(request_id))
+        if request is None or request.finish_reason is not None:
+            return
+        self._release(request)
+        request.finish_reason = "abort"
+        self.aborted.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduler iteration; see the module docstring."""
+        outputs = [self._finish(r) for r in self.aborted]
+        self.aborted = []
+        self._admit()
+        with torch.no_grad():
+            outputs += self._prefill()
+            outputs += self._decode()
+        self.counters["steps_total"] += 1
+        return outputs
+
+    def stats(self) -> dict:
+        """Counts for monitoring (the HTTP server's /metrics)."""
+        return {
+            "running": len(self.decoding) + len(self.prefilling),
+            "waiting": len(self.waiting),
+            "slots_total": self.config.max_batch,
+            "slots_used": self.config.max_batch - len(self.free_slots),
+            "state_bytes_in_use": (self.config.max_batch - len(self.free_slots)) * self.slot_bytes
+            + (self.config.prefill_rows - len(self.free_stage_rows)) * self.stage_bytes,
+            "prefix_hits": self.prefix_cache.hits,
+            "prefix_misses": self.prefix_cache.misses,
+            "prefix_bytes": self.prefix_cache.bytes,
+            "prefix_entries": len(self.prefix_cache.entries),
+            **self.counters,
+        }
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Run ``prompts`` to completion; each one's new tokens (a stop token included)."""
+        many = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [self.add_request(p, q) for p, q in zip(prompts, many)]
+        tokens: dict[str, list[int]] = {i: [] for i in ids}
+        while any(i in self.requests for i in ids):
+            for out in self.step():
+                if out.request_id in tokens:
+                    tokens[out.request_id] += out.new_token_ids
+                    if out.finish_reason == "error":
+                        raise RuntimeError(f"request {out.request_id} failed: {out.error}")
+        return [tokens[i] for i in ids]
+
+    # ------------------------------------------------------------------------------------
+    # Scheduling
+    def _admit(self) -> None:
+        while self.waiting and self.free_slots and self.free_stage_rows:
+            request = self.waiting.popleft()
+            request.slot = heapq.heappop(self.free_slots)
+            request.stage_row = heapq.heappop(self.free_stage_rows)
+            row = request.stage_row
+            snap = None if request.params.prompt_logprobs else self.prefix_cache.lookup(request.prompt)
+            if snap is None:
+                self.stage.reset_rows(slice(row, row + 1), self.prefix)
+            else:
+                self.stage.restore_row(row, snap)
+            request.stored = 0 if snap is None else snap.num_tokens
+            if not request.params.prompt_logprobs:
+                request.split = self.prefix_cache.shared_prefix(request.prompt, request.stored)
+            self.sampler.set_row(request.slot, request.params, request.prompt)
+            self.prefilling.append(request)
+
+    def _prefill(self) -> list[RequestOutput]:
+        """Store the next span of every admitted prompt (``prefill_chunk_tokens`` in all, first
+        come first served) in one forward over the prefill rows, right-padded."""
+        budget, plan = self.config.prefill_chunk_tokens, []
+        for request in self.prefilling:
+            if budget <= 0:
+                break
+            end = min(len(request.prompt), request.stored + budget)
+            if request.split is not None and request.stored < request.split:
+                end = min(end, request.split)
+            plan.append([request, request.stored, end])
+            budget -= end - request.stored
+        if not plan:
+            return []
+        extent = max(start for _, start, _ in plan)
+        room = self.max_model_len - extent  # the widest span the rows' cache still fits
+        for item in plan:
+            item[2] = min(item[2], item[1] + room)
+        top = max(r.stage_row for r, _, _ in plan) + 1
+        width = max(end - start for _, start, end in plan)
+        ids = torch.zeros(top, width, dtype=torch.long)
+        counts = torch.zeros(top, dtype=torch.long)
+        for request, start, end in plan:
+            ids[request.stage_row, : end - start] = torch.tensor(request.prompt[start:end])
+            counts[request.stage_row] = end - start
+        view = self.stage_views.get(top)
+        if view is None:
+            view = self.stage_views[top] = self.stage.rows(0, top)
+        view.set_extent(extent)
+        full = len(plan) == top and all(end - start == width for _, start, end in plan)
+        device = self.model.device
+        scoring = any(r.params.prompt_logprobs for r, _, _ in plan)
+        try:
+            logits = self.model(ids.to(device), state=view, num_new=None if full else counts.to(device),
+                                check_inputs=False, logits_to_keep=0 if scoring else 1).logits
+        except Exception as exc:  # the prefill step failed: the requests in it fail
+            return [self._fail(r, exc) for r, _, _ in plan]
+        outputs = []
+        for request, start, end in plan:
+            row = request.stage_row
+            try:
+                last = logits[row, end - start - 1] if scoring else logits[row, 0]
+                if request.params.prompt_logprobs:
+                    self._score_prompt(request, start, end, logits[row, : end - start])
+                self.counters["prompt_tokens_total"] += end - start
+                request.stored = end
+                if request.split == end:
+                    self.prefix_cache.store(request.prompt[:end], self.stage.snapshot_row(row, end))
+                if end == len(request.prompt):
+                    outputs.append(self._start_decoding(request, last))
+            except Exception as exc:  # noqa: BLE001 - this request alone fails
+                outputs.append(self._fail(request, exc))
+        return outputs
+
+    def _score_prompt(self, request: _Request, start: int, end: int, logits: Tensor) -> None:
+        """Log-probabilities of prompt tokens ``start:end`` (the first token of the prompt has none)."""
+        if request.prompt_logprobs is None:
+            request.prompt_logprobs = [None]
+        # position j's logits predict token j + 1: the span's first token comes from the last span
+        rows = logits[:-1] if request.prev_logits is None else torch.cat([request.prev_logits[None], logits[:-1]])
+        targets = request.prompt[start + (request.prev_logits is None) : end]
+        if targets:
+            k = request.params.logprobs or 0
+            request.prompt_logprobs += _logprobs(rows, torch.tensor(targets, device=rows.device), k)
+        request.prev_logits = logits[-1]
+
+    def _start_decoding(self, request: _Request, logits: Tensor) -> RequestOutput:
+        """The prompt is stored: move it to its decode slot and choose its first token."""
+        slot = request.slot
+        self.slots.restore_row(slot, self.stage.snapshot_row(request.stage_row, len(request.prompt)))
+        heapq.heappush(self.free_stage_rows, request.stage_row)
+        request.stage_row = None
+        self.prefilling.remove(request)
+        if request.params.max_tokens == 0:  # a prompt to score only
+            request.finish_reason = "length"
+            self._release(request)
+            return self._finish(request)
+        self.decoding[slot] = request
+        self.active[slot] = True
+        choice = self.sampler.choose(logits[None].float(), [slot], request.params.logprobs)
+        return self._take(request, _HostChoice.of(choice), 0)
+
+    def _decode(self) -> list[RequestOutput]:
+        if not self.decoding:
+            return []
+        top = max(self.decoding) + 1
+        k = next(b for b in self.buckets if b >= top)
+        view = self.views.get(k)
+        if view is None:
+            view = self.views[k] = self.slots.rows(0, k)
+        rows = sorted(self.decoding)
+        requests = [self.decoding[s] for s in rows]
+        self.tokens[rows] = torch.tensor([r.output[-1] for r in requests], device=self.tokens.device)
+        view.set_extent(max(r.length for r in requests))
+        try:
+            if self.use_graph:
+                graph = self.graphs.get(k)
+                if graph is None:
+                    graph = self.graphs[k] = DecodeGraph(self.model, view)
+                logits = graph(self.tokens[:k])
+            else:
+                logits = decode_logits(self.model, self.tokens[:k], view)
+            # rows without a request computed a throwaway token: put their lengths back
+            lengths = view.lengths
+            lengths.copy_(torch.where(self.active[:k], lengths, self.slots.num_meta))
+            want = [r.params.logprobs for r in requests if r.params.logprobs is not None]
+            index = torch.tensor(rows, device=logits.device)
+            choice = _HostChoice.of(self.sampler.choose(logits.index_select(0, index), rows, max(want) if want else None))
+        except Exception as exc:  # the batch step failed: every request in it fails
+            return [self._fail(r, exc) for r in requests]
+        return [self._take(r, choice, i) for i, r in enumerate(requests)]
+
+    # ------------------------------------------------------------------------------------
+    # Per-request bookkeeping
+    def _take(self, request: _Request, choice: _HostChoice, i: int) -> RequestOutput:
+        """Give ``request`` its new token (row ``i`` of ``choice``); end it if it stops."""
+        try:
+            token = choice.tokens[i]
+            request.output.append(token)
+            self.counters["tokens_generated_total"] += 1
+            logprobs = None
+            if request.params.logprobs is not None:
+                n = request.params.logprobs
+                top = list(zip(choice.top_ids[i][:n], choice.top_logprobs[i][:n])) if n else []
+                logprobs = [LogProb(token, choice.logprobs[i], top)]
+            params = request.params
+            if (token in self.eos and not params.ignore_eos) or token in params.stop_token_ids:
+                request.finish_reason = "stop"  # the stop token's text is not shown
+                text, _ = self._visible(request, final=True)
+            else:
+                self._feed_text(request, token)
+                last = len(request.output) >= params.max_tokens
+                text, hit = self._visible(request, final=last)
+                if hit:
+                    request.finish_reason = "stop"
+                elif last:
+                    request.finish_reason = "length"
+            out = self._output(request, [token], text, logprobs)
+            if request.finish_reason is not None:
+                self._release(request)
+                out.finished = True
+                out.finish_reason = request.finish_reason
+                self._forget(request)
+            return out
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not end the batch
+            return self._fail(request, exc)
+
+    def _feed_text(self, request: _Request, token: int) -> None:
+        """Extend the request's text by ``token``, decoding only a short tail: the tokens since
+        the last piece of text was read, with the piece before them as context (a token's text
+        can depend on the one before it, and a character may span tokens)."""
+        if self.tokenizer is None:
+            return
+        tokens = request.text_tokens
+        tokens.append(token)
+        before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
+        after = self.tokenizer.decode(tokens[request.text_from :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            request.text += after[len(before) :]
+            request.text_from, request.text_read = request.text_read, len(tokens)
+
+    def _visible(self, request: _Request, final: bool) -> tuple[str, bool]:
+        """The text that became safe to show, and whether a stop string was reached (the text is
+        cut before it). Until ``final``, text that may still grow into a stop string, or ends in
+        an incomplete character, is held back."""
+        if self.tokenizer is None:
+            return "", False
+        if final:  # whatever is still undecoded (an incomplete character is dropped)
+            tokens = request.text_tokens
+            before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
+            after = self.tokenizer.decode(tokens[request.text_from :]).rstrip("\ufffd")
+            request.text += after[len(before) :]
+            request.text_from = request.text_read = len(tokens)
+        text, stops = request.text, [s for s in request.params.stop if s]
+        if stops:
+            start = max(0, request.shown - max(map(len, stops)))
+            cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                piece = text[request.shown : cut] if cut > request.shown else ""
+                request.shown = max(request.shown, cut)
+                return piece, True
+        safe = len(text) if final else _safe_length(text, stops)
+        piece = text[request.shown : safe] if safe > request.shown else ""
+        request.shown = max(request.shown, safe)
+        return piece, False
+
+    def _output(self, request: _Request, tokens: list[int], text: str, logprobs) -> RequestOutput:
+        first = request.prompt_logprobs is not None and not request.prompt_logprobs_sent
+        request.prompt_logprobs_sent = request.prompt_logprobs is not None
+        return RequestOutput(
+            request_id=request.id, new_token_ids=tokens, new_text=text, logprobs=logprobs,
+            prompt_logprobs=request.prompt_logprobs if first else None, finished=False, finish_reason=None,
+            error=request.error, prompt_tokens=len(request.prompt), completion_tokens=len(request.output),
+        )
+
+    def _finish(self, request: _Request) -> RequestOutput:
+        out = self._output(request, [], "", None)
+        out.finished, out.finish_reason = True, request.finish_reason
+        self._forget(request)
+        return out
+
+    def _fail(self, request: _Request, exc: BaseException) -> RequestOutput:
+        self._release(request)
+        request.finish_reason = "error"
+        request.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return self._finish(request)
+
+    def _release(self, request: _Request) -> None:
+        """Free everything the request holds (its slot, its prefill row, its queue place)."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if request in self.prefilling:
+            self.prefilling.remove(request)
+        if request.stage_row is not None:
+            heapq.heappush(self.free_stage_rows, request.stage_row)
+            request.stage_row = None
+        if request.slot is not None:
+            self.decoding.pop(request.slot, None)
+            self.active[request.slot] = False
+            heapq.heappush(self.free_slots, request.slot)
+            request.slot = None
+
+    def _forget(self, request: _Request) -> None:
+        if self.requests.pop(request.id, None) is None:
+            return
+        key = {"abort": "requests_aborted_total", "error": "requests_failed_total"}.get(
+            request.finish_reason, "requests_finished_total")
+        self.counters[key] += 1
+
+
+def _logprobs(logits: Tensor, targets: Tensor, k: int) -> list[LogProb]:
+    """Log-probabilities of ``targets`` (n,) under ``logits`` (n, V), with the k most likely."""
+    logp = logits.float().log_softmax(-1)
+    chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
+    if k:
+        top = logp.topk(k, dim=-1)
+        pairs = [list(zip(i, v)) for i, v in zip(top.indices.tolist(), top.values.tolist())]
+    else:
+        pairs = [[] for _ in chosen]
+    return [LogProb(t, c, p) for t, c, p in zip(targets.tolist(), chosen, pairs)]

@@ -1,0 +1,95 @@
+"""Next-token choice for a batch whose rows each have their own sampling parameters.
+
+Every decode slot keeps its parameters in small device tensors (temperature, top-k, top-p,
+repetition penalty) and a mask of the tokens it has seen; one call chooses the next token of every
+row at once. Greedy rows take the argmax; sampled rows draw with the Gumbel-max trick, which picks
+token ``i`` with probability ``softmax(scores)[i]`` exactly, from uniform noise that a row with a
+seed draws from its own generator (so its tokens do not depend on who else is in the batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TokenChoice:
+    tokens: Tensor  # (k,) chosen token ids
+    logprobs: Tensor | None  # (k,) log-probability of each chosen token under the raw logits
+    top_ids: Tensor | None  # (k, n) the n most likely tokens under the raw logits
+    top_logprobs: Tensor | None  # (k, n)
+
+
+class SlotSampler:
+    """Sampling parameters of ``slots`` rows, set per row with :meth:`set_row`."""
+
+    def __init__(self, slots: int, vocab_size: int, device: torch.device) -> None:
+        self.vocab_size, self.device = vocab_size, device
+        self.temperature = torch.zeros(slots, device=device)  # 0 = greedy
+        self.top_k = torch.full((slots,), vocab_size, dtype=torch.long, device=device)
+        self.top_p = torch.ones(slots, device=device)
+        self.penalty = torch.ones(slots, device=device)
+        self.seen = torch.zeros(slots, vocab_size, dtype=torch.bool, device=device)
+        self.generators: dict[int, torch.Generator] = {}
+        self.shared = torch.Generator(device=device)
+        self.shared.seed()
+        # host copies: which optional work any row needs
+        self._host = [dict(sample=False, filters=False, penalty=False)] * slots
+
+    def set_row(self, row: int, params, prompt_ids: list[int]) -> None:
+        """Give row ``row`` the parameters ``params`` (a SamplingParams) for a new request."""
+        sample = params.temperature > 0
+        top_k = params.top_k if params.top_k > 0 else self.vocab_size
+        self.temperature[row] = params.temperature
+        self.top_k[row] = min(top_k, self.vocab_size)
+        self.top_p[row] = params.top_p
+        self.penalty[row] = params.repetition_penalty
+        self.seen[row] = False
+        if params.repetition_penalty != 1.0:
+            self.seen[row, torch.tensor(prompt_ids, device=self.device)] = True
+        self.generators.pop(row, None)
+        if sample and params.seed is not None:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(params.seed)
+            self.generators[row] = g
+        self._host = list(self._host)
+        self._host[row] = dict(sample=sample, filters=sample and (top_k < self.vocab_size or params.top_p < 1.0),
+                               penalty=params.repetition_penalty != 1.0)
+
+    def choose(self, logits: Tensor, rows: list[int], num_logprobs: int | None) -> TokenChoice:
+        """Next tokens for ``logits`` (k, V) float32 of rows ``rows``; with ``num_logprobs`` (n >=
+        0) also the chosen tokens' log-probabilities and the n most likely tokens'."""
+        index = torch.tensor(rows, device=logits.device)
+        host = [self._host[r] for r in rows]
+        scores = logits
+        if any(h["penalty"] for h in host):
+            pen = self.penalty[index][:, None]
+            seen = self.seen[index]
+            scores = torch.where(seen, torch.where(scores < 0, scores * pen, scores / pen), scores)
+        tokens = scores.argmax(-1)
+        if any(h["sample"] for h in host):
+            temp = self.temperature[index]
+            scaled = scores / temp.clamp(min=1e-6)[:, None]
+            if any(h["filters"] for h in host):
+                ordered, order = torch.sort(scaled, dim=-1, descending=True)
+                probs = ordered.softmax(-1)
+                rank = torch.arange(scaled.shape[-1], device=scaled.device)[None]
+                drop = (rank >= self.top_k[index][:, None]) | (probs.cumsum(-1) - probs >= self.top_p[index][:, None])
+                drop[:, 0] = False  # the most likely token always stays
+                scaled = scaled.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+            noise = torch.rand(scaled.shape, generator=self.shared, device=scaled.device)
+            for i, row in enumerate(rows):
+                if row in self.generators:
+                    noise[i] = torch.rand(scaled.shape[-1], generator=self.generators[row], device=scaled.device)
+            gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
+            tokens = torch.where(temp > 0, (scaled + gumbel).argmax(-1), tokens)
+        self.seen[index, tokens] = True
+        if num_logprobs is None:
+            return TokenChoice(tokens, None, None, None)
+        logp = logits.log_softmax(-1)
+        chosen = logp.gather(-1, tokens[:, None])[:, 0]
+        top = logp.topk(num_logprobs, dim=-1) if num_logprobs else None
+        return TokenChoice(tokens, chosen, top.indices if top else None, top.values if top else None)
