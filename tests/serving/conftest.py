@@ -1,20 +1,14 @@
 """Fixtures for the serving tests: a checkpoint folder (the tiny preset with the test tokenizer),
-the engine under test (the real ``hymba.serving.engine.Engine``; the test-only fake where the real
-one does not exist yet), and ``serve``: a real uvicorn server on a free loopback port, in a thread,
-over an AsyncEngine (see servekit.py)."""
+its model, and ``serve``: a real uvicorn server on a free loopback port, in a thread, over an
+AsyncEngine (see servekit.py)."""
 
 from __future__ import annotations
 
 import contextlib
 
 import pytest
-
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("openai")
-
-from servekit import ServerThread  # noqa: E402  (installs the engine's types first)
-from tokenkit import write_tokenizer  # noqa: E402
+from servekit import ServerThread
+from tokenkit import write_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -1,107 +1,22 @@
-"""A small stand-in that obeys ENGINE_API.md (the synchronous engine contract), for testing the
-HTTP layer without the real engine: a seeded random bigram "model" (logits of the next token
-depend on the last token only), slots, a bounded queue, per-request sampling, stop strings with
-held-back text, logprobs and prompt logprobs, abort, and hooks to make one request or a whole step
-fail.
-
-When ``hymba.serving.engine`` does not exist yet, :func:`install_contract_module` registers this
-file's ``SamplingParams``/``RequestOutput``/``LogProb``/``QueueFull``/``EngineConfig`` under that
-name so that the server code imports them as it will import the real ones.
+"""A small stand-in that obeys ENGINE_API.md (the synchronous engine contract), used where the
+serving tests inject failures the real engine does not make on purpose: a request that fails alone
+(a prompt with ``poison_id``) and a ``step()`` that raises (``explode_after`` steps). Underneath it
+is a seeded random bigram "model" (the next token's logits depend on the last token only) with
+slots, a bounded queue, per-request sampling, stop strings with held-back text, logprobs and
+prompt logprobs, and abort. It speaks the real engine's types (``hymba.serving.engine``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import threading
 import time
-import types
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 
 from hymba.model import InputError
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    logprobs: int | None = None
-    prompt_logprobs: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 0 or (self.max_tokens == 0 and not self.prompt_logprobs):
-            raise InputError("max_tokens must be >= 1 (0 only to score a prompt with prompt_logprobs)")
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.logprobs is not None and self.logprobs < 0:
-            raise InputError(f"logprobs must be >= 0, got {self.logprobs}")
-        self.stop = tuple(self.stop)
-        self.stop_token_ids = tuple(self.stop_token_ids)
-
-
-@dataclass
-class EngineConfig:
-    max_batch: int = 32
-    max_model_len: int | None = None
-    max_queue: int = 256
-    prefill_chunk_tokens: int = 512
-    prefix_cache_bytes: int = 256 << 20
-    cuda_graph: bool | None = None
-
-
-@dataclass
-class LogProb:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str
-    logprobs: list[LogProb] | None
-    prompt_logprobs: list[LogProb | None] | None
-    finished: bool
-    finish_reason: str | None
-    error: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class QueueFull(Exception):
-    pass
-
-
-def install_contract_module() -> types.ModuleType:
-    """The real ``hymba.serving.engine`` if it exists, else this file's contract types under
-    that name (so the server imports them)."""
-    if "hymba.serving.engine" in sys.modules:
-        return sys.modules["hymba.serving.engine"]
-    if importlib.util.find_spec("hymba.serving.engine") is not None:
-        return importlib.import_module("hymba.serving.engine")
-    module = types.ModuleType("hymba.serving.engine")
-    module.__doc__ = "test stand-in for the engine contract's types (tests/serving/fake_engine.py)"
-    for cls in (SamplingParams, EngineConfig, LogProb, RequestOutput, QueueFull):
-        setattr(module, cls.__name__, cls)
-    sys.modules["hymba.serving.engine"] = module
-    return module
+from hymba.serving.engine import EngineConfig, LogProb, QueueFull, RequestOutput
 
 
 @dataclass
@@ -124,8 +39,7 @@ class FakeEngine:
                  poison_id: int | None = None, explode_after: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        if self.config.max_model_len is None:
-            self.config.max_model_len = 1024
+        self.max_model_len = self.config.max_model_len or 1024
         self.vocab = len(tokenizer)
         g = torch.Generator().manual_seed(seed)
         self.table = torch.randn(self.vocab, self.vocab, generator=g) * 4.0
@@ -148,9 +62,9 @@ class FakeEngine:
             raise InputError("the prompt is empty")
         if any(t < 0 or t >= self.vocab for t in prompt):
             raise InputError(f"token ids must be in [0, {self.vocab})")
-        if len(prompt) + params.max_tokens > self.config.max_model_len:
+        if len(prompt) + params.max_tokens > self.max_model_len:
             raise InputError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) "
-                             f"exceeds max_model_len {self.config.max_model_len}")
+                             f"exceeds max_model_len {self.max_model_len}")
         free = self.config.max_batch - len(self.running)
         if len(self.waiting) - free >= self.config.max_queue:  # waiting beyond the free slots
             raise QueueFull(f"{len(self.waiting)} requests waiting")
@@ -211,7 +125,7 @@ class FakeEngine:
                 del self.running[rid]
         return outputs
 
-    def generate(self, prompts, params) -> list[list[int]]:
+    def generate(self, prompts, params) -> list[list[int]]:  # the offline convenience of the contract
         plist = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
         done: dict[str, list[int]] = {i: [] for i in ids}
@@ -287,8 +201,6 @@ class FakeEngine:
                              len(req.prompt), len(req.out))
 
     def _note_thread(self) -> None:
-        import threading
-
         self.calls_from.add(threading.get_ident())
 
 

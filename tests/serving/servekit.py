@@ -6,12 +6,6 @@ import socket
 import threading
 import time
 
-from fake_engine import install_contract_module
-
-# The engine's module: the real hymba.serving.engine, or the fake's types under its name until the
-# real one exists (so that the server's imports resolve); REAL_ENGINE says which.
-ENGINE_MODULE = install_contract_module()
-REAL_ENGINE = hasattr(ENGINE_MODULE, "Engine")
 
 class ServerThread:
     """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread."""

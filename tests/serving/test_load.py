@@ -13,16 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
-import torch
-from servekit import ENGINE_MODULE, REAL_ENGINE, wait_until
 
-import hymba
-from hymba.cli import main
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
 
-pytestmark = pytest.mark.skipif(not REAL_ENGINE, reason="needs hymba.serving.engine (the real engine)")
+import torch  # noqa: E402
+from servekit import wait_until  # noqa: E402
+
+import hymba  # noqa: E402
+from hymba.cli import main  # noqa: E402
+from hymba.serving.engine import Engine, EngineConfig  # noqa: E402
 
 
 def workload(seed: int, count: int, vocab: int) -> list[tuple[list[int], int, bool]]:
@@ -38,8 +41,7 @@ def workload(seed: int, count: int, vocab: int) -> list[tuple[list[int], int, bo
 
 
 def test_64_concurrent_clients_get_what_generate_gives(serve, tokenizer, tiny_model):
-    engine = ENGINE_MODULE.Engine(tiny_model, tokenizer, ENGINE_MODULE.EngineConfig(
-        max_batch=16, max_model_len=256, prefill_chunk_tokens=64))
+    engine = Engine(tiny_model, tokenizer, EngineConfig(max_batch=16, max_model_len=256, prefill_chunk_tokens=64))
     server, async_engine = serve(engine, tokenizer)
     jobs = workload(0, 64, len(tokenizer))
 

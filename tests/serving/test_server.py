@@ -1,7 +1,6 @@
 """The HTTP layer on a real loopback server, driven with the official ``openai`` client, over the
-engine under test: the real ``Engine`` on the tiny preset (the test-only fake of
-tests/serving/fake_engine.py where the real one does not exist yet). Failures of a request or of the
-whole engine are injected with the fake."""
+real engine on the tiny preset. Failures of one request or of the whole engine are injected with
+the test-only fake of tests/serving/fake_engine.py."""
 
 from __future__ import annotations
 
@@ -9,15 +8,20 @@ import asyncio
 import json
 import threading
 
-import httpx
-import openai
 import pytest
-import torch
-from fake_engine import EngineConfig, FakeEngine, SamplingParams
-from servekit import ENGINE_MODULE, REAL_ENGINE, wait_until
 
-from hymba.serving.async_engine import AsyncEngine, EngineShuttingDown
-from hymba.serving.server import ServerLimits
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import torch  # noqa: E402
+from fake_engine import FakeEngine  # noqa: E402
+from servekit import wait_until  # noqa: E402
+
+from hymba.serving.async_engine import AsyncEngine, EngineShuttingDown  # noqa: E402
+from hymba.serving.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
+from hymba.serving.server import ServerLimits  # noqa: E402
 
 TIMEOUT = 30.0
 
@@ -46,36 +50,27 @@ class Backend:
     """Builds the engine under test and says what it must answer."""
 
     def __init__(self, tokenizer, model) -> None:
-        self.tokenizer, self.model, self.real = tokenizer, model, REAL_ENGINE
+        self.tokenizer, self.model = tokenizer, model
 
     def engine(self, max_model_len: int = 256, **config) -> ThreadCheck:
-        if self.real:
-            cfg = ENGINE_MODULE.EngineConfig(max_model_len=max_model_len, **config)
-            return ThreadCheck(ENGINE_MODULE.Engine(self.model, self.tokenizer, cfg))
-        return ThreadCheck(FakeEngine(self.tokenizer, EngineConfig(max_model_len=max_model_len, **config),
-                                      step_delay=0.005))  # about a tiny model's step on a CPU
+        cfg = EngineConfig(max_model_len=max_model_len, **config)
+        return ThreadCheck(Engine(self.model, self.tokenizer, cfg))
 
     def greedy(self, ids: list[int], max_tokens: int, ignore_eos: bool = False) -> tuple[str, list[int]]:
-        """The greedy answer for this prompt alone: its text and its new tokens (a final EOS included)."""
+        """The greedy answer of ``model.generate`` for this prompt alone: its text (an incomplete
+        last character held back, as the engine does) and its new tokens (a final EOS included)."""
         eos = self.tokenizer.eos_token_id
-        if self.real:
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens,
-                                      eos_token_id=[] if ignore_eos else eos)[0, len(ids):].tolist()
-            new = out[: out.index(eos) + 1] if eos in out and not ignore_eos else out
-        else:
-            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
-            new = FakeEngine(self.tokenizer).generate([ids], params)[0]
+        out = self.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens,
+                                  eos_token_id=[] if ignore_eos else eos)[0, len(ids):].tolist()
+        new = out[: out.index(eos) + 1] if eos in out and not ignore_eos else out
         shown = new[:-1] if new and new[-1] == eos and not ignore_eos else new
-        return self.tokenizer.decode(shown).rstrip("\ufffd"), new  # an incomplete last character is held back
+        return self.tokenizer.decode(shown).rstrip("\ufffd"), new
 
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
-        """log p(ids[i] | ids[:i]) for i >= 1."""
-        if self.real:
-            with torch.no_grad():
-                logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            return [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
-        fake = FakeEngine(self.tokenizer)
-        return [float(fake._logprobs(ids[i - 1])[ids[i]]) for i in range(1, len(ids))]
+        """log p(ids[i] | ids[:i]) for i >= 1, from one forward."""
+        with torch.no_grad():
+            logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        return [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +79,13 @@ def backend(tokenizer, tiny_model):
 
 
 @pytest.fixture
-def fake(backend):
-    """The engine under test with 4 slots (named for history: real where the real one exists)."""
+def real(backend):
+    """The engine under test: the real one, 4 slots."""
     return backend.engine(max_batch=4)
 
 
-def test_completion_matches_the_engine_and_counts_usage(serve, fake, tokenizer, backend):
-    server, engine = serve(fake, tokenizer)
+def test_completion_matches_the_engine_and_counts_usage(serve, real, tokenizer, backend):
+    server, engine = serve(real, tokenizer)
     prompt = "the quick brown"
     ids = tokenizer.encode(prompt)
     r = client(server).completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
@@ -101,11 +96,11 @@ def test_completion_matches_the_engine_and_counts_usage(serve, fake, tokenizer, 
     assert r.usage.prompt_tokens == len(ids)
     assert r.usage.completion_tokens == len(new)
     assert r.usage.total_tokens == len(ids) + len(new)
-    assert len(fake.threads) == 1  # only the engine thread calls in
+    assert len(real.threads) == 1  # only the engine thread calls in
 
 
-def test_stream_chunks_reassemble_to_the_whole_answer(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer)
+def test_stream_chunks_reassemble_to_the_whole_answer(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer)
     c = client(server)
     kwargs = dict(model="tiny", prompt="hello world", max_tokens=20, temperature=0, ignore_eos=True)
     whole = c.completions.create(**{k: v for k, v in kwargs.items() if k != "ignore_eos"},
@@ -122,8 +117,8 @@ def test_stream_chunks_reassemble_to_the_whole_answer(serve, fake, tokenizer):
     assert all(ch.usage is None for ch in chunks[:-1])
 
 
-def test_echo_with_logprobs_is_what_lm_eval_reads(serve, fake, tokenizer, backend):
-    server, _ = serve(fake, tokenizer)
+def test_echo_with_logprobs_is_what_lm_eval_reads(serve, real, tokenizer, backend):
+    server, _ = serve(real, tokenizer)
     prompt = "the lazy dog"
     ids = tokenizer.encode(prompt)
     r = client(server).completions.create(model="tiny", prompt=ids, max_tokens=1, temperature=0,
@@ -144,8 +139,8 @@ def test_echo_with_logprobs_is_what_lm_eval_reads(serve, fake, tokenizer, backen
     assert r0.usage.completion_tokens == 0 and r0.choices[0].text == tokenizer.decode(ids)
 
 
-def test_streamed_logprobs_and_echo_match_the_whole_answer(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer)
+def test_streamed_logprobs_and_echo_match_the_whole_answer(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer)
     c = client(server)
     kwargs = dict(model="tiny", prompt="hello world", max_tokens=6, temperature=0, echo=True, logprobs=2)
     whole = c.completions.create(**kwargs).choices[0]
@@ -156,8 +151,8 @@ def test_streamed_logprobs_and_echo_match_the_whole_answer(serve, fake, tokenize
     assert tokens == whole.logprobs.tokens and offsets == whole.logprobs.text_offset
 
 
-def test_batch_of_prompts_with_n_choices(serve, fake, tokenizer, backend):
-    server, _ = serve(fake, tokenizer)
+def test_batch_of_prompts_with_n_choices(serve, real, tokenizer, backend):
+    server, _ = serve(real, tokenizer)
     prompts = [tokenizer.encode("the quick"), tokenizer.encode("lazy dog over")]
     r = client(server).completions.create(model="tiny", prompt=prompts, max_tokens=5, temperature=0, n=2)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
@@ -167,8 +162,8 @@ def test_batch_of_prompts_with_n_choices(serve, fake, tokenizer, backend):
     assert r.usage.prompt_tokens == sum(len(p) for p in prompts)
 
 
-def test_stop_strings_cut_the_text(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer)
+def test_stop_strings_cut_the_text(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer)
     c = client(server)
     full = c.completions.create(model="tiny", prompt="fox jumps", max_tokens=30, temperature=0,
                                 extra_body={"ignore_eos": True}).choices[0].text
@@ -185,8 +180,8 @@ def test_stop_strings_cut_the_text(serve, fake, tokenizer):
     assert "".join(ch.choices[0].text for ch in streamed) == r.choices[0].text
 
 
-def test_sampling_is_seeded(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer)
+def test_sampling_is_seeded(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer)
     c = client(server)
     kw = dict(model="tiny", prompt="the quick", max_tokens=10, temperature=1.0, top_p=0.9,
               extra_body={"top_k": 20, "repetition_penalty": 1.2, "ignore_eos": True})
@@ -197,8 +192,8 @@ def test_sampling_is_seeded(serve, fake, tokenizer):
     assert len(draws) > 1
 
 
-def test_chat_completion_stream_and_logprobs(serve, fake, tokenizer, backend):
-    server, _ = serve(fake, tokenizer)
+def test_chat_completion_stream_and_logprobs(serve, real, tokenizer, backend):
+    server, _ = serve(real, tokenizer)
     c = client(server)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     kw = dict(model="tiny", messages=messages, max_tokens=10, temperature=0)
@@ -222,8 +217,8 @@ def test_chat_completion_stream_and_logprobs(serve, fake, tokenizer, backend):
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
 
 
-def test_models_health_and_metrics(serve, fake, tokenizer):
-    server, engine = serve(fake, tokenizer, limits=ServerLimits(max_model_len=1024))
+def test_models_health_and_metrics(serve, real, tokenizer):
+    server, engine = serve(real, tokenizer, limits=ServerLimits(max_model_len=1024))
     models = client(server).models.list()
     assert [m.id for m in models.data] == ["tiny"]
     assert client(server).models.retrieve("tiny").id == "tiny"
@@ -280,10 +275,10 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("name, body, status, param", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_requests_get_an_openai_error(serve, fake, tokenizer, name, body, status, param):
+def test_bad_requests_get_an_openai_error(serve, real, tokenizer, name, body, status, param):
     limits = ServerLimits(max_body_bytes=4096, max_prompt_tokens=32, max_tokens=64, max_stop=2, max_n=2,
                           max_logprobs=5)
-    server, engine = serve(fake, tokenizer, limits=limits)
+    server, engine = serve(real, tokenizer, limits=limits)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = httpx.post(server.url + "/v1/completions", content=content, timeout=TIMEOUT,
                    headers={"content-type": "application/json"})
@@ -294,8 +289,8 @@ def test_bad_requests_get_an_openai_error(serve, fake, tokenizer, name, body, st
     assert engine.stats()["in_flight"] == 0
 
 
-def test_chat_and_route_errors(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer)
+def test_chat_and_route_errors(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer)
     post = lambda path, body: httpx.post(server.url + path, json=body, timeout=TIMEOUT)  # noqa: E731
     assert post("/v1/chat/completions", {"model": "tiny", "messages": []}).status_code == 400
     r = post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]})
@@ -313,8 +308,8 @@ def test_chat_and_route_errors(serve, fake, tokenizer):
         client(server).completions.create(model="tiny", prompt="hi", temperature=5)
 
 
-def test_api_key(serve, fake, tokenizer):
-    server, _ = serve(fake, tokenizer, api_key="sekrit")
+def test_api_key(serve, real, tokenizer):
+    server, _ = serve(real, tokenizer, api_key="sekrit")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekrit"}):
         r = httpx.get(server.url + "/v1/models", headers=headers, timeout=TIMEOUT)
         assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
