@@ -614,6 +614,8 @@ async def _chat_events(req: ChatCompletionRequest, choices: list[_Choice], token
 
     def chunk(choice: ChatChunkChoice) -> dict:
         body = ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[choice]).model_dump()
+        delta = body["choices"][0]["delta"]
+        body["choices"][0]["delta"] = {k: v for k, v in delta.items() if v is not None}  # as OpenAI's
         if not usage_wanted:
             body.pop("usage")
         return body
