@@ -139,6 +139,45 @@ def test_echo_with_logprobs_is_what_lm_eval_reads(serve, real, tokenizer, backen
     assert r0.usage.completion_tokens == 0 and r0.choices[0].text == tokenizer.decode(ids)
 
 
+def test_lm_eval_scoring_request_shape(serve, real, tokenizer, backend):
+    """What lm-eval's local-completions sends to score: a batch of token-id prompts, max_tokens=1,
+    echo, logprobs=1, temperature 0, a seed; it reads choices by index and token_logprobs[ctxlen:-1]."""
+    server, _ = serve(real, tokenizer)
+    batch = [tokenizer.encode("the quick brown fox"), tokenizer.encode("over the lazy dog, hello")]
+    body = dict(model="tiny", prompt=batch, max_tokens=1, temperature=0, logprobs=1, seed=1234, echo=True)
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    choices = sorted(r.json()["choices"], key=lambda c: c["index"])
+    assert [c["index"] for c in choices] == [0, 1]
+    for ids, choice in zip(batch, choices):
+        lp = choice["logprobs"]
+        assert len(lp["token_logprobs"]) == len(ids) + 1 and len(lp["top_logprobs"]) == len(ids) + 1
+        assert lp["token_logprobs"][1:len(ids)] == pytest.approx(backend.prompt_logprobs(ids), abs=1e-4)
+        assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+
+
+def test_a_batch_of_text_prompts(serve, real, tokenizer, backend):
+    server, _ = serve(real, tokenizer)
+    prompts = ["the quick", "lazy dog over"]
+    r = client(server).completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0)
+    for prompt, choice in zip(prompts, sorted(r.choices, key=lambda c: c.index)):
+        assert choice.text == backend.greedy(tokenizer.encode(prompt), 4)[0]
+
+
+def test_a_chunked_body_over_the_limit_is_413(serve, real, tokenizer):
+    server, engine = serve(real, tokenizer, limits=ServerLimits(max_body_bytes=1000))
+
+    def body():  # no Content-Length: the size is counted as the body arrives
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+    r = httpx.post(server.url + "/v1/completions", content=body(), timeout=TIMEOUT,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and error_of(r)["code"] == "request_too_large"
+    assert engine.stats()["in_flight"] == 0
+
+
 def test_streamed_logprobs_and_echo_match_the_whole_answer(serve, real, tokenizer):
     server, _ = serve(real, tokenizer)
     c = client(server)
@@ -298,6 +337,8 @@ def test_chat_and_route_errors(serve, real, tokenizer):
     r = post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                                       "top_logprobs": 2})
     assert r.status_code == 400 and "logprobs" in error_of(r)["message"]
+    r = post("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 255})  # over max_model_len
+    assert r.status_code == 400 and "max_model_len" in error_of(r)["message"]
     assert error_of(httpx.get(server.url + "/v1/nothing", timeout=TIMEOUT))["code"] == "not_found"
     assert httpx.get(server.url + "/v1/models/other", timeout=TIMEOUT).status_code == 404
     r = httpx.get(server.url + "/v1/completions", timeout=TIMEOUT)
