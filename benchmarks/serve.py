@@ -22,8 +22,8 @@ Arms (each a row of the table, all on the same workload in the same run):
   on a Llama-3.2-1B-shaped model with random weights (needs transformers >= 4.56 and a GPU).
 
 Reported per arm: request throughput, output tokens/s, time to first token and inter-token latency
-(p50/p99; from a request's arrival to its first token, and between consecutive tokens), and the
-peak batch occupancy (slots in use at once / slots). A few short requests warm each arm up first
+(p50/p99; from a request's arrival to its first token, and between consecutive tokens), the most
+requests decoding at once and, for the engine, that over its slots (peak batch occupancy). A few short requests warm each arm up first
 (CUDA graphs, kernels) and are not counted.
 """
 
@@ -106,7 +106,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def summarize(name: str, records: list[Record], peak: float | None, extra: dict | None = None) -> dict:
+def summarize(name: str, records: list[Record], peak: float | None, peak_running: int | None,
+              extra: dict | None = None) -> dict:
     done = [r for r in records if r.token_times and r.error is None]
     first = min(r.start for r in records)
     last = max((r.token_times[-1] for r in done), default=first)
@@ -121,6 +122,7 @@ def summarize(name: str, records: list[Record], peak: float | None, extra: dict 
         ttft_ms_p50=ms(percentile(ttft, 0.5)), ttft_ms_p99=ms(percentile(ttft, 0.99)),
         itl_ms_p50=ms(percentile(itl, 0.5)), itl_ms_p99=ms(percentile(itl, 0.99)),
         itl_ms_mean=ms(statistics.fmean(itl)) if itl else None, peak_batch_occupancy=peak,
+        peak_running=peak_running,
         errors=sorted({r.error for r in records if r.error})[:5], **(extra or {}))
 
 
@@ -164,9 +166,8 @@ async def drive_engine(async_engine, prompts: list[list[int]], jobs: list[Job]) 
 
 
 def run_hymba(args, jobs: list[Job]) -> dict:
-    from hymba.serving.engine import Engine, EngineConfig
-
     from hymba.serving.async_engine import AsyncEngine
+    from hymba.serving.engine import Engine, EngineConfig
 
     model = build_hymba(args)
     longest = max(j.prompt_len + j.output_len for j in jobs)
@@ -180,12 +181,13 @@ def run_hymba(args, jobs: list[Job]) -> dict:
         engine.reset_peak()
         records = asyncio.run(drive_engine(engine, prompt_ids(jobs, vocab, args.seed), jobs))
         stats = engine.stats()
-        peak = stats["peak_slots_used"] / stats["slots_total"]
+        peak_running = stats["peak_slots_used"]
+        peak = peak_running / stats["slots_total"]
         extra = dict(model=args.model or args.preset, max_batch=args.max_batch,
                      prefix_hits=stats.get("prefix_hits"), dtype=str(model.dtype).removeprefix("torch."))
     finally:
         engine.close()
-    return summarize("hymba", records, peak, extra)
+    return summarize("hymba", records, peak, peak_running, extra)
 
 
 # -- arm: a running server ----------------------------------------------------------------------
@@ -227,8 +229,8 @@ async def drive_server(url: str, model: str, prompts, jobs, api_key: str | None)
     return records
 
 
-def scrape_peak(url: str) -> float | None:
-    """Peak occupancy from a hymba server's /metrics (None for other servers)."""
+def scrape_peak(url: str) -> tuple[float, int] | None:
+    """Peak occupancy and slots in use from a hymba server's /metrics (None for other servers)."""
     import httpx
 
     try:
@@ -241,7 +243,8 @@ def scrape_peak(url: str) -> float | None:
             name, value = line.split()
             values[name] = float(value)
     if len(values) == 2 and values["hymba_batch_slots_total"]:
-        return values["hymba_batch_slots_used_peak"] / values["hymba_batch_slots_total"]
+        used = values["hymba_batch_slots_used_peak"]
+        return used / values["hymba_batch_slots_total"], int(used)
     return None
 
 
@@ -251,7 +254,8 @@ def run_server(args, jobs: list[Job]) -> dict:
                              args.api_key))
     records = asyncio.run(drive_server(args.url, args.served_model, prompt_ids(jobs, args.vocab, args.seed),
                                        jobs, args.api_key))
-    return summarize("server", records, scrape_peak(args.url), dict(url=args.url, model=args.served_model))
+    peak = scrape_peak(args.url)
+    return summarize("server", records, peak and peak[0], peak and peak[1], dict(url=args.url, model=args.served_model))
 
 
 # -- arm: transformers' continuous batching -----------------------------------------------------
@@ -277,20 +281,24 @@ def run_hf(args, jobs: list[Job]) -> dict:
     gen = GenerationConfig(max_new_tokens=max(j.output_len for j in jobs), do_sample=False, eos_token_id=-1,
                            pad_token_id=0)
     manager = model.init_continuous_batching(generation_config=gen)
+    if hasattr(manager, "warmup"):  # its CUDA graphs captured up front, as generate_batch does
+        manager.warmup()
     manager.start()
     try:
         warm = make_workload(args.warmup, (16, 64), (8, 16), math.inf, args.seed + 7)
         drive_hf(manager, prompt_ids(warm, config.vocab_size, args.seed + 7), warm)
-        records = drive_hf(manager, prompt_ids(jobs, config.vocab_size, args.seed), jobs)
+        records, peak_running = drive_hf(manager, prompt_ids(jobs, config.vocab_size, args.seed), jobs)
     finally:
         manager.stop(block=True, timeout=60)
-    return summarize("hf-llama", records, None, dict(model="llama-3.2-1b shape (random)",
-                                                      transformers=transformers.__version__))
+    return summarize("hf-llama", records, None, peak_running, dict(model="llama-3.2-1b shape (random)",
+                                                                    transformers=transformers.__version__))
 
 
-def drive_hf(manager, prompts: list[list[int]], jobs: list[Job]) -> list[Record]:
-    """Submit at the arrival times from this thread; a reader thread timestamps every new token."""
+def drive_hf(manager, prompts: list[list[int]], jobs: list[Job]) -> tuple[list[Record], int]:
+    """Submit at the arrival times from this thread; a reader thread timestamps every new token
+    and samples how many requests the scheduler runs at once (its memory, not slots, bounds them)."""
     records: dict[str, Record] = {}
+    peak = [0]
     counts: dict[str, int] = {}
     finished = threading.Event()
     lock = threading.Lock()
@@ -301,6 +309,8 @@ def drive_hf(manager, prompts: list[list[int]], jobs: list[Job]) -> list[Record]
         deadline = time.monotonic() + 3600
         while done < total and time.monotonic() < deadline:
             out = manager.get_result(timeout=0.1)
+            scheduler = getattr(getattr(manager, "batch_processor", None), "scheduler", None)
+            peak[0] = max(peak[0], len(getattr(scheduler, "active_requests", ())))
             if out is None:
                 continue
             now = time.perf_counter()
@@ -330,7 +340,7 @@ def drive_hf(manager, prompts: list[list[int]], jobs: list[Job]) -> list[Record]
             records[rid] = Record(time.perf_counter())
         manager.add_request(ids, request_id=rid, max_new_tokens=job.output_len, streaming=True)
     finished.wait()
-    return list(records.values())
+    return list(records.values()), peak[0]
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -339,16 +349,18 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None else format(v, spec)
 
     head = (f"{'arm':10} {'reqs':>5} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
-            f"{'ITL p50':>8} {'ITL p99':>8} {'peak occ':>8} {'time s':>7}")
+            f"{'ITL p50':>8} {'ITL p99':>8} {'peak run':>8} {'peak occ':>8} {'time s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['arm']:10} {r['requests']:>5} {f(r['requests_per_s'], '.2f'):>7} "
                      f"{f(r['output_tokens_per_s'], '.0f'):>10} {f(r['ttft_ms_p50'], '.1f'):>9} "
                      f"{f(r['ttft_ms_p99'], '.1f'):>9} {f(r['itl_ms_p50'], '.2f'):>8} {f(r['itl_ms_p99'], '.2f'):>8} "
-                     f"{f(r['peak_batch_occupancy'], '.2f'):>8} {f(r['duration_s'], '.1f'):>7}")
+                     f"{f(r['peak_running'], 'd'):>8} {f(r['peak_batch_occupancy'], '.2f'):>8} "
+                     f"{f(r['duration_s'], '.1f'):>7}")
         if r["failed"]:
             lines.append(f"{'':10} {r['failed']} failed: {'; '.join(r['errors'])}")
-    return "\n".join(lines) + "\n(latencies in ms; occupancy = most slots in use at once / slots)"
+    return "\n".join(lines) + ("\n(latencies in ms; peak run = most requests decoding at once; "
+                               "occupancy = that over the engine's slots)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
