@@ -136,3 +136,9 @@ def test_serve_flags_are_checked_before_loading(tmp_path, capsys):
         assert main(["serve", "--model", str(tmp_path), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
+    with socket.socket() as taken:  # a port in use: one line, before the model loads
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--model", str(tmp_path), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot listen on" in err and "\n" not in err

@@ -68,22 +68,26 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CLIError(f"hymba serve needs FastAPI and uvicorn ({exc.name} is missing): "
                        "pip install 'hymba[serve]'") from None
+    from ..serving.engine import Engine, EngineConfig
     from .generate import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(args)
-    from ..serving.engine import Engine, EngineConfig
+    sock = _listen(args.host, args.port)  # before the model loads: a taken port is one clear error
+    try:
+        model, tokenizer = load_model_and_tokenizer(args)
+        engine = Engine(model, tokenizer, EngineConfig(
+            max_batch=args.max_batch, max_model_len=args.max_model_len, max_queue=args.max_queue,
+            prefill_chunk_tokens=args.prefill_chunk, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
+        # the length the engine resolved (its default: the model's maximum)
+        max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
+        name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        return serve(engine, tokenizer, name, args, max_model_len, sock)
+    finally:
+        sock.close()
 
-    engine = Engine(model, tokenizer, EngineConfig(
-        max_batch=args.max_batch, max_model_len=args.max_model_len, max_queue=args.max_queue,
-        prefill_chunk_tokens=args.prefill_chunk, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
-    # the length the engine resolved (its default: the model's maximum)
-    max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
-    return serve(engine, tokenizer, name, args, max_model_len)
 
-
-def serve(engine, tokenizer, name: str, args: argparse.Namespace, max_model_len: int | None) -> int:
-    """Run uvicorn until SIGTERM/SIGINT, then drain the engine; 0 on a clean stop."""
+def serve(engine, tokenizer, name: str, args: argparse.Namespace, max_model_len: int | None, sock) -> int:
+    """Run uvicorn on the bound socket ``sock`` until SIGTERM/SIGINT, then drain the engine; 0 on a
+    clean stop."""
     import asyncio
     import signal
 
@@ -118,7 +122,7 @@ def serve(engine, tokenizer, name: str, args: argparse.Namespace, max_model_len:
     async def main() -> None:
         server.loop = asyncio.get_running_loop()
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             await asyncio.sleep(0)  # let a drain scheduled by the signal start
             if server.drain is not None:
@@ -134,6 +138,24 @@ def serve(engine, tokenizer, name: str, args: argparse.Namespace, max_model_len:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
-        raise CLIError(f"could not listen on {args.host}:{args.port} (see the log above)")
+        raise CLIError(f"the server on {args.host}:{args.port} did not start (see the log above)")
     return 0
+
+
+def _listen(host: str, port: int):
+    """A TCP socket bound to ``host:port`` (uvicorn listens on it)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise CLIError(f"--host {host}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
