@@ -7,6 +7,12 @@ from .tokenizer import HymbaTokenizer, TokenizerError, load_tokenizer
 
 __version__ = "0.1.0"
 
+# transformers Auto classes for model_type "hymba" (hymba.hf), registered when transformers is
+# imported; transformers itself is not imported here.
+from ._hf_hook import install as _install_hf_hook  # noqa: E402
+
+_install_hf_hook()
+
 __all__ = [
     "PRESETS",
     "CausalLMOutput",

@@ -137,10 +137,18 @@ def load_pretrained(
     path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool | None = None,
 ) -> HymbaForCausalLM:
-    folder = os.fspath(path)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    """``path``: a checkpoint folder or a hub id (see :func:`hymba.hub.resolve_model_dir`, which
+    the keyword arguments are passed to)."""
+    from .hub import resolve_model_dir
+
+    folder = os.fspath(resolve_model_dir(path, revision=revision, cache_dir=cache_dir, token=token,
+                                         local_files_only=local_files_only))
     try:
         config = HymbaConfig.load(folder)
     except ConfigError as exc:

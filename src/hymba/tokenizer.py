@@ -164,6 +164,19 @@ def _compiled_template(source: str):
     return env.from_string(source)
 
 
-def load_tokenizer(folder: str | os.PathLike) -> HymbaTokenizer:
-    """The tokenizer of a checkpoint folder."""
+def load_tokenizer(
+    folder: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool | None = None,
+) -> HymbaTokenizer:
+    """The tokenizer of a checkpoint folder, or of a hub id such as ``"nvidia/Hymba-1.5B-Base"``
+    (its tokenizer and config files only; see :func:`hymba.hub.resolve_model_dir`)."""
+    from .hub import is_hub_id, resolve_model_dir
+
+    if not os.path.isdir(folder) and is_hub_id(folder):
+        folder = resolve_model_dir(folder, revision=revision, cache_dir=cache_dir, token=token,
+                                   local_files_only=local_files_only, weights=False)
     return HymbaTokenizer.from_folder(folder)

@@ -7,10 +7,23 @@ import os
 
 from . import CLIError
 
+# --model everywhere: a folder, or a hub id fetched into (or, with HF_HUB_OFFLINE=1, read from)
+# the Hugging Face cache; see hymba.hub.
+MODEL_HELP = ("checkpoint folder (config.json, safetensors, tokenizer.json) or a Hugging Face hub id "
+              "such as nvidia/Hymba-1.5B-Base (fetched into the hub cache; HF_HUB_OFFLINE=1: cache only)")
+
+
+def model_dir(args: argparse.Namespace, weights: bool = True) -> str:
+    """The folder of ``--model``: the folder itself, or the hub id's snapshot in the hub cache
+    (``weights=False``: its configs and tokenizer only)."""
+    from ..hub import resolve_model_dir
+
+    return str(resolve_model_dir(args.model, weights=weights))
+
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--model", metavar="DIR", help="checkpoint folder (config.json + safetensors)")
+    group.add_argument("--model", metavar="DIR|ID", help=MODEL_HELP)
     group.add_argument("--preset", metavar="NAME", help="a built-in shape: hymba-1.5b, hymba-350m, hymba-125m, tiny")
 
 
@@ -24,11 +37,12 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
 
 def load_config(args: argparse.Namespace):
     from ..config import HymbaConfig
+    from ..hub import is_hub_id
 
     if getattr(args, "model", None):
-        if not os.path.isdir(args.model):
+        if not os.path.isdir(args.model) and not is_hub_id(args.model):
             raise CLIError(f"model folder {args.model} does not exist")
-        return HymbaConfig.load(args.model)
+        return HymbaConfig.load(model_dir(args, weights=False))
     return HymbaConfig.from_preset(getattr(args, "preset", None) or "tiny")
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..jsonfile import write_json
 from . import CLIError
-from ._common import add_runtime_args, check_output_file
+from ._common import MODEL_HELP, add_runtime_args, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Loss, perplexity and bits per byte of a checkpoint on text documents. A .jsonl "
                     "file gives one document per line; any other file is one document. Documents "
                     "longer than --window are scored with strided windows.")
-    ppl.add_argument("--model", metavar="DIR", required=True,
-                     help="checkpoint folder (config.json, safetensors, tokenizer.json)")
+    ppl.add_argument("--model", metavar="DIR|ID", required=True, help=MODEL_HELP)
     ppl.add_argument("--data", metavar="FILE", nargs="+", required=True, help="text or .jsonl files")
     ppl.add_argument("--field", default="text", help="JSON field holding the text in .jsonl files")
     ppl.add_argument("--window", type=int, default=None,

@@ -6,13 +6,12 @@ import argparse
 import sys
 
 from . import CLIError
-from ._common import add_runtime_args
+from ._common import MODEL_HELP, add_runtime_args
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Model, device and sampling flags shared by ``generate`` and ``chat``."""
-    p.add_argument("--model", metavar="DIR", required=True,
-                   help="checkpoint folder (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--model", metavar="DIR|ID", required=True, help=MODEL_HELP)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)

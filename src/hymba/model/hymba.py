@@ -256,11 +256,20 @@ class HymbaForCausalLM(nn.Module):
         path: str | os.PathLike,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
     ) -> HymbaForCausalLM:
-        """Load a released-format folder: ``config.json`` + ``model.safetensors`` (or shards)."""
+        """Load a released-format folder (``config.json`` + ``model.safetensors`` or shards), or a
+        hub id such as ``"nvidia/Hymba-1.5B-Base"`` through the Hugging Face cache: ``revision``,
+        ``cache_dir``, ``token`` and ``local_files_only`` (default: ``HF_HUB_OFFLINE``) apply to
+        hub ids; a local folder always wins. Only safetensors and JSON/tokenizer files are fetched."""
         from ..checkpoint import load_pretrained
 
-        return load_pretrained(cls, path, dtype=dtype, device=device)
+        return load_pretrained(cls, path, dtype=dtype, device=device, revision=revision,
+                               cache_dir=cache_dir, token=token, local_files_only=local_files_only)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         """Write ``config.json`` + safetensors weights in the released format."""
