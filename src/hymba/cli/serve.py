@@ -6,7 +6,7 @@ import argparse
 import os
 
 from . import CLIError
-from ._common import add_runtime_args
+from ._common import MODEL_HELP, add_runtime_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(OpenAI's API, streaming included), with /health and /metrics (Prometheus). "
                     "Requests share one continuously batched decode. SIGTERM or Ctrl-C stops "
                     "admitting requests, lets those in flight finish (up to --drain-timeout) and exits.")
-    p.add_argument("--model", metavar="DIR", required=True,
-                   help="checkpoint folder (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--model", metavar="DIR|ID", required=True, help=MODEL_HELP)
     p.add_argument("--served-model-name", metavar="NAME", default=None,
-                   help="the model name clients send (default: the folder's name)")
+                   help="the model name clients send (default: the folder's name, or the hub id)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("HYMBA_API_KEY"),
@@ -56,7 +55,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError("--prefix-cache-mb and --drain-timeout must be >= 0, --max-body-mb > 0")
     if args.api_key is not None and not args.api_key.strip():
         raise CLIError("--api-key is empty")
-    if not os.path.isdir(args.model):
+    from ..hub import is_hub_id
+
+    if not os.path.isdir(args.model) and not is_hub_id(args.model):
         raise CLIError(f"model folder {args.model} does not exist")
 
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CLIError(f"hymba serve needs FastAPI and uvicorn ({exc.name} is missing): "
                        "pip install 'hymba[serve]'") from None
+    from ..hub import is_hub_id
     from ..serving.engine import Engine, EngineConfig
     from .generate import load_model_and_tokenizer
 
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             prefill_chunk_tokens=args.prefill_chunk, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
         # the length the engine resolved (its default: the model's maximum)
         max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
-        name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        name = args.served_model_name or (args.model if not os.path.isdir(args.model) and is_hub_id(args.model)
+                                          else os.path.basename(os.path.normpath(args.model)))
         return serve(engine, tokenizer, name, args, max_model_len, sock)
     finally:
         sock.close()
