@@ -272,8 +272,8 @@ class AsyncEngine:
                 busy = False
                 self._fail_all(EngineError(self._failure))
                 continue
+            self._record(stats)  # first: whoever gets an output sees the stats of its step
             self._dispatch(outputs)
-            self._record(stats)
 
     def _dispatch(self, outputs) -> None:
         with self._cv:
