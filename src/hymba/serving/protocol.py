@@ -1,7 +1,8 @@
 """The OpenAI request and response bodies that ``hymba serve`` speaks (pydantic v2).
 
 Completions (``/v1/completions``): ``prompt`` as text, as token ids, or as a list (a batch) of
-either; ``n`` choices per prompt, run as ``n`` separate requests; ``echo``; legacy ``logprobs``
+either; ``n`` choices per prompt, run as ``n`` separate requests (with a ``seed``, choice ``i``
+samples with ``seed + i``); ``echo``; legacy ``logprobs``
 (an int: tokens, token_logprobs, top_logprobs, text_offset — what lm-eval's ``local-completions``
 reads); ``stop``; ``max_tokens`` (0 only with ``echo``: the prompt is scored, nothing is
 generated); ``temperature`` (0: greedy), ``top_p``, ``seed``, ``stream`` and
