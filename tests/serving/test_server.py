@@ -128,6 +128,9 @@ def test_echo_with_logprobs_is_what_lm_eval_reads(serve, real, tokenizer, backen
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert all(isinstance(x, float) and x <= 0 for x in lp.token_logprobs[1:])
     assert lp.text_offset == sorted(lp.text_offset)
+    text = r.choices[0].text  # offsets index the returned text, where the BOS takes no room
+    assert lp.tokens[0] == "<s>" and lp.text_offset[:2] == [0, 0]
+    assert all(text[o:].startswith(t) for o, t in zip(lp.text_offset[1:len(ids)], lp.tokens[1:len(ids)]))
     # every prompt logprob is the model's log-probability of that token after the ones before it
     assert lp.token_logprobs[1:len(ids)] == pytest.approx(backend.prompt_logprobs(ids), abs=1e-4)
     # greedy: the generated token is the most likely one (lm-eval's is_greedy test)

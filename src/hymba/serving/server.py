@@ -243,7 +243,7 @@ def build_app(engine: AsyncEngine, tokenizer, model_name: str, api_key: str | No
             return _sse(gen, choices)
         await _collect(request, choices)
         out = [CompletionChoice(index=c.index, text=(c.prompt_text if req.echo else "") + "".join(c.pieces),
-                                logprobs=_completion_logprobs(tokenizer, c, req.echo)
+                                logprobs=_completion_logprobs(tokenizer, c, req.echo)[0]
                                 if req.logprobs is not None else None,
                                 finish_reason=c.finish_reason)
                for c in choices]
@@ -534,10 +534,8 @@ async def _completion_events(req: CompletionRequest, choices: list[_Choice], tok
                 text = choice.prompt_text + text
             logprobs = None
             if req.logprobs is not None:
-                logprobs = _completion_logprobs(tokenizer, choice, req.echo and first, start=before,
-                                                offset=offsets[choice.index])
-                offsets[choice.index] = (logprobs.text_offset[-1] + len(logprobs.tokens[-1])
-                                         if logprobs.tokens else offsets[choice.index])
+                logprobs, offsets[choice.index] = _completion_logprobs(
+                    tokenizer, choice, req.echo and first, start=before, offset=offsets[choice.index])
             if offsets[choice.index] is None:
                 offsets[choice.index] = 0 if req.echo else len(choice.prompt_text)
             has_tokens = logprobs is not None and logprobs.tokens
@@ -551,10 +549,12 @@ async def _completion_events(req: CompletionRequest, choices: list[_Choice], tok
 
 
 def _completion_logprobs(tokenizer, choice: _Choice, echo: bool, start: int = 0,
-                         offset: int | None = None) -> CompletionLogprobs:
-    """The legacy format: tokens, token_logprobs, top_logprobs, text_offset. With ``echo`` the
-    prompt's tokens come first (the first one has no logprob). ``start`` picks the generated
-    tokens from that index on (a stream's chunk); ``offset`` is where its text starts."""
+                         offset: int | None = None) -> tuple[CompletionLogprobs, int]:
+    """The legacy format: tokens, token_logprobs, top_logprobs, text_offset; and where the text
+    after these tokens starts. With ``echo`` the prompt's tokens come first (the first one has no
+    logprob). ``start`` picks the generated tokens from that index on (a stream's chunk);
+    ``offset`` is where its text starts. Offsets index the returned text, where special tokens
+    (a BOS) take no room, though ``tokens`` names them."""
     ids: list[int] = []
     entries: list[Any] = []
     context: list[int] = []
@@ -570,14 +570,14 @@ def _completion_logprobs(tokenizer, choice: _Choice, echo: bool, start: int = 0,
     tokens = token_strings(tokenizer, ids, context)
     pos = offset if offset is not None else (0 if echo else len(choice.prompt_text))
     offsets = []
-    for t in tokens:
+    for piece in token_strings(tokenizer, ids, context, skip_special_tokens=True):
         offsets.append(pos)
-        pos += len(t)
+        pos += len(piece)
     return CompletionLogprobs(
         tokens=tokens,
         token_logprobs=[None if e is None else float(e.logprob) for e in entries],
         top_logprobs=[None if e is None else _top_dict(tokenizer, e.top) for e in entries],
-        text_offset=offsets)
+        text_offset=offsets), pos
 
 
 def _top_dict(tokenizer, top) -> dict[str, float]:
@@ -587,16 +587,17 @@ def _top_dict(tokenizer, top) -> dict[str, float]:
     return out
 
 
-def token_strings(tokenizer, ids: Sequence[int], context: Sequence[int] = ()) -> list[str]:
+def token_strings(tokenizer, ids: Sequence[int], context: Sequence[int] = (),
+                  skip_special_tokens: bool = False) -> list[str]:
     """Each token's text as it reads after the tokens before it (a few of them are enough for
     byte-level and SentencePiece decoders, which drop or merge leading spaces at the start)."""
     out = []
     window = list(context)[-4:]
     for token in ids:
-        before = tokenizer.decode(window, skip_special_tokens=False) if window else ""
-        both = tokenizer.decode(window + [token], skip_special_tokens=False)
+        before = tokenizer.decode(window, skip_special_tokens=skip_special_tokens) if window else ""
+        both = tokenizer.decode(window + [token], skip_special_tokens=skip_special_tokens)
         out.append(both[len(before):] if both.startswith(before) else
-                   tokenizer.decode([token], skip_special_tokens=False))
+                   tokenizer.decode([token], skip_special_tokens=skip_special_tokens))
         window = (window + [token])[-4:]
     return out
 
