@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-model-name", metavar="NAME", default=None,
                    help="the model name clients send (default: the folder's name, or the hub id)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("HYMBA_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $HYMBA_API_KEY, else none)")
     p.add_argument("--max-batch", type=int, default=32, help="decode slots (requests decoded together)")
@@ -32,11 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for prefix-state snapshots (0: no prefix reuse)")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (tokens)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted, in tokens (default: none beyond --max-model-len)")
     p.add_argument("--max-body-mb", type=float, default=4, help="largest request body")
     p.add_argument("--drain-timeout", type=float, default=30,
                    help="seconds to let requests in flight finish on shutdown before aborting them")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default: info)")
     add_runtime_args(p)
     p.set_defaults(func=run)
 
