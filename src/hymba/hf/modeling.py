@@ -37,16 +37,12 @@ _IGNORED = frozenset({
 })
 # from_pretrained arguments that transformers' Auto classes and pipeline pass along: ignored
 # whatever their value (markers, and choices hymba makes itself), or accepted at their default.
-_LOAD_IGNORED = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "code_revision",
+# adapter_kwargs: the hub options transformers passes along for an adapter lookup (with PEFT
+# installed); an adapter found in the folder is loaded by transformers itself, not here
+_LOAD_IGNORED = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "code_revision", "adapter_kwargs",
                            "attn_implementation", "experts_implementation", "low_cpu_mem_usage"})
-def _unset(value) -> bool:
-    """A loading option that asks for nothing: ``{}``, or a dict of None values (transformers
-    passes ``adapter_kwargs={"revision": None}`` whenever PEFT is installed)."""
-    return isinstance(value, dict) and all(v is None for v in value.values())
-
-
 _LOAD_DEFAULTS = {
-    "adapter_kwargs": None, "force_download": False, "subfolder": "", "output_loading_info": False,
+    "force_download": False, "subfolder": "", "output_loading_info": False,
     "use_kernels": False, "weights_only": True, "key_mapping": None, "tp_plan": None,
     "device_mesh": None, "quantization_config": None, "proxies": None,
 }
@@ -110,7 +106,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         if use_safetensors is False:
             raise ValueError("hymba loads safetensors weights only (use_safetensors=False is not supported)")
         unsupported = sorted(k for k, v in kwargs.items() if k not in _LOAD_IGNORED and not (
-            k in _LOAD_DEFAULTS and (v is None or v == _LOAD_DEFAULTS[k] or _unset(v))))
+            k in _LOAD_DEFAULTS and (v is None or v == _LOAD_DEFAULTS[k] or v == {})))
         if unsupported:
             raise TypeError(f"HymbaHFForCausalLM.from_pretrained does not support {', '.join(unsupported)}")
         folder = resolve_model_dir(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
