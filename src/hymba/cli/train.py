@@ -81,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the model (slow start; pays off on long GPU runs)")
     p.add_argument("--cuda-graph", action="store_true", default=S,
                    help="replay each micro-step as one CUDA graph (one GPU; cuts the host's launch time)")
+    p.add_argument("--parallel", choices=("auto", "ddp", "fsdp"), default=S,
+                   help="under torchrun: ddp replicates the model on every process, fsdp shards "
+                        "parameters, gradients and optimizer state (FSDP2; sharded checkpoints), auto "
+                        "(default) picks DDP when they fit the device with room for activations")
+    p.add_argument("--cpu-offload", action="store_true", default=S,
+                   help="with --parallel fsdp: keep the parameter shards, gradients and optimizer state "
+                        "in host memory (slower; for models whose training state does not fit the GPUs)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     p.set_defaults(func=run)
 
