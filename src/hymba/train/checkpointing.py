@@ -28,6 +28,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from typing import Any
 
 import torch
@@ -301,13 +302,25 @@ def _training_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
     return {"model": model_state, "optim": optim_state}
 
 
-def _load_sharded(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def _dcp_load(state: dict[str, Any], folder: str) -> None:
+    """Read DCP folder ``folder`` into ``state`` (in place): collectively under a process group,
+    else in this one process (which DCP would warn about: it is meant here)."""
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     _read_dcp_metadata(folder)  # a damaged index fails here with a clear message
+    single = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():
+        if single:
+            warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+        dcp.load(state, storage_reader=_dcp_reader(folder), planner=_dcp_planner(), no_dist=single)
+
+
+def _load_sharded(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
     state = _training_state_dict(model, optimizer)
-    dcp.load(state, storage_reader=_dcp_reader(folder), planner=_dcp_planner())
+    _dcp_load(state, folder)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -363,14 +376,11 @@ def export_checkpoint(path: str, out: str) -> str:
     read_trainer_state(source)
     tokenizer = load_tokenizer(source)
     if is_sharded(source):
-        import torch.distributed.checkpoint as dcp
-
         model = HymbaForCausalLM(HymbaConfig.load(source))
         folder = os.path.join(source, SHARDED_DIR)
-        _read_dcp_metadata(folder)
         weights = {"model": model.state_dict()}
         try:
-            dcp.load(weights, storage_reader=_dcp_reader(folder), planner=_dcp_planner(), no_dist=True)
+            _dcp_load(weights, folder)
             model.load_state_dict(weights["model"])
         except (KeyError, RuntimeError, ValueError, AssertionError) as exc:
             raise CheckpointError(f"the weights in {folder} do not fit its config.json: {exc}") from None

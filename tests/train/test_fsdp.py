@@ -1,0 +1,255 @@
+"""FSDP2 training, sharded (DCP) checkpoints and a two-"node" launch, on CPU processes over gloo.
+
+One global batch of 6 rows (2 micro-batches per step, gradient clipping on) is trained by one
+process, by 2 FSDP ranks (3 rows each) and, resumed, by 3 ranks (2 rows each): the rows, their
+order and the averaged gradients are the same, only the order of the float additions differs, so
+the losses agree to a relative 1e-5 (they are not bit-identical across rank counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from trainkit import SMALL_MODEL, small_args
+
+from hymba.checkpoint import CheckpointError
+from hymba.cli import main
+from hymba.train import TrainArgs, TrainError, train
+from hymba.train import checkpointing as ckpt
+from hymba.train.distributed import choose_parallel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+LINES = [  # the corpus of conftest.py's fixture, written once for the module's runs
+    "Now is the winter of our discontent made glorious summer by this sun of York.",
+    "All the world's a stage, and all the men and women merely players.",
+    "The quality of mercy is not strained; it droppeth as the gentle rain from heaven.",
+    "Of Man's first disobedience, and the fruit of that forbidden tree.",
+]
+RUN = dict(batch_size=6, grad_accum=2, max_steps=4, save_every=2, eval_every=2)
+TOL = dict(rel=1e-5, abs=1e-6)
+
+# A rank of a torchrun launch: train(small_args(corpus, out, **RUN, **argv[3])); with KILL_AT=n,
+# rank 1 is killed (SIGKILL) once it has written its shards of its n-th checkpoint.
+WORKER = """
+import json, os, signal, sys
+from trainkit import small_args
+from hymba.train import train
+
+kill_at = int(os.environ.get("KILL_AT", "0"))
+if kill_at and os.environ["RANK"] == "1":
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    write, saves = FileSystemWriter.write_data, [0]
+    def write_then_die(self, *args, **kwargs):
+        result = write(self, *args, **kwargs)
+        result.wait()
+        saves[0] += 1
+        if saves[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    FileSystemWriter.write_data = write_then_die
+summary = train(small_args(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3])))
+sys.stdout.write(f"rank {os.environ['RANK']} {summary['parallel']} {json.dumps(summary['losses'])}\\n")
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(tmp, nproc: int, corpus, out, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    script = tmp / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+         str(script), str(corpus), str(out), json.dumps({**RUN, **kw})],
+        env={**_env(), **(env_extra or {})}, capture_output=True, text=True, timeout=300)
+
+
+def _rank_losses(stdout: str) -> dict[int, tuple[str, list[float]]]:
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("rank "):
+            _, rank, parallel, losses = line.split(" ", 3)
+            found[int(rank)] = (parallel, json.loads(losses))
+    return found
+
+
+def _logged_losses(run_dir) -> list[float]:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line)["loss"] for line in fh]
+
+
+def _resume_copy(run_dir, step: int, dest):
+    """A run folder holding ``run_dir``'s checkpoint of ``step`` and its metrics."""
+    os.makedirs(dest)
+    name = ckpt.checkpoint_name(step)
+    shutil.copytree(os.path.join(run_dir, name), os.path.join(dest, name))
+    shutil.copy(os.path.join(run_dir, "metrics.jsonl"), dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process and 2 FSDP ranks (gradient checkpointing on) train the same 4 steps."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{LINES[i % 4]} ({i})"}) + "\n" for i in range(40)))
+    single = train(small_args(corpus, tmp / "one", **RUN))
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs gloo")
+    proc = _torchrun(tmp, 2, corpus, tmp / "fsdp", parallel="fsdp", gradient_checkpointing=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"tmp": tmp, "corpus": corpus, "single": single, "fsdp": tmp / "fsdp", "stdout": proc.stdout}
+
+
+@needs_gloo
+def test_fsdp_matches_one_process(runs):
+    ranks = _rank_losses(runs["stdout"])
+    assert sorted(ranks) == [0, 1] and {p for p, _ in ranks.values()} == {"fsdp"}
+    assert "parallel: FSDP2 (sharded) over 2 processes (--parallel fsdp)" in runs["stdout"]
+    assert ranks[0][1] == ranks[1][1] == _logged_losses(runs["fsdp"])
+    assert ranks[0][1] == pytest.approx(runs["single"]["losses"], **TOL)
+    # numbered checkpoints are sharded, final/ is the released format, gathered on rank 0
+    for step in (2, 4):
+        assert ckpt.is_sharded(runs["fsdp"] / ckpt.checkpoint_name(step))
+    assert not os.path.exists(runs["fsdp"] / ckpt.checkpoint_name(2) / "model.safetensors")
+    fsdp = load_file(runs["fsdp"] / "final" / "model.safetensors")
+    one = load_file(runs["tmp"] / "one" / "final" / "model.safetensors")
+    assert fsdp.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(fsdp[name], one[name], rtol=1e-4, atol=1e-5)
+
+
+@needs_gloo
+def test_sharded_checkpoint_resumes_on_one_process(runs):
+    run = _resume_copy(runs["fsdp"], 2, runs["tmp"] / "resume1")
+    summary = train(small_args(runs["corpus"], run, **RUN, parallel="fsdp", resume=str(run)))
+    assert summary["parallel"] == "none" and summary["trained_steps"] == 2
+    assert summary["losses"] == pytest.approx(_logged_losses(runs["fsdp"])[2:], **TOL)
+    assert _logged_losses(run) == pytest.approx(_logged_losses(runs["fsdp"]), **TOL)
+
+
+@needs_gloo
+def test_kill_of_one_rank_during_a_save_keeps_the_last_checkpoint_and_three_ranks_resume(runs):
+    """Rank 1 is killed (-9) after writing its shards of step 4: the launch fails, step 2 stays
+    the newest checkpoint, and 3 ranks resume it, continuing the 2-rank loss curve."""
+    tmp, out = runs["tmp"], runs["tmp"] / "killed"
+    proc = _torchrun(tmp, 2, runs["corpus"], out, {"KILL_AT": "2"}, parallel="fsdp")
+    assert proc.returncode != 0
+    assert [step for step, _ in ckpt.list_checkpoints(out)] == [2]
+    assert os.path.isdir(out / f".tmp-{ckpt.checkpoint_name(4)}")  # the unfinished save
+    ckpt.check_training_state(ckpt.resolve_resume(str(out)))
+
+    proc = _torchrun(tmp, 3, runs["corpus"], out, parallel="fsdp", resume=str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = _rank_losses(proc.stdout)
+    assert sorted(ranks) == [0, 1, 2]
+    assert ranks[0][1] == pytest.approx(_logged_losses(runs["fsdp"])[2:], **TOL)
+    assert [step for step, _ in ckpt.list_checkpoints(out)] == [2, 4]
+    assert not any(name.startswith(".tmp-") for name in os.listdir(out))
+
+
+@needs_gloo
+def test_a_ddp_checkpoint_resumes_under_fsdp_with_cpu_offload(runs):
+    """A one-process (released-format) checkpoint's optimizer state is cut into FSDP shards."""
+    run = _resume_copy(runs["tmp"] / "one", 2, runs["tmp"] / "offload")
+    proc = _torchrun(runs["tmp"], 2, runs["corpus"], run, parallel="fsdp", cpu_offload=True, resume=str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parameters and optimizer state offloaded to the CPU" in proc.stdout
+    ranks = _rank_losses(proc.stdout)
+    assert ranks[0][1] == pytest.approx(runs["single"]["losses"][2:], **TOL)
+    assert ckpt.is_sharded(run / ckpt.checkpoint_name(4))
+
+
+@needs_gloo
+def test_export_writes_the_released_format(runs, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", "--from", str(runs["fsdp"]), "--out", str(out)]) == 0
+    assert ckpt.checkpoint_name(4) in capsys.readouterr().out
+    exported = load_file(out / "model.safetensors")
+    final = load_file(runs["fsdp"] / "final" / "model.safetensors")
+    assert exported.keys() == final.keys()
+    for name in final:
+        torch.testing.assert_close(exported[name], final[name], rtol=0, atol=0)
+    assert os.path.isfile(out / "tokenizer.json") and os.path.isfile(out / "config.json")
+    assert main(["export", "--from", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+@needs_gloo
+def test_a_foreign_object_in_the_checkpoint_index_is_refused(runs, tmp_path):
+    run = _resume_copy(runs["fsdp"], 2, tmp_path / "bad")
+    index = run / ckpt.checkpoint_name(2) / ckpt.SHARDED_DIR / ".metadata"
+    index.write_bytes(pickle.dumps(os.getcwd))  # would call a function on load
+    with pytest.raises(CheckpointError, match="corrupt or not written by hymba train"):
+        ckpt.check_training_state(str(run / ckpt.checkpoint_name(2)))
+    with pytest.raises(TrainError, match="corrupt"):
+        train(small_args(runs["corpus"], run, **RUN, resume=str(run)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_gloo
+def test_two_nodes_on_loopback_match_one_process(runs, tmp_path):
+    """Two torchrun agents ("nodes", one process each) meet at a c10d rendezvous on 127.0.0.1 and
+    train `hymba train` (DDP, picked by auto on the CPU) with the loss of one process."""
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({**small_args(runs["corpus"], tmp_path / "unused", **RUN).__dict__,
+                                  "out": str(tmp_path / "nodes"), "model": SMALL_MODEL}))
+    port = _free_port()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "hymba-test",
+              "-m", "hymba", "train", "--config", str(config)]
+    nodes = [subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    stdout = "".join(out for out, _ in outputs)
+    assert "parallel: DDP (replicated) over 2 processes (auto: training on the CPU)" in stdout
+    assert _logged_losses(tmp_path / "nodes") == pytest.approx(runs["single"]["losses"], **TOL)
+
+
+def test_auto_picks_ddp_when_the_training_state_fits():
+    gpu = torch.device("cuda", 0)
+    assert choose_parallel("auto", 10**9, gpu, free_bytes=80 * 2**30)[0] == "ddp"  # 16 GB of 80
+    parallel, why = choose_parallel("auto", 3 * 10**9, gpu, free_bytes=80 * 2**30)  # 48 GB of 80
+    assert parallel == "fsdp" and "44.7 GiB" in why and "80.0 GiB free" in why
+    assert choose_parallel("auto", 10**12, torch.device("cpu")) == ("ddp", "auto: training on the CPU")
+    assert choose_parallel("fsdp", 10, torch.device("cpu")) == ("fsdp", "--parallel fsdp")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(parallel="zero"), "parallel must be 'auto', 'ddp' or 'fsdp'"),
+    (dict(parallel="fsdp", cuda_graph=True), "cuda_graph cannot capture FSDP"),
+    (dict(parallel="ddp", cpu_offload=True), "cpu_offload .* needs parallel 'fsdp'"),
+    (dict(parallel="fsdp", cpu_offload="yes"), "cpu_offload must be true or false"),
+])
+def test_parallel_settings_are_checked(settings, message):
+    with pytest.raises(TrainError, match=message):
+        TrainArgs(**settings).validate()
+
+
+def test_cli_flags_set_parallel_and_offload(capsys):
+    assert main(["train", "--parallel", "ddp", "--cpu-offload", "--max-steps", "1", "--no-progress"]) == 2
+    assert "cpu_offload offloads FSDP's shards" in capsys.readouterr().err
