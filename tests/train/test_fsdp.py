@@ -87,9 +87,13 @@ def _rank_losses(stdout: str) -> dict[int, tuple[str, list[float]]]:
     return found
 
 
-def _logged_losses(run_dir) -> list[float]:
+def _logged(run_dir, key: str) -> list[float]:
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line)["loss"] for line in fh]
+        return [json.loads(line)[key] for line in fh]
+
+
+def _logged_losses(run_dir) -> list[float]:
+    return _logged(run_dir, "loss")
 
 
 def _resume_copy(run_dir, step: int, dest):
@@ -122,6 +126,8 @@ def test_fsdp_matches_one_process(runs):
     assert "parallel: FSDP2 (sharded) over 2 processes (--parallel fsdp)" in runs["stdout"]
     assert ranks[0][1] == ranks[1][1] == _logged_losses(runs["fsdp"])
     assert ranks[0][1] == pytest.approx(runs["single"]["losses"], **TOL)
+    norms = [_logged(runs["fsdp"], "grad_norm"), _logged(runs["tmp"] / "one", "grad_norm")]
+    assert norms[0] == pytest.approx(norms[1], **TOL) and min(norms[0]) > 1.0  # clipping at 1.0 acts
     # numbered checkpoints are sharded, final/ is the released format, gathered on rank 0
     for step in (2, 4):
         assert ckpt.is_sharded(runs["fsdp"] / ckpt.checkpoint_name(step))
@@ -206,16 +212,17 @@ def _free_port() -> int:
 
 
 @needs_gloo
-def test_two_nodes_on_loopback_match_one_process(runs, tmp_path):
+@pytest.mark.parametrize("parallel", ["auto", "fsdp"])
+def test_two_nodes_on_loopback_match_one_process(runs, tmp_path, parallel):
     """Two torchrun agents ("nodes", one process each) meet at a c10d rendezvous on 127.0.0.1 and
-    train `hymba train` (DDP, picked by auto on the CPU) with the loss of one process."""
+    run `hymba train` with the loss of one process: DDP (auto's pick on the CPU) or FSDP."""
     config = tmp_path / "small.json"
     config.write_text(json.dumps({**small_args(runs["corpus"], tmp_path / "unused", **RUN).__dict__,
                                   "out": str(tmp_path / "nodes"), "model": SMALL_MODEL}))
     port = _free_port()
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "hymba-test",
-              "-m", "hymba", "train", "--config", str(config)]
+              "-m", "hymba", "train", "--config", str(config), "--parallel", parallel]
     nodes = [subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
@@ -226,7 +233,9 @@ def test_two_nodes_on_loopback_match_one_process(runs, tmp_path):
                 node.kill()
     assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
     stdout = "".join(out for out, _ in outputs)
-    assert "parallel: DDP (replicated) over 2 processes (auto: training on the CPU)" in stdout
+    picked = {"auto": "DDP (replicated) over 2 processes (auto: training on the CPU)",
+              "fsdp": "FSDP2 (sharded) over 2 processes (--parallel fsdp)"}[parallel]
+    assert f"parallel: {picked}" in stdout
     assert _logged_losses(tmp_path / "nodes") == pytest.approx(runs["single"]["losses"], **TOL)
 
 

@@ -5,6 +5,11 @@ CPU for a few minutes and writes ``./hymba-run``. Ctrl-C saves the current step 
 checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
 the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
 or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
+
+Several GPUs or nodes: launch it with ``torchrun`` (``torchrun --nproc-per-node 8 -m hymba train
+...``; on several nodes add ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id
+ID`` on each); ``--parallel`` chooses DDP or FSDP2 sharding, and ``hymba export`` turns a sharded
+checkpoint into the released format.
 """
 
 from __future__ import annotations

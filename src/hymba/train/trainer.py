@@ -4,6 +4,11 @@
 checkpoints (:mod:`.checkpointing`), ``metrics.jsonl`` (one JSON object per logged step) and the
 final model in ``final/`` (released format + tokenizer). The optimizer step itself is
 :class:`.step.TrainStep`; Ctrl-C stops a run after a step, saved (:class:`.args.TrainInterrupted`).
+
+Under ``torchrun`` (one node or several) the model is replicated (DDP) or sharded (FSDP2), as
+``args.parallel`` says or :func:`.distributed.choose_parallel` picks; an FSDP run's numbered
+checkpoints are sharded (every rank writes its part, :func:`.checkpointing.save_sharded_checkpoint`)
+and its ``final/`` is gathered on rank 0. Any checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
