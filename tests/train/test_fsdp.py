@@ -195,6 +195,20 @@ def test_export_writes_the_released_format(runs, tmp_path, capsys):
 
 
 @needs_gloo
+def test_a_sharded_checkpoint_starts_a_fine_tune(runs, tmp_path):
+    """init_from a sharded checkpoint trains as from its released export (the final model)."""
+    from hymba import HymbaForCausalLM
+
+    sharded = runs["fsdp"] / ckpt.checkpoint_name(4)
+    tune = dict(RUN, max_steps=2, save_every=10, eval_every=10, model={})
+    a = train(small_args(runs["corpus"], tmp_path / "a", **tune, init_from=str(sharded)))
+    b = train(small_args(runs["corpus"], tmp_path / "b", **tune, init_from=str(runs["fsdp"] / "final")))
+    assert a["losses"] == b["losses"]
+    with pytest.raises(CheckpointError, match="sharded training checkpoint.*hymba export --from"):
+        HymbaForCausalLM.from_pretrained(sharded)
+
+
+@needs_gloo
 def test_a_foreign_object_in_the_checkpoint_index_is_refused(runs, tmp_path):
     run = _resume_copy(runs["fsdp"], 2, tmp_path / "bad")
     index = run / ckpt.checkpoint_name(2) / ckpt.SHARDED_DIR / ".metadata"

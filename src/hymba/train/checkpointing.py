@@ -316,6 +316,17 @@ def _dcp_load(state: dict[str, Any], folder: str) -> None:
         dcp.load(state, storage_reader=_dcp_reader(folder), planner=_dcp_planner(), no_dist=single)
 
 
+def load_sharded_weights(path: str, model: torch.nn.Module) -> None:
+    """Load the weights of sharded checkpoint ``path`` into the plain ``model`` (a fine-tune's
+    start); under a process group every rank must call this."""
+    weights = {"model": model.state_dict()}
+    try:
+        _dcp_load(weights, os.path.join(path, SHARDED_DIR))
+        model.load_state_dict(weights["model"])
+    except (KeyError, RuntimeError, ValueError, AssertionError) as exc:
+        raise CheckpointError(f"the weights in {path} do not fit its config.json: {exc}") from None
+
+
 def _load_sharded(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -377,13 +388,7 @@ def export_checkpoint(path: str, out: str) -> str:
     tokenizer = load_tokenizer(source)
     if is_sharded(source):
         model = HymbaForCausalLM(HymbaConfig.load(source))
-        folder = os.path.join(source, SHARDED_DIR)
-        weights = {"model": model.state_dict()}
-        try:
-            _dcp_load(weights, folder)
-            model.load_state_dict(weights["model"])
-        except (KeyError, RuntimeError, ValueError, AssertionError) as exc:
-            raise CheckpointError(f"the weights in {folder} do not fit its config.json: {exc}") from None
+        load_sharded_weights(source, model)
     else:
         model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32)
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{os.path.basename(os.path.abspath(out))}")

@@ -300,8 +300,13 @@ class _Run:
         source = self.resume_dir or args.init_from
         if source and not ckpt.is_sharded(source):
             self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
-        else:  # a sharded checkpoint's weights are loaded with its optimizer state, below
+        else:  # a sharded checkpoint to resume is loaded with its optimizer state, below
             self.model = HymbaForCausalLM(self.config).to(device)
+            if args.init_from and ckpt.is_sharded(args.init_from):  # a fine-tune's start: weights only
+                try:
+                    ckpt.load_sharded_weights(args.init_from, self.model)
+                except CheckpointError as exc:
+                    raise TrainError(str(exc)) from None
         self.model.train()
         self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
         self.runner = TrainStep(self.model, args, self.world, self.parallel)
