@@ -47,6 +47,14 @@ class DistInfo:
         dist.all_reduce(t)
         return float(t) / self.world_size
 
+    def minimum(self, value: int, device: torch.device) -> int:
+        """The smallest ``value`` over all ranks (every rank must call this at the same point)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t)
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is true on any rank (every rank must call this at the same point)."""
         if not self.enabled:
@@ -73,7 +81,6 @@ def setup(device_type: str) -> DistInfo:
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
 
 
-
 # AdamW training holds, per parameter: the float32 weight, its gradient and two moments.
 TRAIN_BYTES_PER_PARAM = 16
 # DDP is picked when that state takes at most this share of the free device memory; the rest is
@@ -85,7 +92,8 @@ def choose_parallel(requested: str, parameters: int, device: torch.device,
                     free_bytes: int | None = None) -> tuple[str, str]:
     """``("ddp" | "fsdp", why)``: the data-parallel scheme of a multi-process run. ``auto`` picks
     DDP when the weights, gradients and AdamW state of ``parameters`` (16 bytes each) fit in
-    half the free memory of ``device`` (``free_bytes``; None: asked of CUDA), FSDP otherwise; on
+    half the free memory of a GPU (``free_bytes``: the least any rank has; None: asked of
+    ``device``), FSDP otherwise; on
     the CPU it picks DDP (nothing to gain from sharding host memory among processes of one host)."""
     if requested in ("ddp", "fsdp"):
         return requested, f"--parallel {requested}"
@@ -97,9 +105,9 @@ def choose_parallel(requested: str, parameters: int, device: torch.device,
     gib = 2**30
     if need <= DDP_MEMORY_SHARE * free_bytes:
         return "ddp", (f"auto: weights, gradients and AdamW state ({need / gib:.1f} GiB) fit in half "
-                       f"the {free_bytes / gib:.1f} GiB free on {device}")
+                       f"the {free_bytes / gib:.1f} GiB free per GPU")
     return "fsdp", (f"auto: weights, gradients and AdamW state ({need / gib:.1f} GiB) need more than "
-                    f"half the {free_bytes / gib:.1f} GiB free on {device}; sharding them")
+                    f"half the {free_bytes / gib:.1f} GiB free per GPU; sharding them")
 
 
 def shard_model(model: torch.nn.Module, blocks: Any, device: torch.device, param_dtype: torch.dtype,

@@ -22,7 +22,8 @@ from .optim import Schedule, build_optimizer, set_lr
 class TrainStep:
     """The optimizer step of ``model`` under ``args``: the forward and backward of each
     micro-batch (eager; under ``torchrun`` DDP or FSDP2 with the gradients reduced on the last
-    micro-batch; ``torch.compile`` or a CUDA graph), then gradient clipping and the AdamW update at the schedule's learning rate.
+    micro-batch; ``torch.compile`` or a CUDA graph), then gradient clipping and the AdamW update
+    at the schedule's learning rate.
 
     ``accumulate(step, micro_batches)`` does the forward and backward passes and returns the
     losses; ``update()`` clips the gradients, steps the optimizer and returns the gradient norm.

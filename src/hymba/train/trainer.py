@@ -234,7 +234,10 @@ def _choose_parallel(args: TrainArgs, world: distributed.DistInfo, config: Hymba
             print(f"parallel: one process, nothing to {'shard' if args.parallel == 'fsdp' else 'replicate'} "
                   f"(--parallel {args.parallel} applies under torchrun)", flush=True)
         return "none"
-    parallel, why = distributed.choose_parallel(args.parallel, count_parameters(config), device)
+    free = None
+    if args.parallel == "auto" and device.type == "cuda":  # every rank must make the same choice:
+        free = world.minimum(torch.cuda.mem_get_info(device)[0], device)  # the fullest GPU's
+    parallel, why = distributed.choose_parallel(args.parallel, count_parameters(config), device, free)
     if world.is_main:
         what = "FSDP2 (sharded)" if parallel == "fsdp" else "DDP (replicated)"
         offload = ", parameters and optimizer state offloaded to the CPU" if args.cpu_offload else ""
