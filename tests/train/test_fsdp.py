@@ -181,6 +181,16 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_with_cpu_offload(runs):
 
 
 @needs_gloo
+def test_a_sharded_checkpoint_resumes_under_ddp(runs):
+    run = _resume_copy(runs["fsdp"], 2, runs["tmp"] / "to-ddp")
+    proc = _torchrun(runs["tmp"], 2, runs["corpus"], run, parallel="ddp", resume=str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = _rank_losses(proc.stdout)
+    assert ranks[0] == ("ddp", pytest.approx(_logged_losses(runs["fsdp"])[2:], **TOL))
+    assert os.path.isfile(run / ckpt.checkpoint_name(4) / "model.safetensors")  # DDP's format again
+
+
+@needs_gloo
 def test_export_writes_the_released_format(runs, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", "--from", str(runs["fsdp"]), "--out", str(out)]) == 0
