@@ -116,7 +116,8 @@ def shard_model(model: torch.nn.Module, blocks: Any, device: torch.device, param
     place). The root's group holds what no block owns: the embedding, which the output head
     shares (one parameter, so one group), the meta tokens and the final norm. Parameters are
     gathered in ``param_dtype``; gradients are reduced in float32. ``cpu_offload`` keeps the
-    sharded parameters, gradients and optimizer state in host memory (the optimizer steps there)."""
+    sharded parameters, gradients and optimizer state in host memory (the optimizer steps there).
+    A model on the CPU is moved to ``device`` one group at a time, each group's shard only."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,

@@ -31,10 +31,11 @@ class TrainStep:
     """
 
     def __init__(self, model: HymbaForCausalLM, args: TrainArgs, world: distributed.DistInfo | None = None,
-                 parallel: str = "ddp") -> None:
+                 parallel: str = "ddp", device: torch.device | None = None) -> None:
         self.model, self.args = model, args
         self.world = world or distributed.DistInfo()
-        self.device = next(model.parameters()).device  # the compute device (FSDP may offload)
+        # the compute device: the model's, unless FSDP is to move it there (or keep it offloaded)
+        self.device = device or next(model.parameters()).device
         default = "bfloat16" if self.device.type == "cuda" else "float32"
         use_bf16 = (args.dtype or default) == "bfloat16"
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16

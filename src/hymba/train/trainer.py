@@ -301,10 +301,12 @@ class _Run:
                 torch.set_num_threads(threads)
         torch.manual_seed(args.seed)
         source = self.resume_dir or args.init_from
+        # FSDP moves each block to the device as it shards it: the whole model never is on one GPU
+        home = torch.device("cpu") if self.parallel == "fsdp" else device
         if source and not ckpt.is_sharded(source):
-            self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=device)
+            self.model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32, device=home)
         else:  # a sharded checkpoint to resume is loaded with its optimizer state, below
-            self.model = HymbaForCausalLM(self.config).to(device)
+            self.model = HymbaForCausalLM(self.config).to(home)
             if args.init_from and ckpt.is_sharded(args.init_from):  # a fine-tune's start: weights only
                 try:
                     ckpt.load_sharded_weights(args.init_from, self.model)
@@ -312,7 +314,7 @@ class _Run:
                     raise TrainError(str(exc)) from None
         self.model.train()
         self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
-        self.runner = TrainStep(self.model, args, self.world, self.parallel)
+        self.runner = TrainStep(self.model, args, self.world, self.parallel, device)
         self.step = 0
         if self.resume_dir:
             try:
