@@ -8,6 +8,7 @@ the losses agree to a relative 1e-5 (they are not bit-identical across rank coun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from trainkit import SMALL_MODEL, small_args
+from trainkit import small_args
 
 from hymba.checkpoint import CheckpointError
 from hymba.cli import main
@@ -40,27 +41,25 @@ LINES = [  # the corpus of conftest.py's fixture, written once for the module's 
 RUN = dict(batch_size=6, grad_accum=2, max_steps=4, save_every=2, eval_every=2)
 TOL = dict(rel=1e-5, abs=1e-6)
 
-# A rank of a torchrun launch: train(small_args(corpus, out, **RUN, **argv[3])); with KILL_AT=n,
-# rank 1 is killed (SIGKILL) once it has written its shards of its n-th checkpoint.
-WORKER = """
+# A rank of a torchrun launch whose rank 1 is killed (SIGKILL) once it has written its shards of
+# its KILL_AT-th checkpoint: train(small_args(corpus, out, **RUN, **argv[3])).
+KILLED_WORKER = """
 import json, os, signal, sys
 from trainkit import small_args
 from hymba.train import train
 
-kill_at = int(os.environ.get("KILL_AT", "0"))
-if kill_at and os.environ["RANK"] == "1":
+if os.environ["RANK"] == "1":
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
     write, saves = FileSystemWriter.write_data, [0]
     def write_then_die(self, *args, **kwargs):
         result = write(self, *args, **kwargs)
         result.wait()
         saves[0] += 1
-        if saves[0] == kill_at:
+        if saves[0] == int(os.environ["KILL_AT"]):
             os.kill(os.getpid(), signal.SIGKILL)
         return result
     FileSystemWriter.write_data = write_then_die
-summary = train(small_args(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3])))
-sys.stdout.write(f"rank {os.environ['RANK']} {summary['parallel']} {json.dumps(summary['losses'])}\\n")
+train(small_args(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3])))
 """
 
 
@@ -69,22 +68,22 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(tmp, nproc: int, corpus, out, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    script = tmp / "worker.py"
-    script.write_text(textwrap.dedent(WORKER))
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-         str(script), str(corpus), str(out), json.dumps({**RUN, **kw})],
-        env={**_env(), **(env_extra or {})}, capture_output=True, text=True, timeout=300)
+def _torchrun(nproc: int, *hymba_train: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node NPROC -m hymba train ARGS...`` (torchrun is
+    ``python -m torch.distributed.run``)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+         "-m", "hymba", "train", *map(str, hymba_train)],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
-def _rank_losses(stdout: str) -> dict[int, tuple[str, list[float]]]:
-    found = {}
-    for line in stdout.splitlines():
-        if line.startswith("rank "):
-            _, rank, parallel, losses = line.split(" ", 3)
-            found[int(rank)] = (parallel, json.loads(losses))
-    return found
+def _config_file(path, corpus, out, **kw):
+    """A ``--config`` file with the settings of ``small_args`` (the tiny model, tiny data)."""
+    settings = dataclasses.asdict(small_args(corpus, out, **RUN, **kw))
+    path.write_text(json.dumps(settings))
+    return path
 
 
 def _logged(run_dir, key: str) -> list[float]:
@@ -114,18 +113,16 @@ def runs(tmp_path_factory):
     single = train(small_args(corpus, tmp / "one", **RUN))
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("needs gloo")
-    proc = _torchrun(tmp, 2, corpus, tmp / "fsdp", parallel="fsdp", gradient_checkpointing=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = _config_file(tmp / "run.json", corpus, tmp / "fsdp")
+    proc = _torchrun(2, "--config", config, "--parallel", "fsdp", "--gradient-checkpointing")
     return {"tmp": tmp, "corpus": corpus, "single": single, "fsdp": tmp / "fsdp", "stdout": proc.stdout}
 
 
 @needs_gloo
 def test_fsdp_matches_one_process(runs):
-    ranks = _rank_losses(runs["stdout"])
-    assert sorted(ranks) == [0, 1] and {p for p, _ in ranks.values()} == {"fsdp"}
     assert "parallel: FSDP2 (sharded) over 2 processes (--parallel fsdp)" in runs["stdout"]
-    assert ranks[0][1] == ranks[1][1] == _logged_losses(runs["fsdp"])
-    assert ranks[0][1] == pytest.approx(runs["single"]["losses"], **TOL)
+    assert runs["stdout"].count(f"trained {runs['single']['parameters']:,} parameters for 4 steps") == 1
+    assert _logged_losses(runs["fsdp"]) == pytest.approx(runs["single"]["losses"], **TOL)
     norms = [_logged(runs["fsdp"], "grad_norm"), _logged(runs["tmp"] / "one", "grad_norm")]
     assert norms[0] == pytest.approx(norms[1], **TOL) and min(norms[0]) > 1.0  # clipping at 1.0 acts
     # numbered checkpoints are sharded, final/ is the released format, gathered on rank 0
@@ -152,18 +149,21 @@ def test_sharded_checkpoint_resumes_on_one_process(runs):
 def test_kill_of_one_rank_during_a_save_keeps_the_last_checkpoint_and_three_ranks_resume(runs):
     """Rank 1 is killed (-9) after writing its shards of step 4: the launch fails, step 2 stays
     the newest checkpoint, and 3 ranks resume it, continuing the 2-rank loss curve."""
-    tmp, out = runs["tmp"], runs["tmp"] / "killed"
-    proc = _torchrun(tmp, 2, runs["corpus"], out, {"KILL_AT": "2"}, parallel="fsdp")
+    out = runs["tmp"] / "killed"
+    script = runs["tmp"] / "killed_worker.py"
+    script.write_text(textwrap.dedent(KILLED_WORKER))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+         str(runs["corpus"]), str(out), json.dumps({**RUN, "parallel": "fsdp"})],
+        env={**_env(), "KILL_AT": "2"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert [step for step, _ in ckpt.list_checkpoints(out)] == [2]
     assert os.path.isdir(out / f".tmp-{ckpt.checkpoint_name(4)}")  # the unfinished save
     ckpt.check_training_state(ckpt.resolve_resume(str(out)))
 
-    proc = _torchrun(tmp, 3, runs["corpus"], out, parallel="fsdp", resume=str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = _rank_losses(proc.stdout)
-    assert sorted(ranks) == [0, 1, 2]
-    assert ranks[0][1] == pytest.approx(_logged_losses(runs["fsdp"])[2:], **TOL)
+    proc = _torchrun(3, "--resume", out)
+    assert "resuming from step 2" in proc.stdout and "over 3 processes" in proc.stdout
+    assert _logged_losses(out) == pytest.approx(_logged_losses(runs["fsdp"]), **TOL)
     assert [step for step, _ in ckpt.list_checkpoints(out)] == [2, 4]
     assert not any(name.startswith(".tmp-") for name in os.listdir(out))
 
@@ -172,21 +172,18 @@ def test_kill_of_one_rank_during_a_save_keeps_the_last_checkpoint_and_three_rank
 def test_a_ddp_checkpoint_resumes_under_fsdp_with_cpu_offload(runs):
     """A one-process (released-format) checkpoint's optimizer state is cut into FSDP shards."""
     run = _resume_copy(runs["tmp"] / "one", 2, runs["tmp"] / "offload")
-    proc = _torchrun(runs["tmp"], 2, runs["corpus"], run, parallel="fsdp", cpu_offload=True, resume=str(run))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(2, "--resume", run, "--parallel", "fsdp", "--cpu-offload")
     assert "parameters and optimizer state offloaded to the CPU" in proc.stdout
-    ranks = _rank_losses(proc.stdout)
-    assert ranks[0][1] == pytest.approx(runs["single"]["losses"][2:], **TOL)
+    assert _logged_losses(run) == pytest.approx(runs["single"]["losses"], **TOL)
     assert ckpt.is_sharded(run / ckpt.checkpoint_name(4))
 
 
 @needs_gloo
 def test_a_sharded_checkpoint_resumes_under_ddp(runs):
     run = _resume_copy(runs["fsdp"], 2, runs["tmp"] / "to-ddp")
-    proc = _torchrun(runs["tmp"], 2, runs["corpus"], run, parallel="ddp", resume=str(run))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = _rank_losses(proc.stdout)
-    assert ranks[0] == ("ddp", pytest.approx(_logged_losses(runs["fsdp"])[2:], **TOL))
+    proc = _torchrun(2, "--resume", run, "--parallel", "ddp")
+    assert "parallel: DDP (replicated) over 2 processes (--parallel ddp)" in proc.stdout
+    assert _logged_losses(run) == pytest.approx(_logged_losses(runs["fsdp"]), **TOL)
     assert os.path.isfile(run / ckpt.checkpoint_name(4) / "model.safetensors")  # DDP's format again
 
 
@@ -240,9 +237,7 @@ def _free_port() -> int:
 def test_two_nodes_on_loopback_match_one_process(runs, tmp_path, parallel):
     """Two torchrun agents ("nodes", one process each) meet at a c10d rendezvous on 127.0.0.1 and
     run `hymba train` with the loss of one process: DDP (auto's pick on the CPU) or FSDP."""
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps({**small_args(runs["corpus"], tmp_path / "unused", **RUN).__dict__,
-                                  "out": str(tmp_path / "nodes"), "model": SMALL_MODEL}))
+    config = _config_file(tmp_path / "small.json", runs["corpus"], tmp_path / "nodes")
     port = _free_port()
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "hymba-test",
