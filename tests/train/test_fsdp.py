@@ -156,13 +156,14 @@ def test_kill_of_one_rank_during_a_save_keeps_the_last_checkpoint_and_three_rank
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
          str(runs["corpus"]), str(out), json.dumps({**RUN, "parallel": "fsdp"})],
         env={**_env(), "KILL_AT": "2"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode != 0 and "Signal 9 (SIGKILL) received" in proc.stderr
     assert [step for step, _ in ckpt.list_checkpoints(out)] == [2]
-    assert os.path.isdir(out / f".tmp-{ckpt.checkpoint_name(4)}")  # the unfinished save
+    unfinished = out / f".tmp-{ckpt.checkpoint_name(4)}" / ckpt.SHARDED_DIR  # both ranks' shards,
+    assert sorted(os.listdir(unfinished)) == ["__0_0.distcp", "__1_0.distcp"]  # no index
     ckpt.check_training_state(ckpt.resolve_resume(str(out)))
 
     proc = _torchrun(3, "--resume", out)
-    assert "resuming from step 2" in proc.stdout and "over 3 processes" in proc.stdout
+    assert "resuming from step 2" in proc.stdout and "FSDP2 (sharded) over 3 processes" in proc.stdout
     assert _logged_losses(out) == pytest.approx(_logged_losses(runs["fsdp"]), **TOL)
     assert [step for step, _ in ckpt.list_checkpoints(out)] == [2, 4]
     assert not any(name.startswith(".tmp-") for name in os.listdir(out))
