@@ -29,11 +29,13 @@ import pickle
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..checkpoint import CheckpointError
+from ..config import HymbaConfig
 from ..model import HymbaForCausalLM
 from ..tokenizer import HymbaTokenizer
 
@@ -339,12 +341,13 @@ def save_sharded_checkpoint(
     run_dir: str,
     step: int,
     model: torch.nn.Module,
-    config_and_tokenizer: tuple[Any, HymbaTokenizer],
+    config: HymbaConfig,
+    tokenizer: HymbaTokenizer,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
     is_main: bool,
-    barrier: Any,
+    barrier: Callable[[], None],
 ) -> str:
     """Write ``checkpoint-<step>`` of an FSDP-sharded ``model`` atomically; every rank calls this.
 
@@ -362,7 +365,6 @@ def save_sharded_checkpoint(
     barrier()
     dcp.save(_training_state_dict(model, optimizer), checkpoint_id=os.path.join(tmp, SHARDED_DIR))
     if is_main:
-        config, tokenizer = config_and_tokenizer
         config.save(tmp)
         tokenizer.save(tmp)
         torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
@@ -380,7 +382,6 @@ def export_checkpoint(path: str, out: str) -> str:
     """Write checkpoint ``path`` (sharded or not; a run folder means its newest checkpoint) to
     ``out`` in the released single-folder format (config, safetensors weights, tokenizer), in
     this one process. Returns the checkpoint exported."""
-    from ..config import HymbaConfig
     from ..tokenizer import load_tokenizer
 
     source = resolve_resume(path)

@@ -443,7 +443,7 @@ class _Run:
         of a sharded model, every rank writes its shards."""
         self.run_state["data_position"] = self.step * self.args.grad_accum
         if self.runner.sharded:
-            ckpt.save_sharded_checkpoint(self.out, self.step, self.model, (self.config, self.tokenizer),
+            ckpt.save_sharded_checkpoint(self.out, self.step, self.model, self.config, self.tokenizer,
                                          self.runner.optimizer, self.run_state, self.args.keep_checkpoints,
                                          self.world.is_main, self.world.barrier)
             return
