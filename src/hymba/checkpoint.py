@@ -107,6 +107,9 @@ def _weight_files(folder: str) -> list[str]:
             f"{folder} holds only pickle weights ({', '.join(pickles)}); hymba loads safetensors "
             "only and never unpickles files. Convert them with a trusted tool first."
         )
+    if os.path.isfile(os.path.join(folder, "sharded", ".metadata")):
+        raise CheckpointError(f"{folder} is a sharded training checkpoint (an FSDP run's); write it in "
+                              f"the released format first: hymba export --from {folder} --out DIR")
     raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}")
 
 

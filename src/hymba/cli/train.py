@@ -5,6 +5,11 @@ CPU for a few minutes and writes ``./hymba-run``. Ctrl-C saves the current step 
 checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
 the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
 or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
+
+Several GPUs or nodes: launch it with ``torchrun`` (``torchrun --nproc-per-node 8 -m hymba train
+...``; on several nodes add ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id
+ID`` on each); ``--parallel`` chooses DDP or FSDP2 sharding, and ``hymba export`` turns a sharded
+checkpoint into the released format.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ DEFAULTS = {
     "dtype": "bfloat16 on CUDA, float32 on CPU", "seed": 0,
     "threads": "1 for hidden size <= 256, else PyTorch's default",
     "sample_prompt": "To be, or not to be", "sample_tokens": 60, "rewarm": False,
+    "parallel": "auto", "cpu_offload": False,
 }
 
 
@@ -97,6 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag("--compile", action="store_true", help="torch.compile the model (slow start; pays off on long GPU runs)")
     flag("--cuda-graph", action="store_true",
          help="replay each micro-step as one CUDA graph (one GPU; cuts the host's launch time)")
+    flag("--parallel", choices=("auto", "ddp", "fsdp"),
+         help="under torchrun: ddp replicates the model on every process, fsdp shards parameters, "
+              "gradients and optimizer state (FSDP2; sharded checkpoints), auto picks DDP when they fit "
+              "the device with room for activations")
+    flag("--cpu-offload", action="store_true",
+         help="with --parallel fsdp: keep the parameter shards, gradients and optimizer state in host "
+              "memory (slower; for models whose training state does not fit the GPUs)")
     flag("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
