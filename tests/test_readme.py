@@ -41,6 +41,7 @@ NOT_RUN = {
     "torchrun ": "several processes on the user's data",
     "python benchmarks/throughput.py": "needs a GPU and Hugging Face models (network)",
     "python benchmarks/scan_cpu.py": "a CPU benchmark: minutes of timing, nothing to check",
+    "curl ": "talks to a running hymba serve (tests/serving drives a real server with the openai client)",
 }
 # Marks of `hymba` commands that are parsed, not run: what they need that a fresh clone lacks.
 PARSE_ONLY = {
@@ -54,6 +55,9 @@ PARSE_ONLY = {
     "runs/125m": "a long run on the user's data",
     "--budget small": "tens of minutes of training",
     "--budget large": "a GPU",
+    "hymba serve": "a server that runs until stopped (tests/serving starts and stops one)",
+    "RUN": "the user's earlier run folder",
+    "run.json": "the user's settings file",
 }
 # Commands whose README output is shown in full and is the same on every machine.
 EXACT_OUTPUT = {"hymba cache-size --preset hymba-1.5b --seq 8000"}
@@ -111,7 +115,7 @@ def test_every_readme_command_is_placed_and_every_hymba_line_parses():
     parser = build_parser()
     for command, _ in commands:
         segment = command.split("&&")[-1].split("|")[-1]
-        words = [w for w in shlex.split(segment) if w != "..."]
+        words = [w for w in shlex.split(segment) if w not in ("...", "&")]  # `&`: run in the background
         if words[0] == "hymba":
             parser.parse_args(words[1:])  # argparse exits (SystemExit) on a flag that does not exist
     # the setup's extra gives what the README's plotting commands need
