@@ -107,6 +107,9 @@ def _weight_files(folder: str) -> list[str]:
             f"{folder} holds only pickle weights ({', '.join(pickles)}); hymba loads safetensors "
             "only and never unpickles files. Convert them with a trusted tool first."
         )
+    if os.path.isfile(os.path.join(folder, "sharded", ".metadata")):
+        raise CheckpointError(f"{folder} is a sharded training checkpoint (an FSDP run's); write it in "
+                              f"the released format first: hymba export --from {folder} --out DIR")
     raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}")
 
 
@@ -208,7 +211,11 @@ def load_pretrained(
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: str) -> None:
     tmp = path + ".tmp"
+    with open(tmp, "wb"):  # created as open() creates files: mode 0666 less the user's umask
+        pass
+    mode = os.stat(tmp).st_mode & 0o777
     save_file(tensors, tmp, metadata={"format": "pt"})
+    os.chmod(tmp, mode)  # safetensors leaves its file 0600
     os.replace(tmp, path)
 
 

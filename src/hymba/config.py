@@ -333,6 +333,7 @@ class HymbaConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = numbers_from_text({k: v for k, v in data.items() if k in known}, cls)
         extra = {k: v for k, v in data.items() if k not in known}
+        _warn_misspelled(extra, known)
         if "model_type" in data and data["model_type"] != "hymba":
             raise ConfigError(f"config model_type is {data['model_type']!r}, expected 'hymba'")
         try:
@@ -367,6 +368,24 @@ class HymbaConfig:
     def replace(self, **changes: Any) -> HymbaConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+class ConfigWarning(UserWarning):
+    """A config key that looks like a misspelled field (kept in ``extra``, otherwise unused)."""
+
+
+def _warn_misspelled(extra: dict[str, Any], known: set[str]) -> None:
+    """Warn about unknown keys that are close to a field name (``hiden_size``): the value is kept
+    and written back, but nothing reads it. Keys far from every field (the released config's
+    bookkeeping) pass silently."""
+    import difflib
+    import warnings
+
+    for key in extra:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            warnings.warn(f"config key {key!r} is not a Hymba setting and is ignored; did you mean "
+                          f"{close[0]!r}?", ConfigWarning, stacklevel=3)
 
 
 def global_layers(num_layers: int) -> list[int]:

@@ -11,7 +11,8 @@ def require_matplotlib() -> Any:
         import matplotlib
     except ImportError:
         raise ImportError(
-            "plots need matplotlib: pip install 'hymba[eval]' (or pip install matplotlib)"
+            "plots need matplotlib: pip install matplotlib (hymba's test, eval and train extras "
+            "include it)"
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -78,7 +78,10 @@ class HymbaTokenizer:
             raise TokenizerError(f"no tokenizer.json or tokenizer.model in {folder}")
         return cls(tok, config)
 
-    def save(self, folder: str | os.PathLike) -> None:
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (special tokens, BOS flag, chat
+        template) to ``folder``, creating it. Saving a model and its tokenizer to the same folder
+        makes a checkpoint every ``hymba`` command and :func:`load_tokenizer` read."""
         folder = os.fspath(folder)
         os.makedirs(folder, exist_ok=True)
         self.tokenizer.save(os.path.join(folder, "tokenizer.json"))
@@ -89,6 +92,8 @@ class HymbaTokenizer:
             config["chat_template"] = self.chat_template
         with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as fh:
             json.dump(config, fh, indent=2, ensure_ascii=False)
+
+    save = save_pretrained  # the earlier name
 
     # ---------------------------------------------------------------------------------------
     def __len__(self) -> int:

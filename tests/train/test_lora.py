@@ -396,3 +396,8 @@ def test_cli_lora_run_then_merge(trained_base, tmp_path, capsys):
 def test_lora_with_gradient_checkpointing_gives_the_same_losses(lora_run, trained_base, tmp_path):
     summary = train(lora_args(trained_base, tmp_path / "gc", gradient_checkpointing=True))
     assert summary["losses"] == pytest.approx(lora_run["losses"], rel=1e-5)
+
+
+def test_lora_is_not_sharded():
+    with pytest.raises(TrainError, match="use parallel 'ddp'"):
+        TrainArgs(lora="r=4", init_from="/somewhere", parallel="fsdp").validate()

@@ -44,8 +44,15 @@ def test_chat_segments_train_only_on_replies(tokenizer):
 
 
 def test_chat_needs_a_template():
+    tok = load_tokenizer(bundled_data_dir())
+    tok.chat_template = None
     with pytest.raises(DataError, match="chat template"):
-        DocumentEncoder(load_tokenizer(bundled_data_dir())).encode_chat(CHAT)
+        DocumentEncoder(tok).encode_chat(CHAT)
+
+
+def test_bundled_tokenizer_ships_the_chat_template():
+    # `hymba chat` on the default run's final/ folder renders turns with this template
+    assert load_tokenizer(bundled_data_dir()).chat_template == CHAT_TEMPLATE
 
 
 def test_long_text_file_streams_in_blocks(tmp_path, monkeypatch, tokenizer):

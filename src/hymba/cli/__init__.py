@@ -12,6 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from .. import __version__
 
@@ -20,8 +21,33 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's help line ends with its default, unless the help already names one or there is
+    none to show (``None``, an on/off switch, a suppressed default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default in (None, [], ())
+                or isinstance(default, bool) or default is argparse.SUPPRESS or action.nargs == 0):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = (" " if action.nargs in ("+", "*") else ",").join(map(str, default))
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser with :class:`HelpFormatter`; subcommand parsers inherit it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hymba",
         description="Run, train, evaluate and benchmark Hymba hybrid-head language models.",
     )
@@ -48,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..tokenizer import TokenizerError
 
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            return int(args.func(args) or 0)
     except (CLIError, ConfigError, CheckpointError, InputError, TokenizerError, FileNotFoundError,
             PermissionError) as exc:
         print(f"hymba {args.command}: error: {exc}", file=sys.stderr)
@@ -63,6 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(command: str, show):
+    """A ``warnings.showwarning`` that prints hymba's own warnings (a misspelled config key) as
+    one line, ``hymba COMMAND: warning: ...``, and hands the others to ``show``."""
+    from ..config import ConfigWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            print(f"hymba {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _out_of_memory(exc: BaseException) -> bool:

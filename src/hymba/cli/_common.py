@@ -23,8 +23,10 @@ def model_dir(args: argparse.Namespace, weights: bool = True) -> str:
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--model", metavar="DIR|ID", help=MODEL_HELP)
-    group.add_argument("--preset", metavar="NAME", help="a built-in shape: hymba-1.5b, hymba-350m, hymba-125m, tiny")
+    group.add_argument("--model", metavar="DIR|ID", help=MODEL_HELP + " (default: none, use --preset)")
+    group.add_argument("--preset", metavar="NAME",
+                       help="a built-in shape with random weights: hymba-1.5b, hymba-350m, hymba-125m, "
+                            "tiny (default: tiny when --model is not given)")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
@@ -35,13 +37,37 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 
 
-def load_config(args: argparse.Namespace):
-    from ..config import HymbaConfig
+def check_model_folder(path: str) -> None:
+    """Fail with a pointer to the right path when ``--model`` names a file, a missing folder or a
+    ``hymba train`` run folder (whose model is in ``final/`` or a ``checkpoint-N/``). A hub id
+    (``owner/name`` that is no local path) passes: the hub resolves it."""
     from ..hub import is_hub_id
 
+    if not os.path.exists(path) and is_hub_id(path):
+        return
+    if os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        raise CLIError(f"--model {path} is a file; pass the checkpoint folder that holds it: {folder}")
+    if not os.path.isdir(path):
+        raise CLIError(f"model folder {path} does not exist")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    candidates = [name for name in os.listdir(path)
+                  if os.path.isfile(os.path.join(path, name, "config.json"))
+                  and (name == "final" or name.startswith("checkpoint-"))]
+    if candidates:
+        checkpoints = sorted(n for n in candidates if n != "final")
+        choices = [os.path.join(path, n) for n in (["final"] if "final" in candidates else [])
+                   + checkpoints[-1:]]
+        what = " or ".join(f"{c}{' (the latest checkpoint)' if 'checkpoint-' in c else ''}" for c in choices)
+        raise CLIError(f"{path} is a training run folder, not a checkpoint; use {what}")
+
+
+def load_config(args: argparse.Namespace):
+    from ..config import HymbaConfig
+
     if getattr(args, "model", None):
-        if not os.path.isdir(args.model) and not is_hub_id(args.model):
-            raise CLIError(f"model folder {args.model} does not exist")
+        check_model_folder(args.model)
         return HymbaConfig.load(model_dir(args, weights=False))
     return HymbaConfig.from_preset(getattr(args, "preset", None) or "tiny")
 
@@ -55,7 +81,8 @@ def load_model(args: argparse.Namespace):
     device = resolve_device(getattr(args, "device", None))
     dtype = getattr(args, "dtype", None)
     if getattr(args, "model", None):
-        return HymbaForCausalLM.from_pretrained(args.model, dtype=dtype, device=device)
+        check_model_folder(args.model)
+        return HymbaForCausalLM.from_pretrained(model_dir(args), dtype=dtype, device=device)
     config = load_config(args)
     torch.manual_seed(getattr(args, "seed", 0) or 0)
     return HymbaForCausalLM(config).to(device).eval()

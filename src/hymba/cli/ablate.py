@@ -17,10 +17,14 @@ from ..jsonfile import write_json
 from . import CLIError
 from ._common import add_runtime_args, require_plots, resolve_device
 
+# The names of hymba.eval.ablation's BUDGETS and VARIANTS, restated so that building the parser
+# (hymba --help) does not import torch; tests/cli/test_newcomer.py checks they agree.
+BUDGET_NAMES = ("tiny", "small", "large")
+VARIANT_KEYS = ("ssm", "ssm-meta", "attn", "attn-compressed", "hybrid-global", "hybrid-swa",
+                "hybrid-swa3", "hybrid-kvshare", "hymba")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..eval.ablation import BUDGETS, VARIANTS  # light: no torch work at import
-
     p = sub.add_parser(
         "ablate", help="train the design-roadmap variants on recall + text and compare them",
         description="Train every ablation variant (SSM-only, attention-only, attention with "
@@ -28,13 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sharing / +meta tokens) with the same budget on MQAR and byte-level text, then "
                     "report recall within and beyond the window, perplexity, cache MB and prefill "
                     "tokens/s as a Markdown table, JSON and PNG plots. Budgets: tiny (a smoke test, "
-                    "seconds), small (CPU, minutes), large (one GPU).")
-    p.add_argument("--budget", choices=list(BUDGETS), default="small")
+                    "about a minute on 2 cores), small (CPU, tens of minutes), large (one GPU).")
+    p.add_argument("--budget", choices=BUDGET_NAMES, default="small",
+                   help="training budget: tiny (a smoke test, about a minute), small (2-core CPU, tens of minutes), "
+                        "large (one GPU)")
     p.add_argument("--variants", default=None,
-                   help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
-    p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
+                   help="comma-separated subset of: " + ", ".join(VARIANT_KEYS) + " (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the budget's)")
     add_runtime_args(p, dtype=False)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: ablation-BUDGET)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train up to N variants at once, each in its own process (logs in "
@@ -123,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         plots.ablation_bars(rows, os.path.join(out, "ablation.png"), title)
         curves = [{**c, "model": r["key"]} for r in rows for c in r["curve"]]
         plots.recall_curves(curves, os.path.join(out, "recall_curves.png"), "MQAR accuracy", budget.window)
-    print(f"wrote {out}/ablation.json, ablation.md" + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
+    print(f"wrote {os.path.join(out, 'ablation.json')}, ablation.md"
+          + ("" if args.no_plots else ", ablation.png, recall_curves.png"))
     return 0
 
 

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--text", metavar="FILE", required=True, help="UTF-8 text file to analyse")
     p.add_argument("--max-tokens", type=int, default=1024, help="analyse at most this many tokens")
-    p.add_argument("--out", metavar="DIR", default="analysis", help="output folder (default: analysis)")
+    p.add_argument("--out", metavar="DIR", default="analysis", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     add_runtime_args(p)
     p.add_argument("--seed", type=int, default=0, help="init seed for --preset models")
@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
         title = os.path.basename(os.path.normpath(summary["model"] or "model"))
         plots.attention_shares(summary["layers"], os.path.join(args.out, "attention_shares.png"), title)
         plots.branch_magnitudes(summary["layers"], os.path.join(args.out, "branch_magnitudes.png"), title)
-    print(f"wrote {args.out}/analysis.json" + ("" if args.no_plots else " and 2 PNG plots"))
+    print(f"wrote {os.path.join(args.out, 'analysis.json')}" + ("" if args.no_plots else " and 2 PNG plots"))
     return 0

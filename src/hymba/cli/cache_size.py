@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float16",
                    help="dtype of every cached value, SSM state included (default float16, as the paper)")
-    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON (default: not written)")
     p.set_defaults(func=run)
 
 
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     for part, what, size in rows:
         print(f"  {part:<20} {what:<44} {size / mb:>9.2f} MB")
-    print(f"  {'total per request':<65} {parts['total'] / mb:>9.2f} MB")
+    total = "total per request" if args.batch == 1 else f"total for the batch of {args.batch}"
+    print(f"  {total:<65} {parts['total'] / mb:>9.2f} MB")
     print(f"  {'meta-token K/V':<20} {f'{m} tokens x {glob + len(swa)} K/V layers, once per model':<44} "
           f"{parts['meta_kv'] / mb:>9.2f} MB  (input-independent, shared by all requests)")
     print()

@@ -15,7 +15,7 @@ HELP = "Commands: /reset clears the conversation, /exit (or Ctrl-D) quits."
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with an instruct checkpoint",
                        description="Multi-turn chat using the checkpoint's chat template. " + HELP)
-    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--system", default=None, help="system message (default: none)")
     add_generation_args(p, max_new_tokens=256)
     p.set_defaults(func=run)
 

@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="tokens per forward pass (default: the config's max_position_embeddings)")
     ppl.add_argument("--stride", type=int, default=None,
                      help="new tokens scored per window after the first (default: window/2)")
-    ppl.add_argument("--batch-size", type=int, default=4)
+    ppl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     add_runtime_args(ppl)
-    ppl.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    ppl.add_argument("--json", metavar="PATH", help="also write the result as JSON (default: not written)")
     ppl.set_defaults(func=run_ppl)
 
 

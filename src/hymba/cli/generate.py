@@ -12,14 +12,15 @@ from ._common import MODEL_HELP, add_runtime_args
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Model, device and sampling flags shared by ``generate`` and ``chat``."""
     p.add_argument("--model", metavar="DIR|ID", required=True, help=MODEL_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--stop", metavar="TEXT", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise tokens already in the text, CTRL style (1: off)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, a fresh one each run)")
+    p.add_argument("--stop", metavar="TEXT", action="append", default=[], help="stop when the text contains this (repeatable; default: none)")
     p.add_argument("--swa-decode", choices=("trained", "reference"), default="trained",
                    help="sliding-window decode semantics: 'trained' (= the full forward, default) or "
                         "'reference' (NVIDIA's cache: one key fewer, token-for-token with its generate)")

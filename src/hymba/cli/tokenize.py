@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
 from . import CLIError
 
@@ -36,15 +37,38 @@ def run(args: argparse.Namespace) -> int:
     from ..train.sources import DataError, iter_pieces
 
     tokenizer = load_tokenizer(args.tokenizer or bundled_data_dir())
+    created = not os.path.exists(args.out)
+    was_empty = created or (os.path.isdir(args.out) and not os.listdir(args.out))
     try:
         encoder = DocumentEncoder(tokenizer)
         with tqdm(unit="tok", unit_scale=True, desc="tokenizing", dynamic_ncols=True) as bar:
             meta = write_shards(encoder.encode(iter_pieces(args.data)), tokenizer, args.out,
                                 [os.path.abspath(p) for p in args.data], args.shard_tokens, bar.update)
     except DataError as exc:
+        _clean_up(args.out, created, was_empty)
         raise CLIError(str(exc)) from None
+    except BaseException:  # Ctrl-C, a full disk: no empty folder left behind either
+        _clean_up(args.out, created, was_empty)
+        raise
     masked = sum(s["mask"] is not None for s in meta["shards"])
     print(f"{meta['documents']:,} documents, {meta['tokens']:,} tokens "
           f"({meta['trained_tokens']:,} with loss) in {len(meta['shards'])} shard(s)"
           + (f", {masked} with a loss mask" if masked else "") + f" -> {args.out}")
     return 0
+
+
+def _clean_up(folder: str, created: bool, was_empty: bool) -> None:
+    """After a failed run, remove what it wrote: the output folder if it created it, else the
+    files it wrote into the empty folder it was given (a folder that was not empty is refused
+    before anything is written, and left alone)."""
+    if not was_empty or not os.path.isdir(folder):
+        return
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)

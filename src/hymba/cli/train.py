@@ -3,9 +3,15 @@
 With no arguments it trains the ``tiny`` preset on the bundled Shakespeare + Milton corpus on the
 CPU for a few minutes and writes ``./hymba-run``. ``--init-from DIR --lora r=16,alpha=32`` trains
 LoRA adapters on a checkpoint instead of its weights (``hymba merge-lora`` merges them). Ctrl-C
-saves the current step as a checkpoint and stops (a second Ctrl-C aborts at once). Settings come from, lowest priority first:
-the built-in defaults, the saved arguments of a ``--resume`` run, ``--config FILE`` (YAML, JSON
-or TOML with the same names as the flags, plus a ``model`` table of config overrides), the flags.
+saves the current step as a checkpoint and stops (a second Ctrl-C aborts at once). Settings come
+from, lowest priority first: the built-in defaults, the saved arguments of a ``--resume`` run,
+``--config FILE`` (YAML, JSON or TOML with the same names as the flags, plus a ``model`` table of
+config overrides), the flags.
+
+Several GPUs or nodes: launch it with ``torchrun`` (``torchrun --nproc-per-node 8 -m hymba train
+...``; on several nodes add ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id
+ID`` on each); ``--parallel`` chooses DDP or FSDP2 sharding, and ``hymba export`` turns a sharded
+checkpoint into the released format.
 """
 
 from __future__ import annotations
@@ -23,6 +29,19 @@ from . import CLIError
 # flag dest -> TrainArgs field, for flags whose names differ
 _RENAMED = {"keep": "keep_checkpoints"}
 
+# TrainArgs' defaults as --help shows them; tests/cli/test_newcomer.py checks them against TrainArgs.
+DEFAULTS = {
+    "preset": "tiny", "data": "the bundled corpus", "out": "hymba-run",
+    "tokenizer": "--init-from's, else the bundled BPE", "resume": "none", "init_from": "none",
+    "max_steps": 160, "seq_len": 128, "batch_size": 16, "grad_accum": 1, "lr": 0.003,
+    "min_lr": 1e-05, "schedule": "wsd", "warmup": 0.01, "weight_decay": 0.1, "grad_clip": 1.0,
+    "val_fraction": 0.02, "eval_every": 40, "save_every": 80, "keep_checkpoints": 2, "device": "auto",
+    "dtype": "bfloat16 on CUDA, float32 on CPU", "seed": 0,
+    "threads": "1 for hidden size <= 256, else PyTorch's default",
+    "sample_prompt": "To be, or not to be", "sample_tokens": 60, "rewarm": False,
+    "parallel": "auto", "cpu_offload": False, "lora": "none",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,61 +52,72 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "command that resumes the run (a second Ctrl-C aborts at once).",
     )
     S = argparse.SUPPRESS  # unset flags stay absent so that lower layers show through
-    p.add_argument("--config", metavar="FILE", help="training settings (.yaml, .json or .toml)")
-    p.add_argument("--preset", default=S, help="model shape for a from-scratch run (default: tiny)")
-    p.add_argument("--data", nargs="+", metavar="PATH", default=S,
-                   help=".txt, .jsonl ('text' or chat 'messages'), .parquet files (.gz allowed), folders, "
-                        "saved HF datasets, or one 'hymba tokenize' folder (default: bundled corpus)")
-    p.add_argument("--tokenizer", metavar="DIR", default=S,
-                   help="folder with tokenizer.json (default: --init-from's, else the bundled BPE)")
-    p.add_argument("--out", metavar="DIR", default=S, help="run folder (default: ./hymba-run)")
-    p.add_argument("--overwrite", action="store_true", default=S, help="replace an existing run folder")
-    p.add_argument("--resume", metavar="DIR", default=S, help="continue a run (run folder or checkpoint)")
-    p.add_argument("--init-from", metavar="DIR", default=S, help="fine-tune a released-format checkpoint")
-    p.add_argument("--lora", metavar="SPEC", default=S,
-                   help="train LoRA adapters on the --init-from model instead of its weights, e.g. "
-                        "r=16,alpha=32[,dropout=0.05][,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj] "
-                        "(default targets: in_proj, out_proj and the MLP; needs peft: pip install 'hymba[hf]'). "
-                        "Checkpoints and final/ hold the adapter; 'hymba merge-lora' merges it")
-    p.add_argument("--max-steps", type=int, default=S,
-                   help="optimizer steps of the run (default: 160). With --resume, a new value extends "
-                        "or shortens the run: a schedule that has not begun its decay moves the decay "
-                        "to the new end; one that has goes on, so extra steps after a finished decay "
-                        "train at --min-lr (see --rewarm)")
-    p.add_argument("--rewarm", action="store_true", default=S,
-                   help="with --resume: start a new learning-rate phase from the resumed step to "
-                        "--max-steps (warmup to --lr, stable, decay to --min-lr), e.g. to extend a "
-                        "finished run at full rate")
-    p.add_argument("--seq-len", type=int, default=S)
-    p.add_argument("--batch-size", type=int, default=S, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=S, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=S, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=S)
-    p.add_argument("--schedule", choices=("wsd", "cosine"), default=S)
-    p.add_argument("--warmup", type=float, default=S, help="warmup: fraction of steps if < 1, else steps")
-    p.add_argument("--weight-decay", type=float, default=S)
-    p.add_argument("--grad-clip", type=float, default=S, help="max gradient norm (0: off)")
-    p.add_argument("--val-fraction", type=float, default=S)
-    p.add_argument("--eval-every", type=int, default=S)
-    p.add_argument("--save-every", type=int, default=S)
-    p.add_argument("--keep", type=int, default=S, help="numbered checkpoints to keep (0: all)")
-    p.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=S,
-                   help="compute dtype: bfloat16 autocast (weights stay float32) or float32 "
-                        "(default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--seed", type=int, default=S)
-    p.add_argument("--gradient-checkpointing", action="store_true", default=S)
-    p.add_argument("--threads", type=int, default=S,
-                   help="CPU threads (default: 1 for hidden size <= 256, else PyTorch's default)")
-    p.add_argument("--sample-prompt", default=S, help="prompt of the sample printed at the end")
-    p.add_argument("--sample-tokens", type=int, default=S, help="length of that sample (0: none)")
-    p.add_argument("--tensorboard", action="store_true", default=S,
-                   help="also log the metrics for TensorBoard in OUT/tensorboard")
-    p.add_argument("--compile", action="store_true", default=S,
-                   help="torch.compile the model (slow start; pays off on long GPU runs)")
-    p.add_argument("--cuda-graph", action="store_true", default=S,
-                   help="replay each micro-step as one CUDA graph (one GPU; cuts the host's launch time)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+
+    def flag(*names: str, help: str, **kwargs) -> None:
+        """A flag whose help ends with TrainArgs' default (restated in DEFAULTS: importing
+        hymba.train imports torch, which --help should not wait for)."""
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        shown = DEFAULTS.get(_RENAMED.get(dest, dest))
+        text = help if shown is None else f"{help} (default: {shown})"
+        p.add_argument(*names, default=S, help=text.replace("%", "%%"), **kwargs)
+
+    p.add_argument("--config", metavar="FILE",
+                   help="training settings (.yaml, .json or .toml; default: none, the flags and defaults)")
+    flag("--preset", help="model shape for a from-scratch run")
+    flag("--data", nargs="+", metavar="PATH",
+         help=".txt, .jsonl ('text' or chat 'messages'), .parquet files (.gz allowed), folders, "
+              "saved HF datasets, or one 'hymba tokenize' folder")
+    flag("--tokenizer", metavar="DIR", help="folder with tokenizer.json")
+    flag("--out", metavar="DIR", help="run folder")
+    flag("--overwrite", action="store_true", help="replace an existing run folder")
+    flag("--resume", metavar="DIR", help="continue a run (run folder or checkpoint)")
+    flag("--init-from", metavar="DIR", help="fine-tune a released-format checkpoint")
+    flag("--lora", metavar="SPEC",
+         help="train LoRA adapters on the --init-from model instead of its weights, e.g. "
+              "r=16,alpha=32[,dropout=0.05][,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj] "
+              "(default targets: in_proj, out_proj and the MLP; needs peft: pip install 'hymba[hf]'). "
+              "Checkpoints and final/ hold the adapter; 'hymba merge-lora' merges it")
+    flag("--max-steps", type=int,
+         help="optimizer steps of the run. With --resume, a new value extends or shortens the run: a "
+              "schedule that has not begun its decay moves the decay to the new end; one that has goes "
+              "on, so extra steps after a finished decay train at --min-lr (see --rewarm)")
+    flag("--rewarm", action="store_true",
+         help="with --resume: start a new learning-rate phase from the resumed step to --max-steps "
+              "(warmup to --lr, stable, decay to --min-lr), e.g. to extend a finished run at full rate")
+    flag("--seq-len", type=int, help="tokens per training sequence")
+    flag("--batch-size", type=int, help="sequences per micro-batch")
+    flag("--grad-accum", type=int, help="micro-batches per optimizer step")
+    flag("--lr", type=float, help="peak learning rate")
+    flag("--min-lr", type=float, help="learning rate at the end of the decay")
+    flag("--schedule", choices=("wsd", "cosine"), help="learning-rate schedule: warmup-stable-decay or cosine")
+    flag("--warmup", type=float, help="warmup: fraction of steps if < 1, else steps")
+    flag("--weight-decay", type=float, help="AdamW weight decay (not on norms, biases, meta tokens, A_log, D)")
+    flag("--grad-clip", type=float, help="max gradient norm (0: off)")
+    flag("--val-fraction", type=float, help="share of the data held out for validation")
+    flag("--eval-every", type=int, help="steps between validation runs")
+    flag("--save-every", type=int, help="steps between checkpoints")
+    flag("--keep", type=int, help="numbered checkpoints to keep (0: all)")
+    flag("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    flag("--dtype", choices=("float32", "bfloat16"),
+         help="compute dtype: bfloat16 autocast (weights stay float32) or float32")
+    flag("--seed", type=int, help="random seed")
+    flag("--gradient-checkpointing", action="store_true",
+         help="recompute activations in the backward pass (less memory, slower)")
+    flag("--threads", type=int, help="CPU threads")
+    flag("--sample-prompt", help="prompt of the sample printed at the end")
+    flag("--sample-tokens", type=int, help="length of that sample (0: none)")
+    flag("--tensorboard", action="store_true", help="also log the metrics for TensorBoard in OUT/tensorboard")
+    flag("--compile", action="store_true", help="torch.compile the model (slow start; pays off on long GPU runs)")
+    flag("--cuda-graph", action="store_true",
+         help="replay each micro-step as one CUDA graph (one GPU; cuts the host's launch time)")
+    flag("--parallel", choices=("auto", "ddp", "fsdp"),
+         help="under torchrun: ddp replicates the model on every process, fsdp shards parameters, "
+              "gradients and optimizer state (FSDP2; sharded checkpoints), auto picks DDP when they fit "
+              "the device with room for activations")
+    flag("--cpu-offload", action="store_true",
+         help="with --parallel fsdp: keep the parameter shards, gradients and optimizer state in host "
+              "memory (slower; for models whose training state does not fit the GPUs)")
+    flag("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
 

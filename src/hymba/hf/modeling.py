@@ -38,7 +38,9 @@ _IGNORED = frozenset({
 })
 # from_pretrained arguments that transformers' Auto classes and pipeline pass along: ignored
 # whatever their value (markers, and choices hymba makes itself), or accepted at their default.
-_LOAD_IGNORED = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "code_revision",
+# adapter_kwargs: the hub options transformers passes along for an adapter lookup (with PEFT
+# installed); an adapter found in the folder is loaded by transformers itself, not here
+_LOAD_IGNORED = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "code_revision", "adapter_kwargs",
                            "attn_implementation", "experts_implementation", "low_cpu_mem_usage"})
 _LOAD_DEFAULTS = {
     "force_download": False, "subfolder": "", "output_loading_info": False,

@@ -34,7 +34,12 @@ class TrainArgs:
 
     ``lora`` (``"r=16,alpha=32[,dropout=0.05][,targets=in_proj,...]"`` or a mapping, see
     :class:`~.lora.LoraSettings`): train LoRA adapters on the ``init_from`` model instead of its
-    weights; checkpoints and ``final/`` then hold the adapter (PEFT's format), not the model."""
+    weights; checkpoints and ``final/`` then hold the adapter (PEFT's format), not the model.
+
+    ``parallel`` (under ``torchrun``): ``ddp`` replicates the model on every process, ``fsdp``
+    shards it (FSDP2; ``cpu_offload`` keeps the shards and the optimizer state in host memory),
+    ``auto`` picks DDP when the model, its gradients and AdamW state fit the device with room
+    to spare (see :func:`~.distributed.choose_parallel`). One process ignores it."""
 
     out: str = "hymba-run"
     preset: str = "tiny"
@@ -72,6 +77,8 @@ class TrainArgs:
     tensorboard: bool = False
     compile: bool = False
     cuda_graph: bool = False
+    parallel: str = "auto"
+    cpu_offload: bool = False
     sample_prompt: str = "To be, or not to be"
     sample_tokens: int = 60
     progress: bool = True
@@ -111,7 +118,8 @@ class TrainArgs:
         check(("adam_beta2",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         check(("decay_fraction",), lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
         check(("val_fraction",), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        check(("overwrite", "rewarm", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress"),
+        check(("overwrite", "rewarm", "gradient_checkpointing", "tensorboard", "compile", "cuda_graph", "progress",
+               "cpu_offload"),
               lambda v: isinstance(v, bool), "true or false")
         check(("out", "preset", "sample_prompt"), lambda v: isinstance(v, str), "a string")
         check(("device",), lambda v: v is None or isinstance(v, str), "a device name")
@@ -129,6 +137,13 @@ class TrainArgs:
             raise TrainError("rewarm starts a new learning-rate phase of a resumed run: it needs resume")
         if self.cuda_graph and self.compile:
             raise TrainError("use either cuda_graph or compile, not both")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise TrainError(f"parallel must be 'auto', 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.cuda_graph and self.parallel == "fsdp":
+            raise TrainError("cuda_graph cannot capture FSDP: its parameter all-gathers and gradient "
+                             "reduce-scatters run outside the graph; drop --cuda-graph or use one GPU")
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise TrainError("cpu_offload offloads FSDP's shards and optimizer state: it needs parallel 'fsdp'")
         if self.lora is not None:
             from .lora import LoraError, LoraSettings
 
@@ -138,6 +153,9 @@ class TrainArgs:
                 raise TrainError(str(exc)) from None
             if not (self.init_from or self.resume):
                 raise TrainError("lora trains adapters on a trained model: give init_from (the base model)")
+            if self.parallel == "fsdp":
+                raise TrainError("lora trains small adapters on a replicated model: use parallel 'ddp' "
+                                 "(or 'auto'), not 'fsdp'")
 
 
 __all__ = ["TrainArgs", "TrainError", "TrainInterrupted"]

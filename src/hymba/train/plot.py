@@ -36,12 +36,15 @@ def plot_run(run_dir: str, path: str | None = None) -> str:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
+    handles = list(ax.get_lines())
     if any("lr" in r for r in records):
         lr_ax = ax.twinx()
-        lr_ax.plot([r["step"] for r in records], [r.get("lr", 0.0) for r in records], color="grey",
-                   ls=":", label="learning rate")
+        handles += lr_ax.plot([r["step"] for r in records], [r.get("lr", 0.0) for r in records],
+                              color="grey", ls=":", label="learning rate")
         lr_ax.set_ylabel("learning rate")
-    ax.legend(loc="upper right")
+    # one legend for both axes, below the plot, where it covers neither curve
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(handles),
+              fontsize=8, frameon=False)
     ax.set_title(os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -21,34 +21,44 @@ from .optim import Schedule, build_optimizer, set_lr
 
 class TrainStep:
     """The optimizer step of ``model`` under ``args``: the forward and backward of each
-    micro-batch (eager, DDP with gradient sync on the last micro-batch, ``torch.compile`` or a
-    CUDA graph), then gradient clipping and the AdamW update at the schedule's learning rate.
+    micro-batch (eager; under ``torchrun`` DDP or FSDP2 with the gradients reduced on the last
+    micro-batch; ``torch.compile`` or a CUDA graph), then gradient clipping and the AdamW update
+    at the schedule's learning rate.
 
     ``accumulate(step, micro_batches)`` does the forward and backward passes and returns the
     losses; ``update()`` clips the gradients, steps the optimizer and returns the gradient norm.
     The caller decides when to read the losses (reading waits for the device).
     """
 
-    def __init__(self, model: HymbaForCausalLM, args: TrainArgs, world: distributed.DistInfo | None = None) -> None:
+    def __init__(self, model: HymbaForCausalLM, args: TrainArgs, world: distributed.DistInfo | None = None,
+                 parallel: str = "ddp", device: torch.device | None = None) -> None:
         self.model, self.args = model, args
         self.world = world or distributed.DistInfo()
-        self.device = next(model.parameters()).device
-        self.wrapped: torch.nn.Module = model
-        if self.world.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        # the compute device: the model's, unless FSDP is to move it there (or keep it offloaded)
+        self.device = device or next(model.parameters()).device
         default = "bfloat16" if self.device.type == "cuda" else "float32"
         use_bf16 = (args.dtype or default) == "bfloat16"
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
+        if args.cuda_graph and (self.device.type != "cuda" or self.world.enabled):
+            raise TrainError("cuda_graph needs one CUDA device in one process: a graph replays one "
+                             "process's kernels, without DDP's gradient all-reduce or FSDP's "
+                             "parameter all-gathers and gradient reduce-scatters")
+        self.sharded = self.world.enabled and parallel == "fsdp"
+        self.wrapped: torch.nn.Module = model
+        if self.sharded:  # in place: the parameters become DTensor shards, the model gathers them
+            # bfloat16 gathers halve the all-gather traffic on CUDA; gloo (CPU) gathers float32
+            gather = torch.bfloat16 if use_bf16 and self.device.type == "cuda" else torch.float32
+            distributed.shard_model(model, model.layers, self.device, gather, args.cpu_offload)
+        elif self.world.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
         if args.compile:
             self.wrapped = torch.compile(self.wrapped)
         self.graph = None
         if args.cuda_graph:
-            if self.device.type != "cuda" or self.world.enabled:
-                raise TrainError("cuda_graph needs one CUDA device (no CPU, no DDP)")
             self.graph = TrainingGraph(model, torch.bfloat16 if use_bf16 else None, 1.0 / args.grad_accum)
         self.optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, args.adam_beta2))
         self.schedule = Schedule(args.schedule, args.lr, args.max_steps, args.warmup, args.min_lr,
@@ -71,8 +81,10 @@ class TrainStep:
                     counted += 1
                 continue
             x, labels = x.to(self.device), labels.to(self.device)
-            sync = not self.world.enabled or micro == last
-            with self.autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
+            sync = not self.world.enabled or micro == last  # gradients reduced once per step
+            if self.sharded:
+                self.model.set_requires_gradient_sync(sync)
+            with self.autocast, (contextlib.nullcontext() if sync or self.sharded else self.wrapped.no_sync()):
                 result = self.wrapped(x, labels=labels if has_targets else None)
                 loss = result.loss if has_targets else result.logits.sum() * 0.0
                 (loss / len(micro_batches)).backward()
@@ -91,6 +103,8 @@ class TrainStep:
         gradients; returns the gradient norm before clipping."""
         clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.sharded:  # the norm of sharded gradients is a DTensor: its value on every rank
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         if self.graph is None:  # a graph's next step writes the gradients
             self.optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,11 @@
 checkpoints (:mod:`.checkpointing`), ``metrics.jsonl`` (one JSON object per logged step) and the
 final model in ``final/`` (released format + tokenizer). The optimizer step itself is
 :class:`.step.TrainStep`; Ctrl-C stops a run after a step, saved (:class:`.args.TrainInterrupted`).
+
+Under ``torchrun`` (one node or several) the model is replicated (DDP) or sharded (FSDP2), as
+``args.parallel`` says or :func:`.distributed.choose_parallel` picks; an FSDP run's numbered
+checkpoints are sharded (every rank writes its part, :func:`.checkpointing.save_sharded_checkpoint`)
+and its ``final/`` is gathered on rank 0. Any checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..config import HymbaConfig, numbers_from_text
 from ..devices import resolve_device
-from ..model import HymbaForCausalLM
+from ..model import HymbaForCausalLM, count_parameters
 from ..tokenizer import HymbaTokenizer, load_tokenizer
 from . import checkpointing as ckpt
 from . import distributed
@@ -237,15 +242,42 @@ def train(args: TrainArgs) -> dict[str, Any]:
         if world.enabled and device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(device)
+        parallel = _choose_parallel(args, world, config, device, lora is not None)
         world.barrier()  # every rank has checked the output folder before rank 0 creates it
         out = _prepare_out_dir(args) if world.is_main else os.path.abspath(args.out)
         world.barrier()
-        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir, model_dir, lora)
+        run = _Run(args, world, device, tokenizer, config, data, out, resume_dir, model_dir, lora, parallel)
         run.setup()
         run.loop()
         return run.finish()
     finally:
         world.close()
+
+
+def _choose_parallel(args: TrainArgs, world: distributed.DistInfo, config: HymbaConfig,
+                     device: torch.device, lora: bool = False) -> str:
+    """DDP or FSDP for a ``torchrun`` run (rank 0 prints which and why); "none" for one process.
+    A LoRA run replicates the model: its gradients and optimizer state are the small adapters'."""
+    if lora and args.parallel == "fsdp":
+        raise TrainError("lora trains small adapters on a replicated model: use parallel 'ddp' (or 'auto'), "
+                         "not 'fsdp'")
+    if not world.enabled:
+        if args.parallel != "auto" and world.is_main:
+            print(f"parallel: one process, nothing to {'shard' if args.parallel == 'fsdp' else 'replicate'} "
+                  f"(--parallel {args.parallel} applies under torchrun)", flush=True)
+        return "none"
+    free = None
+    if args.parallel == "auto" and device.type == "cuda" and not lora:  # every rank must make the same choice:
+        free = world.minimum(torch.cuda.mem_get_info(device)[0], device)  # the fullest GPU's
+    if lora:
+        parallel, why = "ddp", "LoRA: only the adapters have gradients and optimizer state"
+    else:
+        parallel, why = distributed.choose_parallel(args.parallel, count_parameters(config), device, free)
+    if world.is_main:
+        what = "FSDP2 (sharded)" if parallel == "fsdp" else "DDP (replicated)"
+        offload = ", parameters and optimizer state offloaded to the CPU" if args.cpu_offload else ""
+        print(f"parallel: {what} over {world.world_size} processes{offload} ({why})", flush=True)
+    return parallel
 
 
 def _checkpoint_schedule(state: dict[str, Any], planned: Schedule, path: str) -> Schedule:
@@ -289,8 +321,10 @@ class _Run:
 
     def __init__(self, args: TrainArgs, world: distributed.DistInfo, device: torch.device,
                  tokenizer: HymbaTokenizer, config: HymbaConfig, data: PackedData, out: str,
-                 resume_dir: str | None, model_dir: str | None, lora: LoraSettings | None) -> None:
+                 resume_dir: str | None, model_dir: str | None, lora: LoraSettings | None,
+                 parallel: str = "none") -> None:
         self.args, self.world, self.device, self.tokenizer = args, world, device, tokenizer
+        self.parallel = parallel
         self.config, self.data, self.out, self.resume_dir = config, data, out, resume_dir
         self.model_dir, self.lora = model_dir, lora
         self.metrics_path = os.path.join(out, "metrics.jsonl")
@@ -306,10 +340,17 @@ class _Run:
             if threads:
                 torch.set_num_threads(threads)
         torch.manual_seed(args.seed)
-        if self.model_dir:
-            self.model = HymbaForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32, device=device)
-        else:
-            self.model = HymbaForCausalLM(self.config).to(device)
+        # FSDP moves each block to the device as it shards it: the whole model never is on one GPU
+        home = torch.device("cpu") if self.parallel == "fsdp" else device
+        if self.model_dir and not ckpt.is_sharded(self.model_dir):
+            self.model = HymbaForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32, device=home)
+        else:  # a sharded checkpoint to resume is loaded with its optimizer state, below
+            self.model = HymbaForCausalLM(self.config).to(home)
+            if self.model_dir and self.model_dir != self.resume_dir:  # a fine-tune's start: weights only
+                try:
+                    ckpt.load_sharded_weights(self.model_dir, self.model)
+                except CheckpointError as exc:
+                    raise TrainError(str(exc)) from None
         # what checkpoints save: the model, or the PEFT model that holds its adapters (these wrap
         # the model's projections in place: self.model runs them, only they train)
         self.saved: Any = self.model
@@ -323,10 +364,13 @@ class _Run:
                 raise TrainError(str(exc)) from None
         self.model.train()
         self.model.gradient_checkpointing_enable(args.gradient_checkpointing)
-        self.runner = TrainStep(self.model, args, self.world)
+        self.runner = TrainStep(self.model, args, self.world, self.parallel, device)
         self.step = 0
         if self.resume_dir:
-            state = ckpt.load_training_state(self.resume_dir, self.runner.optimizer)
+            try:
+                state = ckpt.load_training_state(self.resume_dir, self.runner.optimizer, self.model)
+            except CheckpointError as exc:
+                raise TrainError(str(exc)) from None
             self.step = int(state["step"])
             if self.step >= args.max_steps:
                 raise TrainError(f"the checkpoint is at step {self.step}; raise max_steps above it to train more")
@@ -448,12 +492,33 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """A numbered checkpoint of the current step (rank 0 writes; every rank waits for it)."""
+        """A numbered checkpoint of the current step: rank 0 writes it and every rank waits, or,
+        of a sharded model, every rank writes its shards."""
+        self.run_state["data_position"] = self.step * self.args.grad_accum
+        if self.runner.sharded:
+            ckpt.save_sharded_checkpoint(self.out, self.step, self.model, self.config, self.tokenizer,
+                                         self.runner.optimizer, self.run_state, self.args.keep_checkpoints,
+                                         self.world.is_main, self.world.barrier)
+            return
         if self.world.is_main:
-            self.run_state["data_position"] = self.step * self.args.grad_accum
             ckpt.save_checkpoint(self.out, self.step, self.saved, self.tokenizer, self.runner.optimizer,
                                  self.run_state, self.args.keep_checkpoints)
         self.world.barrier()
+
+    def _whole_model(self) -> HymbaForCausalLM | None:
+        """The trained model, whole, on rank 0 (None elsewhere): a sharded one is gathered (every
+        rank takes part) into a plain copy on this rank's device."""
+        if not self.runner.sharded:
+            return self.model if self.world.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # full_state_dict + cpu_offload: the whole tensors arrive in rank 0's host memory only
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.world.is_main:
+            return None
+        model = HymbaForCausalLM(self.config)
+        model.load_state_dict(full)
+        return model.to(self.device)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -461,13 +526,14 @@ class _Run:
         args, world = self.args, self.world
         final = os.path.join(self.out, "final")
         sample = ""
-        if world.is_main:
+        model = self._whole_model()
+        if model is not None:
             tmp = os.path.join(self.out, ".tmp-final")
             shutil.rmtree(tmp, ignore_errors=True)
-            ckpt.save_model_folder(tmp, self.saved, self.tokenizer)
+            ckpt.save_model_folder(tmp, self.saved if self.lora is not None else model, self.tokenizer)
             ckpt.publish(tmp, final)
             if args.sample_tokens > 0:
-                sample = _sample(self.model, self.tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
+                sample = _sample(model, self.tokenizer, args.sample_prompt, args.sample_tokens, args.seed)
         world.barrier()
         tail = self.losses[-10:]
         trained = self.step - self.start_step
@@ -477,7 +543,7 @@ class _Run:
             "unigram_entropy": self.baseline, "parameters": self.model.num_parameters(),
             "train_tokens": len(self.data.train) * args.seq_len, "val_tokens": len(self.data.val) * args.seq_len,
             "tokens_per_s": trained * self.tokens_per_step / self.wall, "wall_s": self.wall,
-            "sample": sample, "world_size": world.world_size,
+            "sample": sample, "world_size": world.world_size, "parallel": self.parallel,
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "lora": self.lora is not None, "base": self.model_dir and os.path.abspath(self.model_dir),
         }
