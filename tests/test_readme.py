@@ -41,6 +41,8 @@ NOT_RUN = {
     "torchrun ": "several processes on the user's data",
     "python benchmarks/throughput.py": "needs a GPU and Hugging Face models (network)",
     "python benchmarks/scan_cpu.py": "a CPU benchmark: minutes of timing, nothing to check",
+    "hf download": "downloads a released checkpoint (network)",
+    "pip install -e '.[hf]'": "installs an extra (network)",
     "curl ": "talks to a running hymba serve (tests/serving drives a real server with the openai client)",
 }
 # Marks of `hymba` commands that are parsed, not run: what they need that a fresh clone lacks.
@@ -58,6 +60,9 @@ PARSE_ONLY = {
     "hymba serve": "a server that runs until stopped (tests/serving starts and stops one)",
     "RUN": "the user's earlier run folder",
     "run.json": "the user's settings file",
+    "Hymba-1.5B-Instruct": "a released checkpoint (download)",
+    "chats.jsonl": "the user's chat data",
+    "runs/instruct-lora": "a fine-tuning run on the user's data",
 }
 # Commands whose README output is shown in full and is the same on every machine.
 EXACT_OUTPUT = {"hymba cache-size --preset hymba-1.5b --seq 8000"}
