@@ -103,6 +103,8 @@ def _plan(command: str) -> tuple[str, str]:
     words = shlex.split(command.split("|")[-1])
     if words[0] != "hymba":
         return "unknown", ""
+    if command.rstrip().endswith("&"):
+        return "parse", "runs in the background until stopped"
     for mark, why in PARSE_ONLY.items():
         if mark in command:
             return "parse", why
