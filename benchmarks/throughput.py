@@ -461,15 +461,21 @@ def hymba_generate(model: HymbaForCausalLM, batch: int, prompt: int, tokens: tup
 
 @torch.no_grad()
 def llama_generate(model: nn.Module, batch: int, prompt: int, tokens: tuple[int, int], bandwidth: float) -> dict:
+    """transformers' generate with one static cache sized for the longer call (reset between
+    calls, so the forward that transformers compiles for a static cache is compiled once)."""
+    from transformers import StaticCache
+
     c = model.config
     ids = torch.randint(0, c.vocab_size, (batch, prompt), device="cuda")
     mask = torch.ones_like(ids)
     kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * batch * (prompt + tokens[1])
     step_bytes = param_bytes(model) + kv
+    cache = StaticCache(config=c, max_cache_len=prompt + tokens[1])
 
     def call(n: int):
+        cache.reset()
         return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                              cache_implementation="static", pad_token_id=0)
+                              past_key_values=cache, pad_token_id=0)
 
     return generate_row(call, batch, prompt, tokens, step_bytes, bandwidth)
 
