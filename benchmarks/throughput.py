@@ -50,7 +50,7 @@ from hymba.train.graph import TrainingGraph
 PROMPT = 8192
 TRAIN_LEN = 4096
 BATCHES = (1, 32, 128)
-PARTS = ("prefill", "decode", "train", "llama", "generate")
+PARTS = ("prefill", "decode", "train", "llama", "generate", "llama-generate")
 GENERATE_SHAPES = ((1, 8000), (32, 8000), (128, 2048), (128, 8000))
 
 
@@ -554,7 +554,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile-dir", type=Path, help="write torch.profiler kernel tables here")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="what to measure (default: all; 'llama' = the HF peers' prefill and decode)")
+                        help="what to measure (default: all; 'llama' = the HF peers' prefill, decode and, with "
+                             "'generate', generate; 'llama-generate' = only the last)")
     parser.add_argument("--train-batch", type=int, default=1, help="4K sequences per training step (default: 1)")
     parser.add_argument("--gen-tokens", type=int, nargs=2, default=(16, 144), metavar=("SHORT", "LONG"),
                         help="new tokens of the two timed generate calls (default: 16 144)")
@@ -586,7 +587,8 @@ def main() -> None:
             torch.cuda.empty_cache()
     if "generate" in parts:
         shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.gen_shapes]
-        run_generate(results, bandwidth, tuple(args.gen_tokens), shapes, with_llama="llama" in parts)
+        run_generate(results, bandwidth, tuple(args.gen_tokens), shapes,
+                     with_llama=bool(parts & {"llama", "llama-generate"}))
         torch.cuda.empty_cache()
     print(table(results))
     if "generate" in parts:
