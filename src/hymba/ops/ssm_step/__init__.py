@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..linear import is_quantized
 from ..switches import use_triton
 from .reference import selective_state_update, ssm_decode_step_reference
 
@@ -50,8 +51,11 @@ def fused_mamba_step_supported(
     """Whether :func:`fused_mamba_step` runs these arguments (the same as its own): the Triton
     kernels may run (:func:`hymba.ops.switches.use_triton`), up to ``FUSED_MAX_ROWS`` rows, a
     power-of-two state size, the conv, x_proj, dt_proj and norm weights and ``z`` in x's dtype, x,
-    z and the SSM state with unit last stride, no autocast."""
+    z and the SSM state with unit last stride, no autocast, and no quantized weight (the kernels read
+    plain x_proj and dt_proj weights)."""
     weights = (conv_weight, x_proj_weight, dt_weight, *(norm_weights or ()))
+    if any(is_quantized(w) for w in weights):
+        return False
     return (x.shape[0] <= FUSED_MAX_ROWS and _power_of_two(ssm_state.shape[-1]) and z.dtype == x.dtype
             and all(t.dtype == x.dtype for t in weights)
             and all(t.stride(-1) == 1 for t in (x, z, ssm_state))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..linear import kernel_for, torch_linear
+from ..linear import is_quantized, kernel_for, linear, torch_linear
 from ..switches import needs_grad, use_triton
 from .reference import silu_mul_reference, swiglu_reference
 
@@ -30,7 +30,10 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
 
 def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
     """``silu(x Wgᵀ) · (x Wuᵀ)``, the SwiGLU MLP before its down projection (one kernel under the
-    conditions of :func:`hymba.ops.linear`, with the same roundings as the unfused form)."""
+    conditions of :func:`hymba.ops.linear`, with the same roundings as the unfused form).
+    Quantized weights take :func:`hymba.ops.linear` apart (its quantized paths) and the middle."""
+    if is_quantized(gate_weight) or is_quantized(up_weight):
+        return silu_mul(linear(x, gate_weight), linear(x, up_weight))
     if use_triton(x, gate_weight, up_weight) and kernel_for(x, gate_weight, up_weight) is not None:
         from ..linear.triton import swiglu_dot
 

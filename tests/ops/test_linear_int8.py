@@ -1,0 +1,166 @@
+"""Int8 weights (per-output-channel scales, as torchao's int8 weight-only quantization stores them)
+in the decode linear kernels: the matrix-vector and tensor-core kernels against
+:func:`int8_linear_reference`, and the dispatch of torchao tensors in :func:`hymba.ops.linear`.
+
+The kernels run on the GPU, or on CPU under ``TRITON_INTERPRET=1`` (float32 there: the interpreter
+rounds to bfloat16 by truncation and gets ``tl.dot`` on bfloat16 wrong)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hymba.ops.linear import int8_linear_reference, is_quantized, linear, quantized_linear
+from hymba.ops.linear.quantized import int8_rows
+from hymba.ops.swiglu import swiglu
+
+
+def _int8(n: int, k: int, device, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    q = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8).to(device)
+    scale = (torch.rand(n, generator=generator) * 0.02 + 1e-3).to(device)
+    return q, scale
+
+
+def _dtypes(device: str) -> list[torch.dtype]:
+    return [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+
+
+def _tolerance(dtype: torch.dtype) -> dict:
+    # the same float32 sums in another order (outputs near zero from sums of terms up to ~1 in
+    # size: absolute error a few float32 steps of the terms); bf16 outputs may round one step apart
+    return dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-7)
+
+
+def test_reference_is_the_dequantized_product():
+    """``W = qdata · scale[:, None]``: the reference equals F.linear with that weight."""
+    q, scale = _int8(24, 40, "cpu")
+    x, b, res = torch.randn(3, 40, dtype=torch.float64), torch.randn(24, dtype=torch.float64), torch.randn(3, 24)
+    w = q.double() * scale.double()[:, None]
+    got = int8_linear_reference(x, q, scale, b)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-6, atol=1e-6)
+    x32 = x.float()
+    torch.testing.assert_close(int8_linear_reference(x32, q, scale, None, res),
+                               res + F.linear(x32, w.float()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lead,k,n", [((1,), 640, 96), ((2, 1), 100, 40), ((3,), 300, 37), ((1, 1), 5, 16)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_gemv_int8_matches_reference(lead, k, n, bias, residual, triton_device):
+    from hymba.ops.linear.triton import linear_triton
+
+    g = torch.Generator().manual_seed(2)
+    q, scale = _int8(n, k, triton_device, g)
+    for dtype in _dtypes(triton_device):
+        x = torch.randn(*lead, k, generator=g).to(triton_device, dtype)
+        b = torch.randn(n, generator=g).to(triton_device, dtype) if bias else None
+        res = torch.randn(*lead, n, generator=g).to(triton_device, dtype) if residual else None
+        got = linear_triton(x, q, b, res, scale=scale)
+        assert got.shape == (*lead, n) and got.dtype == dtype
+        torch.testing.assert_close(got, int8_linear_reference(x, q, scale, b, res), **_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,k,n,knobs", [(1, 256, 128, dict(bn=64, bk=64, split=1)),
+                                            (5, 300, 37, dict(bn=32, bk=64, split=3)),
+                                            (20, 512, 200, dict(bn=64, bk=128, split=2))])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dot_int8_matches_reference(rows, k, n, knobs, bias, triton_device):
+    from hymba.ops.linear.triton import linear_dot
+
+    g = torch.Generator().manual_seed(3)
+    q, scale = _int8(n, k, triton_device, g)
+    for dtype in _dtypes(triton_device):
+        x = torch.randn(rows, k, generator=g).to(triton_device, dtype)
+        b = torch.randn(n, generator=g).to(triton_device, dtype) if bias else None
+        res = torch.randn(rows, n, generator=g).to(triton_device, dtype)
+        want = int8_linear_reference(x, q, scale, b, res)
+        torch.testing.assert_close(linear_dot(x, q, b, res, knobs=knobs, scale=scale), want, **_tolerance(dtype))
+
+
+@pytest.mark.gpu
+def test_int8_kernels_refuse_missing_or_misshaped_scales(triton_device):
+    from hymba.ops.linear.triton import linear_dot, linear_triton
+
+    q, scale = _int8(16, 32, triton_device)
+    x = torch.randn(1, 32, device=triton_device)
+    for run in (linear_triton, linear_dot):
+        with pytest.raises(ValueError, match="scale"):
+            run(x, q)
+        with pytest.raises(ValueError, match="scale"):
+            run(x, q, scale=scale[:8])
+        with pytest.raises(ValueError, match="scale"):
+            run(x, q.float(), scale=scale)
+
+
+# ---- torchao tensors ---------------------------------------------------------------------------
+
+def _torchao_int8(n: int, k: int, bias: bool = False) -> torch.nn.Linear:
+    tq = pytest.importorskip("torchao.quantization")
+    layer = torch.nn.Linear(k, n, bias=bias)
+    tq.quantize_(layer, tq.Int8WeightOnlyConfig(granularity=tq.PerRow(), set_inductor_config=False))
+    return layer
+
+
+def test_plain_weights_are_not_quantized():
+    w = torch.nn.Parameter(torch.randn(4, 8))
+    assert not is_quantized(w) and not is_quantized(None) and int8_rows(w) is None
+
+
+def test_int8_rows_reads_torchao_data_and_scales():
+    layer = _torchao_int8(24, 64)
+    assert is_quantized(layer.weight)
+    q, scale = int8_rows(layer.weight)
+    assert q.dtype == torch.int8 and q.shape == (24, 64) and scale.shape == (24,)
+    x = torch.randn(2, 64)
+    # torchao's own product (bf16-free on fp32) is the dequantized one
+    torch.testing.assert_close(int8_linear_reference(x, q, scale), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_rows_refuses_per_group_scales():
+    tq = pytest.importorskip("torchao.quantization")
+    layer = torch.nn.Linear(64, 16)
+    tq.quantize_(layer, tq.Int8WeightOnlyConfig(granularity=tq.PerGroup(32), set_inductor_config=False))
+    assert is_quantized(layer.weight) and int8_rows(layer.weight) is None
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias))
+
+
+def test_cpu_quantized_linear_is_torchao_f_linear():
+    """Without the kernels (CPU), every quantized product is torchao's F.linear (residual added
+    after it; the residual is never updated in place)."""
+    layer = _torchao_int8(32, 48, bias=True)
+    x, res = torch.randn(3, 48), torch.randn(3, 32)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert torch.equal(linear(x, layer.weight, layer.bias), want)
+    kept = res.clone()
+    assert torch.equal(linear(x, layer.weight, layer.bias, res, accumulate=True), res + want)
+    assert torch.equal(res, kept)
+    gate, up = _torchao_int8(32, 48), _torchao_int8(32, 48)
+    torch.testing.assert_close(swiglu(x, gate.weight, up.weight),
+                               F.silu(F.linear(x, gate.weight)) * F.linear(x, up.weight))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 3, 6])
+def test_dispatch_runs_the_int8_kernels(rows, monkeypatch, triton_device):
+    """A torchao int8 weight of a decode step's rows goes to the kernels on its int8 data (not
+    through torchao's product, which would hold a dequantized copy)."""
+    from hymba.ops.linear import triton as kernels
+
+    if triton_device == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")
+    layer = _torchao_int8(40, 96, bias=True).to(triton_device)
+    q, scale = int8_rows(layer.weight)
+    calls = []
+    for name in ("linear_triton", "linear_dot"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _real=real, _n=name, **kw: calls.append(_n) or _real(*a, **kw))
+    x, res = torch.randn(rows, 96, device=triton_device), torch.randn(rows, 40, device=triton_device)
+    with torch.no_grad():
+        got = quantized_linear(x, layer.weight, layer.bias, res)
+    assert calls == ["linear_triton" if rows <= 4 else "linear_dot"]
+    torch.testing.assert_close(got, int8_linear_reference(x, q, scale, layer.bias, res), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, res + F.linear(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-4)
