@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, HymbaConfig, LayerSpec
 from .model import CausalLMOutput, HymbaForCausalLM, InputError, count_parameters
+from .model.quantize import quantize
 from .tokenizer import HymbaTokenizer, TokenizerError, load_tokenizer
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "TokenizerError",
     "count_parameters",
     "load_tokenizer",
+    "quantize",
 ]
