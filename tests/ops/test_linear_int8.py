@@ -164,3 +164,48 @@ def test_dispatch_runs_the_int8_kernels(rows, monkeypatch, triton_device):
     assert calls == ["linear_triton" if rows <= 4 else "linear_dot"]
     torch.testing.assert_close(got, int8_linear_reference(x, q, scale, layer.bias, res), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, res + F.linear(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-4)
+
+
+# ---- the fused SSM branch step with int8 x_proj / dt_proj weights --------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,norms", [(1, True), (3, False)])
+def test_fused_mamba_step_with_int8_projections(b, norms, triton_device, monkeypatch):
+    """The two-kernel SSM step reads torchao int8 x_proj and dt_proj weights (data and scales) and
+    gives the stages' result, whose products run torchao's F.linear (float32 tolerances)."""
+    tq = pytest.importorskip("torchao.quantization")
+    from test_ssm_step_triton import (
+        _check_fused_against_references,
+        _force_triton_on_cpu,
+        _mamba_weights,
+    )
+
+    from hymba import ops
+
+    dev, d, n, r = triton_device, 100, 16, 7
+    _force_triton_on_cpu(dev, monkeypatch)
+    w = _mamba_weights(d, n, r, 4, norms, True, torch.float32, dev)
+    w = w._replace(x_proj_weight=tq.Int8Tensor.from_hp(w.x_proj_weight, tq.PerRow()),
+                   dt_weight=tq.Int8Tensor.from_hp(w.dt_weight, tq.PerRow()))
+    conv, ssm = torch.randn(b, d, 4, device=dev), torch.randn(b, d, n, device=dev)
+    for _ in range(2):
+        x, z = torch.randn(2, b, d, device=dev)
+        _check_fused_against_references(x, z, conv, ssm, w, monkeypatch)
+    per_group = tq.Int8Tensor.from_hp(torch.randn(r + 2 * n, d, device=dev), tq.PerGroup(50))
+    assert not ops.fused_mamba_step_supported(x, z, conv, ssm, *w._replace(x_proj_weight=per_group))
+
+
+@pytest.mark.gpu
+def test_fused_step_refuses_scales_that_do_not_fit(triton_device):
+    from test_ssm_step_triton import _mamba_weights
+
+    from hymba.ops.ssm_step.triton import fused_mamba_step_triton
+
+    dev = triton_device
+    w = _mamba_weights(64, 16, 4, 4, True, True, torch.float32, dev)
+    x, z, conv, ssm = torch.randn(1, 64), torch.randn(1, 64), torch.randn(1, 64, 4), torch.randn(1, 64, 16)
+    with pytest.raises(ValueError, match="one scale per output feature"):
+        fused_mamba_step_triton(x, z, conv, ssm, *w, x_proj_scale=torch.ones(36))  # a float weight
+    q = torch.ones(36, 64, dtype=torch.int8, device=dev)
+    with pytest.raises(ValueError, match="one scale per output feature"):
+        fused_mamba_step_triton(x, z, conv, ssm, *w._replace(x_proj_weight=q))  # no scales
