@@ -10,12 +10,14 @@ few and feed the recurrence, where errors would accumulate over the sequence.
 - ``"int8"``: symmetric int8 per output channel (``Int8WeightOnlyConfig(granularity=PerRow())``);
   on CUDA a decode step's products run the Triton kernels on the int8 data.
 - ``"int4"``: asymmetric int4 in groups of ``group_size`` input features (128, else the largest
-  of 64 and 32 that divides the layer's width; a layer no group size divides keeps its dtype, as
-  the 1.5B model's Δ projection from its 100-wide rank does at group size 64 and above): torchao's
-  tinygemm format on CUDA (which computes in bfloat16: the weights are rounded to bfloat16 before
-  quantizing and activations are converted by torchao), and on CPU torchao's CPU int4 format
-  (``PrototypeInt4WeightOnlyConfig``, a torchao prototype, which also needs output widths that are
-  multiples of 16; other layers keep their dtype).
+  of 64 and 32 that divides the layer's width): torchao's tinygemm format on CUDA (which computes
+  in bfloat16: the weights are rounded to bfloat16 before quantizing and activations are
+  converted by torchao), and on CPU torchao's CPU int4 format (``PrototypeInt4WeightOnlyConfig``, a
+  torchao prototype, which also needs output widths that are multiples of 16). The SSM branch's x
+  and Δ projections take int8 instead, as does any layer whose widths int4 cannot take: they are
+  about 1% of the weights, the Δ projection's rows (the 1.5B model's rank of 100) fit no group
+  size, and with int8 (or plain) weights the SSM decode step keeps its two fused kernels
+  (:func:`hymba.ops.fused_mamba_step`), which do not read int4.
 
 The quantized model is for inference: its quantized weights take no gradients, and it cannot be
 saved in the released format.
@@ -32,6 +34,8 @@ QUANT_MODES = ("int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)
 # torchao's CPU int4 packing takes output widths that are multiples of this (its CUDA format pads)
 CPU_INT4_ROWS = 16
+# int8 under "int4" too (see the module docstring)
+SSM_PROJECTIONS = ("ssm.x_proj", "ssm.dt_proj")
 
 
 def check_mode(mode: object) -> str:
@@ -88,16 +92,16 @@ def quantize(model: nn.Module, mode: str, group_size: int = 128) -> nn.Module:
         raise ConfigError("the model has no decoder linear layers to quantize")
     tq = _torchao(mode)
     device = layers[0][1].weight.device
-    for _, layer in layers:
+    for name, layer in layers:
         if layer.weight.device.type == "meta":
             raise ConfigError("quantize a model whose weights are loaded (not on the meta device)")
-        if mode == "int8":
-            tq.quantize_(layer, _int8_config(tq))
-            continue
         width = layer.in_features
         sizes = [g for g in INT4_GROUP_SIZES if g <= group_size and width % g == 0]
-        if not sizes or (device.type == "cpu" and layer.out_features % CPU_INT4_ROWS):
-            continue  # a width the int4 format cannot take: the layer keeps its dtype
+        int4 = (mode == "int4" and bool(sizes) and not name.endswith(SSM_PROJECTIONS)
+                and not (device.type == "cpu" and layer.out_features % CPU_INT4_ROWS))
+        if not int4:
+            tq.quantize_(layer, _int8_config(tq))
+            continue
         if device.type == "cuda" and layer.weight.dtype != torch.bfloat16:
             layer.weight = nn.Parameter(layer.weight.to(torch.bfloat16), requires_grad=False)
         tq.quantize_(layer, _int4_config(tq, device, sizes[0]))
