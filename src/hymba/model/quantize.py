@@ -15,7 +15,7 @@ few and feed the recurrence, where errors would accumulate over the sequence.
   converted by torchao), and on CPU torchao's CPU int4 format (``PrototypeInt4WeightOnlyConfig``, a
   torchao prototype, which also needs output widths that are multiples of 16). The SSM branch's x
   and Δ projections take int8 instead, as does any layer whose widths int4 cannot take: they are
-  about 1% of the weights, the Δ projection's rows (the 1.5B model's rank of 100) fit no group
+  1.6% of the 1.5B model's decoder linear weights, the Δ projection's rows (the 1.5B model's rank of 100) fit no group
   size, and with int8 (or plain) weights the SSM decode step keeps its two fused kernels
   (:func:`hymba.ops.fused_mamba_step`), which do not read int4.
 
