@@ -81,6 +81,25 @@ def test_dot_int8_matches_reference(rows, k, n, knobs, bias, triton_device):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rows,k,n,knobs", [(1, 256, 128, dict(bn=64, bk=64, split=1)),
+                                            (3, 300, 37, dict(bn=32, bk=64, split=3)), (40, 128, 96, None)])
+def test_swiglu_dot_int8_matches_reference(rows, k, n, knobs, triton_device):
+    """The gated kernel with int8 gate and up weights: SiLU and product of the two int8 products,
+    each rounded as the reference rounds it."""
+    from hymba.ops.linear.triton import swiglu_dot
+
+    g = torch.Generator().manual_seed(4)
+    (qg, sg), (qu, su) = _int8(n, k, triton_device, g), _int8(n, k, triton_device, g)
+    for dtype in _dtypes(triton_device):
+        x = torch.randn(rows, k, generator=g).to(triton_device, dtype)
+        want = F.silu(int8_linear_reference(x, qg, sg)) * int8_linear_reference(x, qu, su)
+        got = swiglu_dot(x, qg, qu, knobs=knobs, gate_scale=sg, up_scale=su)
+        torch.testing.assert_close(got, want, **_tolerance(dtype))
+    with pytest.raises(ValueError, match="both int8"):
+        swiglu_dot(x, qg, qu.to(x.dtype), gate_scale=sg)
+
+
+@pytest.mark.gpu
 def test_int8_kernels_refuse_missing_or_misshaped_scales(triton_device):
     from hymba.ops.linear.triton import linear_dot, linear_triton
 
@@ -164,6 +183,26 @@ def test_dispatch_runs_the_int8_kernels(rows, monkeypatch, triton_device):
     assert calls == ["linear_triton" if rows <= 4 else "linear_dot"]
     torch.testing.assert_close(got, int8_linear_reference(x, q, scale, layer.bias, res), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, res + F.linear(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 5])
+def test_swiglu_dispatch_runs_the_gated_int8_kernel(rows, monkeypatch, triton_device):
+    from hymba.ops.linear import triton as kernels
+
+    if triton_device == "cpu":
+        monkeypatch.setenv("HYMBA_TRITON", "force")
+    gate, up = _torchao_int8(48, 64).to(triton_device), _torchao_int8(48, 64).to(triton_device)
+    calls = []
+    real = kernels.swiglu_dot
+    monkeypatch.setattr(kernels, "swiglu_dot", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    x = torch.randn(rows, 64, device=triton_device)
+    with torch.no_grad():
+        got = swiglu(x, gate.weight, up.weight)
+    assert len(calls) == 1 and calls[0]["gate_scale"] is not None
+    (qg, sg), (qu, su) = int8_rows(gate.weight), int8_rows(up.weight)
+    want = F.silu(int8_linear_reference(x, qg, sg)) * int8_linear_reference(x, qu, su)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---- the fused SSM branch step with int8 x_proj / dt_proj weights --------------------------------

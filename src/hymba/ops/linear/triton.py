@@ -191,7 +191,7 @@ SHARED_BYTES = 192 * 1024
 
 @triton.jit
 def _dot_kernel(
-    x_ptr, w_ptr, w2_ptr, scale_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part,
+    x_ptr, w_ptr, w2_ptr, scale_ptr, scale2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part,
     sx_m, sw_n, sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
     EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, SCALED: tl.constexpr,
     PREC: tl.constexpr, PDL: tl.constexpr,
@@ -225,12 +225,16 @@ def _dot_kernel(
                 w2 = tl.load(w2_ptrs, eviction_policy="evict_first")
             else:
                 w2 = tl.load(w2_ptrs, mask=n_ok[:, None] & k_ok, other=0.0, eviction_policy="evict_first")
+            if SCALED:
+                w2 = w2.to(x.dtype)
             acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=PREC)
         x_ptrs += BK
         w_ptrs += BK
         w2_ptrs += BK
     if SCALED:  # int8 weights: the sums (or each split's partial sums) times the features' scales
         acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0)[None, :]
+        if GATED:
+            acc2 = acc2 * tl.load(scale2_ptr + n, mask=n_ok, other=0.0)[None, :]
     out_mask = row_ok[:, None] & n_ok[None, :]
     if SPLIT:  # float32 partial sums, added up by _split_sum_kernel
         part = part_ptr + pid_k.to(tl.int64) * plane + rows[:, None] * N + n[None, :]
@@ -286,13 +290,16 @@ def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
 
 
 def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-                residual: Tensor | None, knobs: dict | None, scale: Tensor | None = None) -> Tensor:
+                residual: Tensor | None, knobs: dict | None, scale: Tensor | None = None,
+                scale2: Tensor | None = None) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x, weight)
     _check_scale(weight, scale)
-    if scale is not None and weight2 is not None:
-        raise ValueError("the gated (SwiGLU) form takes no int8 weights")
+    if weight2 is not None:
+        _check_scale(weight2, scale2)
+        if (scale is None) != (scale2 is None):
+            raise ValueError("the gate and up weights are both int8 (with scales) or neither")
     if weight2 is not None and weight2.shape != weight.shape:
         raise ValueError(f"gate weight {tuple(weight.shape)} and up weight {tuple(weight2.shape)} differ")
     m = rows.shape[0]
@@ -317,7 +324,7 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
     b = weight if bias is None else bias
     pdl = pdl_launch(x.device)
     _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
-        rows, weight, w2, y if scale is None else scale, b, y if res is None else res, y, part, m, n, k, k_per_split,
+        rows, weight, w2, y if scale is None else scale, y if scale2 is None else scale2, b, y if res is None else res, y, part, m, n, k, k_per_split,
         m * n, split * m * n, rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0),
         y.stride(0), BM=bm, BN=bn, BK=bk,
         SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
@@ -343,6 +350,9 @@ def linear_dot(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: 
     return _launch_dot(x, weight, None, bias, residual, knobs, scale)
 
 
-def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None) -> Tensor:
-    """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel."""
-    return _launch_dot(x, gate_weight, up_weight, None, None, knobs)
+def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None,
+               gate_scale: Tensor | None = None, up_scale: Tensor | None = None) -> Tensor:
+    """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel. With
+    ``gate_scale`` and ``up_scale`` both weights are int8, each product
+    :func:`int8_linear_reference`'s."""
+    return _launch_dot(x, gate_weight, up_weight, None, None, knobs, gate_scale, up_scale)
