@@ -179,3 +179,30 @@ def test_cuda_graph_decode_with_quantized_weights(fixture_dir, prompts, mode):
         eager = model.generate(x, max_new_tokens=16, eos_token_id=[], cuda_graph=False)
         graph = model.generate(x, max_new_tokens=16, eos_token_id=[], cuda_graph=True)
         assert torch.equal(eager, graph)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_kernel_paths_match_the_reference_paths(fixture_dir, prompts, mode, triton_device, monkeypatch):
+    """The quantized model with every Triton path on (the int8 matrix-vector, tensor-core and gated
+    kernels, the fused SSM step reading int8 projections; on CPU under the interpreter) gives the
+    tokens and, within float32 tolerance, the logits of its PyTorch paths (HYMBA_TRITON=0)."""
+    import importlib
+
+    model = HymbaForCausalLM.from_pretrained(fixture_dir, dtype=torch.float32, device=triton_device,
+                                             quantize=mode).eval()
+    ids = torch.tensor([prompts[1]], device=triton_device)
+    kernels = importlib.import_module("hymba.ops.ssm_step.triton")
+    fused = []
+    real = kernels.fused_mamba_step_triton
+    monkeypatch.setattr(kernels, "fused_mamba_step_triton",
+                        lambda *a, **kw: fused.append(kw["x_proj_scale"] is not None) or real(*a, **kw))
+    out = {}
+    for switch in ("0", "force" if triton_device == "cpu" else "1"):
+        monkeypatch.setenv("HYMBA_TRITON", switch)
+        with torch.no_grad():
+            out[switch] = model.generate(ids, max_new_tokens=5, eos_token_id=[], output_logits=True)
+    fast = out["force" if triton_device == "cpu" else "1"]
+    assert fused and all(fused)  # the decode steps ran the fused SSM step on int8 projections
+    assert torch.equal(fast.sequences, out["0"].sequences)
+    torch.testing.assert_close(fast.logits, out["0"].logits, rtol=1e-4, atol=1e-4)
