@@ -1,6 +1,6 @@
 """GPU throughput of Hymba-1.5B against HF Llama-3.2-1B/3B, with the machine's own ceilings.
 
-    python benchmarks/throughput.py [--json out.json] [--profile-dir DIR] [--parts prefill decode train llama]
+    python benchmarks/throughput.py [--json out.json] [--profile-dir DIR] [--parts prefill decode train llama generate quant]
 
 All models have random weights in bfloat16 (the shapes are what matters for speed). Reported:
 
@@ -24,6 +24,10 @@ All models have random weights in bfloat16 (the shapes are what matters for spee
   the rest; peak memory of each call; next to HF Llama-3.2-1B's ``generate`` with a static cache
   and ``torch.compile`` (its strongest setting) on the same prompts, each against its own decode
   roofline (weights + the cache at that length).
+- quant: Hymba's decode step (as in ``decode``, after an 8K prompt, CUDA graph and eager) at batch
+  1 and 32 with bf16 weights and with the decoder linear weights quantized to int8 and int4
+  (:func:`hymba.quantize`, torchao), each against bf16's time (goals: int8 <= 60% and int4 <= 40%
+  of bf16's at batch 1) and against its own roofline (the quantized weights' bytes + the cache).
 
 With ``--profile-dir`` the top CUDA kernels of a Hymba prefill, decode step and training step
 are written there (torch.profiler).
@@ -43,14 +47,14 @@ import torch
 from graph_timing import graph_time
 from torch import nn
 
-from hymba import HymbaConfig, HymbaForCausalLM
+from hymba import HymbaConfig, HymbaForCausalLM, quantize
 from hymba.inference import DecodeGraph, HybridCache, decode_logits, meta_prefix
 from hymba.train.graph import TrainingGraph
 
 PROMPT = 8192
 TRAIN_LEN = 4096
 BATCHES = (1, 32, 128)
-PARTS = ("prefill", "decode", "train", "llama", "generate", "llama-generate")
+PARTS = ("prefill", "decode", "train", "llama", "generate", "llama-generate", "quant")
 GENERATE_SHAPES = ((1, 8000), (32, 8000), (128, 2048), (128, 8000))
 
 
@@ -549,6 +553,110 @@ def run_llama(row: dict, name: str, bandwidth: float, rate: float) -> None:
         guarded(row, f"decode_b{b}", lambda b=b: llama_decode(llama, b, bandwidth))
 
 
+# ----------------------------------------------------------------------------------------------
+# quant: decode with int8 / int4 weights
+QUANT_BATCHES = (1, 32)
+QUANT_WEIGHTS = ("bf16", "int8", "int4")
+QUANT_GOALS = {"int8": 0.60, "int4": 0.40}  # batch-1 decode time as a fraction of bf16's
+
+
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes the parameters occupy in memory: a torchao quantized tensor counts its inner tensors
+    (int data, scales, zero points), not ``numel`` times the dtype it stands for."""
+    from hymba.ops.linear.quantized import is_quantized
+
+    total = 0
+    for p in model.parameters():
+        if is_quantized(p):
+            names, _ = p.__tensor_flatten__()
+            total += sum(t.numel() * t.element_size() for t in (getattr(p, n) for n in names)
+                         if isinstance(t, torch.Tensor))
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+def with_stored_weights(row: dict, model: nn.Module, bandwidth: float) -> dict:
+    """A :func:`hymba_decode` row with the bytes of a step counting the weights as stored."""
+    if "ms_step" not in row:
+        return row
+    moved = row["bytes_step"] - param_bytes(model) + stored_bytes(model)
+    return dict(row, bytes_step=moved, weight_bytes=stored_bytes(model),
+                roofline_frac=moved / bandwidth / (row["ms_step"] / 1e3))
+
+
+def quant_ratios(rows: dict) -> dict:
+    """Each quantized row's decode time over bf16's at the same batch and mode (CUDA graph, eager),
+    and whether batch 1 with the CUDA graph meets :data:`QUANT_GOALS`."""
+    out = {}
+    base = rows.get("bf16", {})
+    for name in QUANT_WEIGHTS[1:]:
+        for key, r in rows.get(name, {}).items():
+            ref = base.get(key, {})
+            if "ms_step" in r and "ms_step" in ref:
+                out[f"{name}_{key}"] = r["ms_step"] / ref["ms_step"]
+        ratio = out.get(f"{name}_decode_b1")
+        if ratio is not None:
+            out[f"{name}_goal_met"] = ratio <= QUANT_GOALS[name]
+    return out
+
+
+def quant_table(results: dict) -> str:
+    rows, ratios = results.get("quant", {}), results.get("quant_ratios", {})
+    lines = ["| weights | MB | " + " | ".join(f"decode b={b} ms (graph / eager) | vs bf16 | roofline"
+                                                for b in QUANT_BATCHES) + " |",
+             "|" + " --- |" * (2 + 3 * len(QUANT_BATCHES))]
+    for name in QUANT_WEIGHTS:
+        row = rows.get(name)
+        if row is None:
+            continue
+        mb = next((r["weight_bytes"] / 1e6 for r in row.values() if "weight_bytes" in r), None)
+        cells = [name, "-" if mb is None else f"{mb:,.0f}"]
+        for b in QUANT_BATCHES:
+            graph, eager = row.get(f"decode_b{b}", {}), row.get(f"decode_eager_b{b}", {})
+            if "ms_step" not in graph:
+                cells += [graph.get("error", "-")[:60], "-", "-"]
+                continue
+            eager_ms = f"{eager['ms_step']:.2f}" if "ms_step" in eager else "-"
+            ratio = ratios.get(f"{name}_decode_b{b}")
+            cells += [f"{graph['ms_step']:.2f} / {eager_ms}", "-" if ratio is None else f"{ratio:.0%}",
+                      f"{graph['roofline_frac']:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, goal in QUANT_GOALS.items():
+        if f"{name}_goal_met" in ratios:
+            met = "met" if ratios[f"{name}_goal_met"] else "NOT met"
+            lines.append(f"goal {name}: batch-1 decode <= {goal:.0%} of bf16's: {met} "
+                         f"({ratios[f'{name}_decode_b1']:.0%})")
+    return "\n".join(lines)
+
+
+def run_quant(results: dict, bandwidth: float) -> None:
+    """Decode steps of Hymba-1.5B with bf16, int8 and int4 weights (one model at a time)."""
+    rows = results.setdefault("quant", {})
+    for name in QUANT_WEIGHTS:
+        row = rows.setdefault(name, {})
+        try:
+            model = hymba_model()
+            if name != "bf16":
+                quantize(model, name)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports every failure and goes on
+            row["decode_b1"] = dict(error=f"{type(exc).__name__}: {exc}"[:300])
+            print(f"quant {name}: {row['decode_b1']}", flush=True)
+            continue
+        quant_decode(model, row, bandwidth)
+        del model
+        torch.cuda.empty_cache()
+    results["quant_ratios"] = quant_ratios(rows)
+
+
+def quant_decode(model: HymbaForCausalLM, row: dict, bandwidth: float) -> None:
+    """Decode steps at :data:`QUANT_BATCHES` rows, replayed as a CUDA graph and eager, into ``row``."""
+    for b in QUANT_BATCHES:
+        for key, graph in ((f"decode_b{b}", True), (f"decode_eager_b{b}", False)):
+            guarded(row, key, lambda b=b, graph=graph: with_stored_weights(
+                hymba_decode(model, b, bandwidth, cuda_graph=graph), model, bandwidth))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write all numbers here")
@@ -590,10 +698,15 @@ def main() -> None:
         run_generate(results, bandwidth, tuple(args.gen_tokens), shapes,
                      with_llama=bool(parts & {"llama", "llama-generate"}))
         torch.cuda.empty_cache()
+    if "quant" in parts:
+        run_quant(results, bandwidth)
     print(table(results))
     if "generate" in parts:
         print()
         print(generate_table(results, shapes))
+    if "quant" in parts:
+        print()
+        print(quant_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "HymbaTokenizer": "tokenizer",
     "TokenizerError": "tokenizer",
     "load_tokenizer": "tokenizer",
+    "quantize": "model.quantize",
 }
 
 # transformers Auto classes for model_type "hymba" (hymba.hf), registered when transformers is
@@ -46,6 +47,7 @@ __all__ = [
     "TokenizerError",
     "count_parameters",
     "load_tokenizer",
+    "quantize",
 ]
 
 
@@ -65,4 +67,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .checkpoint import CheckpointError
     from .config import PRESETS, ConfigError, HymbaConfig, LayerSpec
     from .model import CausalLMOutput, HymbaForCausalLM, InputError, count_parameters
+    from .model.quantize import quantize
     from .tokenizer import HymbaTokenizer, TokenizerError, load_tokenizer

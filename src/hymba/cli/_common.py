@@ -37,6 +37,14 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 
 
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    """``--quantize``, read by :func:`load_model`: weight-only quantization for inference."""
+    parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                        help="quantize the decoder layers' linear weights after loading (torchao: "
+                             "pip install 'hymba[quant]'); int4 on CUDA computes in bfloat16 "
+                             "(default: none)")
+
+
 def check_model_folder(path: str) -> None:
     """Fail with a pointer to the right path when ``--model`` names a file, a missing folder or a
     ``hymba train`` run folder (whose model is in ``final/`` or a ``checkpoint-N/``). A hub id
@@ -73,19 +81,23 @@ def load_config(args: argparse.Namespace):
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by ``--model`` (weights) or ``--preset`` (random init)."""
+    """The model named by ``--model`` (weights) or ``--preset`` (random init), quantized if the
+    command has ``--quantize`` (:func:`add_quantize_arg`) and it is given."""
     import torch
 
     from ..model import HymbaForCausalLM
+    from ..model.quantize import quantize
 
     device = resolve_device(getattr(args, "device", None))
     dtype = getattr(args, "dtype", None)
+    mode = getattr(args, "quantize", None)
     if getattr(args, "model", None):
         check_model_folder(args.model)
-        return HymbaForCausalLM.from_pretrained(model_dir(args), dtype=dtype, device=device)
+        return HymbaForCausalLM.from_pretrained(model_dir(args), dtype=dtype, device=device, quantize=mode)
     config = load_config(args)
     torch.manual_seed(getattr(args, "seed", 0) or 0)
-    return HymbaForCausalLM(config).to(device).eval()
+    model = HymbaForCausalLM(config).to(device).eval()
+    return model if mode is None else quantize(model, mode)
 
 
 def resolve_device(name: str | None) -> str:

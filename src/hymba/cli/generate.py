@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import CLIError
-from ._common import MODEL_HELP, add_runtime_args
+from ._common import MODEL_HELP, add_quantize_arg, add_runtime_args
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -25,6 +25,7 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None
                    help="sliding-window decode semantics: 'trained' (= the full forward, default) or "
                         "'reference' (NVIDIA's cache: one key fewer, token-for-token with its generate)")
     add_runtime_args(p)
+    add_quantize_arg(p)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:

@@ -146,6 +146,7 @@ class HymbaForCausalLM(nn.Module):
         self.config = config
         self.model = HymbaModel(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.quantization: str | None = None  # "int8" / "int4" once quantized (hymba.quantize)
         self.tie_weights()
         self.init_weights()
 
@@ -266,19 +267,33 @@ class HymbaForCausalLM(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
         local_files_only: bool | None = None,
+        quantize: str | None = None,
     ) -> HymbaForCausalLM:
         """Load a released-format folder (``config.json`` + ``model.safetensors`` or shards), or a
         hub id such as ``"nvidia/Hymba-1.5B-Base"`` through the Hugging Face cache: ``revision``,
         ``cache_dir``, ``token`` and ``local_files_only`` (default: ``HF_HUB_OFFLINE``) apply to
-        hub ids; a local folder always wins. Only safetensors and JSON/tokenizer files are fetched."""
-        from ..checkpoint import load_pretrained
+        hub ids; a local folder always wins. Only safetensors and JSON/tokenizer files are fetched.
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, revision=revision,
-                               cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        ``quantize="int8"`` or ``"int4"``: the decoder layers' linear weights quantized for
+        inference after loading, on ``device`` (:func:`hymba.model.quantize.quantize`, through
+        torchao: ``pip install 'hymba[quant]'``)."""
+        from ..checkpoint import load_pretrained
+        from .quantize import check_mode
+        from .quantize import quantize as quantize_model
+
+        if quantize is not None:
+            check_mode(quantize)  # before any loading
+        model = load_pretrained(cls, path, dtype=dtype, device=device, revision=revision,
+                                cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        return model if quantize is None else quantize_model(model, quantize)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         """Write ``config.json`` + safetensors weights in the released format."""
-        from ..checkpoint import save_pretrained
+        from ..checkpoint import CheckpointError, save_pretrained
+
+        if self.quantization is not None:
+            raise CheckpointError(f"a {self.quantization}-quantized model cannot be saved in the released "
+                                  "format: save the model before quantizing it")
 
         save_pretrained(self, path, max_shard_size=max_shard_size)
 

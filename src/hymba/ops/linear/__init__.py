@@ -2,18 +2,25 @@
 :mod:`hymba.ops.linear.cublas`), and for a decode step's few rows on CUDA two Triton kernels
 (:mod:`hymba.ops.linear.triton`: matrix-vector, tensor-core tiles) where they read the weights
 faster than cuBLAS. The SwiGLU MLP's gated form of the tensor-core kernel serves
-:func:`hymba.ops.swiglu`."""
+:func:`hymba.ops.swiglu`.
+
+Weights quantized by torchao (:mod:`hymba.ops.linear.quantized`) never reach the plain-weight
+paths: int8 weights quantized per output channel take the same two Triton kernels reading int8
+(a decode step's rows on CUDA), every other quantized weight and product runs torchao's
+``F.linear``."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..switches import num_sms, pdl_supported, use_triton
 from .cublas import adds_in_place, torch_linear
-from .reference import linear_reference
+from .quantized import int8_rows, is_quantized
+from .reference import int8_linear_reference, linear_reference
 
 # The Triton kernels' shapes that :func:`kernel_for` reasons with (see linear/triton.py):
 DOT_MAX_ROWS = 128  # the tensor-core kernel's largest row tile: more rows would re-read the weight
@@ -81,7 +88,11 @@ def linear(
 
     ``accumulate=True``: the caller gives ``residual`` up. On the cuBLAS path without autograd the
     product is then added into it in place (``residual += x Wᵀ``, one rounding of the sum, no
-    separate add kernel) and ``residual`` is returned."""
+    separate add kernel) and ``residual`` is returned.
+
+    A torchao quantized weight runs :func:`quantized_linear`."""
+    if is_quantized(weight):
+        return quantized_linear(x, weight, bias, residual)
     if use_triton(x, weight, bias, residual) and _fits_epilogue(x, weight, bias, residual):
         kernel = kernel_for(x, weight)
         if kernel is not None:
@@ -97,6 +108,29 @@ def linear(
     return y if residual is None else residual + y
 
 
+def quantized_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None
+                     ) -> Tensor:
+    """:func:`linear` with a torchao quantized ``weight``. An int8 weight with per-output-channel
+    scales (:func:`~hymba.ops.linear.quantized.int8_rows`) and up to ``DOT_MAX_ROWS`` rows on CUDA,
+    without autograd or autocast, runs the Triton kernels on the int8 data (the matrix-vector kernel
+    up to ``FEW_ROWS`` rows, the tensor-core kernel beyond): torchao's own int8 weight-only product
+    converts the whole weight to x's dtype at every call, which at a decode step's few rows reads
+    and writes more bytes than the unquantized weight. Everything else (int4, prefill rows, CPU)
+    runs torchao's ``F.linear``."""
+    parts = int8_rows(weight)
+    if parts is not None and x.dtype == weight.dtype and use_triton(x, bias, residual):
+        q, scale = parts
+        rows = math.prod(x.shape[:-1])
+        if (0 < rows <= DOT_MAX_ROWS and not torch.is_autocast_enabled(x.device.type)
+                and _fits_epilogue(x, q, bias, residual)):
+            from . import triton
+
+            run = triton.linear_triton if rows <= FEW_ROWS else triton.linear_dot
+            return run(x, q, bias, residual, scale=scale)
+    y = F.linear(x, weight, bias)
+    return y if residual is None else residual + y
+
+
 def _fits_epilogue(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
     """Whether the kernels' epilogue takes this bias (contiguous, one per output feature) and
     residual (exactly the output's shape, no broadcasting), both in x's dtype."""
@@ -106,4 +140,5 @@ def _fits_epilogue(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Ten
     return residual is None or (residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], n))
 
 
-__all__ = ["kernel_for", "linear", "linear_reference", "torch_linear"]
+__all__ = ["int8_linear_reference", "is_quantized", "kernel_for", "linear", "linear_reference",
+           "quantized_linear", "torch_linear"]

@@ -9,11 +9,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..derived import derived
+from .quantized import is_quantized
 
 
 def torch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` through PyTorch (cuBLAS on CUDA): on padded widths where they
-    are misaligned, with float32 weight gradients under autocast."""
+    are misaligned, with float32 weight gradients under autocast. A torchao quantized weight
+    goes straight to ``F.linear`` (torchao's dispatch)."""
+    if is_quantized(weight):
+        return F.linear(x, weight, bias)
     if _misaligned(x, weight):
         return _aligned_linear(x, weight, bias)
     if _float32_weight_grad(x, weight, bias):

@@ -11,6 +11,11 @@ chain of them leaves gaps between kernels. Two kernels, chosen by
   tiles, optionally split along K with a second kernel adding the float32 partial sums, and a
   fused SwiGLU form computing SiLU(x Wgᵀ) · (x Wuᵀ) with the reference's roundings of both
   products and of the SiLU.
+
+Both kernels also take int8 weights with one float32 scale per output feature (weights quantized
+by torchao, :mod:`hymba.ops.linear.quantized`): the int8 values are converted in registers (exactly:
+they fit any float type), the float32 sums multiplied by the scales before the epilogue, so a
+decode step reads a byte per weight instead of two. Reference: :func:`int8_linear_reference`.
 """
 
 from __future__ import annotations
@@ -69,9 +74,9 @@ def _weight_tile(w_rows, n_ok, cols, k0, K, EVEN_K: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, M, N, K, sx_m, sw_n, sr_m, sy_m,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, res_ptr, y_ptr, M, N, K, sx_m, sw_n, sr_m, sy_m,
     ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RES: tl.constexpr, PDL: tl.constexpr,
+    HAS_RES: tl.constexpr, SCALED: tl.constexpr, PDL: tl.constexpr,
 ):
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     n_ok = n < N
@@ -93,6 +98,8 @@ def _gemv_kernel(
         w = _weight_tile(w_rows, n_ok, cols, k0 + BK, K, EVEN_K)
         acc += w_now.to(tl.float32)[None, :, :] * x
     y = tl.sum(acc, axis=2)
+    if SCALED:  # int8 weights: the sums times each output feature's scale
+        y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0)[None, :]
     out_mask = row_ok[:, None] & n_ok[None, :]
     y = _epilogue(y, y, bias_ptr, res_ptr + rows[:, None] * sr_m + n[None, :], out_mask, n, n_ok,
                   y_ptr.dtype.element_ty, HAS_BIAS, HAS_RES, False)
@@ -132,15 +139,29 @@ def _residual(residual: Tensor | None, m: int, n: int) -> Tensor | None:
     return _matrix(residual)
 
 
+def _check_scale(weight: Tensor, scale: Tensor | None) -> None:
+    """An int8 weight comes with one contiguous scale per output feature; other weights with none."""
+    if scale is None:
+        if weight.dtype == torch.int8:
+            raise ValueError("an int8 weight needs its per-output-feature scales (scale=)")
+        return
+    if weight.dtype != torch.int8 or scale.shape != (weight.shape[0],) or scale.stride(0) != 1:
+        raise ValueError(f"scale= takes an int8 weight and one contiguous scale per output feature, got a "
+                         f"{weight.dtype} weight {tuple(weight.shape)} and scales {tuple(scale.shape)}")
+
+
 def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
-                  block_k: int | None = None, waves: int | None = None, num_warps: int | None = None) -> Tensor:
+                  block_k: int | None = None, waves: int | None = None, num_warps: int | None = None,
+                  scale: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` (plus ``residual``) by the matrix-vector kernel, for a few
     rows of ``x`` (the dispatch uses it for one) and a weight with unit column stride; the keyword
     arguments are its knobs (None: ``LONG_ROW_KNOBS`` or ``SHORT_ROW_KNOBS`` by the weight's
-    width)."""
+    width). With ``scale`` (N,) the weight is int8 and the product is
+    :func:`int8_linear_reference`'s."""
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x, weight)
+    _check_scale(weight, scale)
     m = rows.shape[0]
     res = _residual(residual, m, n)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -155,10 +176,10 @@ def linear_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, residua
         per_program = max(1, n // (waves * num_sms(x.device)))
         bn = min(1 << (per_program.bit_length() - 1), most)
         _gemv_kernel[(triton.cdiv(n, bn),)](
-            rows, weight, weight if bias is None else bias, y if res is None else res, y, m, n, k,
-            rows.stride(0), weight.stride(0), 0 if res is None else res.stride(0), y.stride(0), ROWS=rows_p,
-            BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None, HAS_RES=res is not None,
-            **pdl_launch(x.device), num_warps=num_warps,
+            rows, weight, y if scale is None else scale, y if bias is None else bias, y if res is None else res,
+            y, m, n, k, rows.stride(0), weight.stride(0), 0 if res is None else res.stride(0), y.stride(0),
+            ROWS=rows_p, BN=bn, BK=bk, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None, HAS_RES=res is not None,
+            SCALED=scale is not None, **pdl_launch(x.device), num_warps=num_warps,
         )
     return y.view(*lead, n)
 
@@ -170,10 +191,10 @@ SHARED_BYTES = 192 * 1024
 
 @triton.jit
 def _dot_kernel(
-    x_ptr, w_ptr, w2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part, sx_m,
-    sw_n, sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
-    EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr,
+    x_ptr, w_ptr, w2_ptr, scale_ptr, scale2_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, N, K, k_per_split, plane, up_part,
+    sx_m, sw_n, sw2_n, sr_m, sy_m, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr, SCALED: tl.constexpr,
+    PREC: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -196,16 +217,24 @@ def _dot_kernel(
             k_ok = (k0 + cols < k_end)[None, :]
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
             w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok, other=0.0, eviction_policy="evict_first")
+        if SCALED:  # int8 weights, exact in x's type
+            w = w.to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PREC)
         if GATED:
             if EVEN:
                 w2 = tl.load(w2_ptrs, eviction_policy="evict_first")
             else:
                 w2 = tl.load(w2_ptrs, mask=n_ok[:, None] & k_ok, other=0.0, eviction_policy="evict_first")
+            if SCALED:
+                w2 = w2.to(x.dtype)
             acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=PREC)
         x_ptrs += BK
         w_ptrs += BK
         w2_ptrs += BK
+    if SCALED:  # int8 weights: the sums (or each split's partial sums) times the features' scales
+        acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0)[None, :]
+        if GATED:
+            acc2 = acc2 * tl.load(scale2_ptr + n, mask=n_ok, other=0.0)[None, :]
     out_mask = row_ok[:, None] & n_ok[None, :]
     if SPLIT:  # float32 partial sums, added up by _split_sum_kernel
         part = part_ptr + pid_k.to(tl.int64) * plane + rows[:, None] * N + n[None, :]
@@ -261,10 +290,16 @@ def dot_config(m: int, n: int, k: int, gated: bool, sms: int) -> dict:
 
 
 def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor | None,
-                residual: Tensor | None, knobs: dict | None) -> Tensor:
+                residual: Tensor | None, knobs: dict | None, scale: Tensor | None = None,
+                scale2: Tensor | None = None) -> Tensor:
     *lead, k = x.shape
     n = weight.shape[0]
     rows = _rows(x, weight)
+    _check_scale(weight, scale)
+    if weight2 is not None:
+        _check_scale(weight2, scale2)
+        if (scale is None) != (scale2 is None):
+            raise ValueError("the gate and up weights are both int8 (with scales) or neither")
     if weight2 is not None and weight2.shape != weight.shape:
         raise ValueError(f"gate weight {tuple(weight.shape)} and up weight {tuple(weight2.shape)} differ")
     m = rows.shape[0]
@@ -276,7 +311,7 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
     cfg.update(knobs or {})
     bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
     # no more stages than fit in shared memory (float32 operands take twice bf16's)
-    stage_bytes = (bm + (1 if weight2 is None else 2) * bn) * bk * x.element_size()
+    stage_bytes = (bm * x.element_size() + (1 if weight2 is None else 2) * bn * weight.element_size()) * bk
     stages = min(cfg["num_stages"], 1 + SHARED_BYTES // stage_bytes)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg["split"]), bk) * bk
     split = triton.cdiv(k, k_per_split)
@@ -289,11 +324,11 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
     b = weight if bias is None else bias
     pdl = pdl_launch(x.device)
     _dot_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm), split)](
-        rows, weight, w2, b, y if res is None else res, y, part, m, n, k, k_per_split, m * n, split * m * n,
-        rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0), y.stride(0),
-        BM=bm, BN=bn, BK=bk,
+        rows, weight, w2, y if scale is None else scale, y if scale2 is None else scale2, b, y if res is None else res, y, part, m, n, k, k_per_split,
+        m * n, split * m * n, rows.stride(0), weight.stride(0), w2.stride(0), 0 if res is None else res.stride(0),
+        y.stride(0), BM=bm, BN=bn, BK=bk,
         SPLIT=split > 1, EVEN=even, HAS_BIAS=bias is not None, HAS_RES=res is not None, GATED=weight2 is not None,
-        PREC="ieee" if x.dtype == torch.float32 else None, **pdl,
+        SCALED=scale is not None, PREC="ieee" if x.dtype == torch.float32 else None, **pdl,
         num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1:
@@ -308,12 +343,16 @@ def _launch_dot(x: Tensor, weight: Tensor, weight2: Tensor | None, bias: Tensor 
 
 
 def linear_dot(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
-               knobs: dict | None = None) -> Tensor:
+               knobs: dict | None = None, scale: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` (plus ``residual``) through tensor-core tiles (see
-    :func:`dot_config`; ``knobs`` overrides it)."""
-    return _launch_dot(x, weight, None, bias, residual, knobs)
+    :func:`dot_config`; ``knobs`` overrides it). With ``scale`` (N,) the weight is int8 and the
+    product is :func:`int8_linear_reference`'s."""
+    return _launch_dot(x, weight, None, bias, residual, knobs, scale)
 
 
-def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None) -> Tensor:
-    """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel."""
-    return _launch_dot(x, gate_weight, up_weight, None, None, knobs)
+def swiglu_dot(x: Tensor, gate_weight: Tensor, up_weight: Tensor, knobs: dict | None = None,
+               gate_scale: Tensor | None = None, up_scale: Tensor | None = None) -> Tensor:
+    """``silu(x Wgᵀ) · (x Wuᵀ)`` through tensor-core tiles, both products in one kernel. With
+    ``gate_scale`` and ``up_scale`` both weights are int8, each product
+    :func:`int8_linear_reference`'s."""
+    return _launch_dot(x, gate_weight, up_weight, None, None, knobs, gate_scale, up_scale)

@@ -9,7 +9,10 @@ Two forms:
   update with each block's share of the x_proj product (float32 partial sums), then the sum of the
   partial products, the Δ/B/C norms, the dt_proj product and the state update. At a few rows each
   of the five kernels of the first form moves little data, so their launches and the gaps between
-  them dominate; two kernels have fewer of both.
+  them dominate; two kernels have fewer of both. The x_proj and dt_proj weights may be int8 with
+  one float32 scale per output feature (weights quantized by torchao, see
+  :func:`hymba.ops.linear.quantized.int8_rows`): the sums are multiplied by the scales before they
+  are rounded, as :func:`hymba.ops.linear.int8_linear_reference` computes the products.
 """
 
 from __future__ import annotations
@@ -119,9 +122,12 @@ def _conv_xproj_kernel(
 
 
 @triton.jit
-def _projected(part_rows, cols, blk_ok, col_ok, dtype):
-    """The x_proj output at ``cols``: the blocks' partial sums added, rounded to ``dtype``."""
+def _projected(part_rows, cols, blk_ok, col_ok, dtype, scale_ptr, SCALED: tl.constexpr):
+    """The x_proj output at ``cols``: the blocks' partial sums added (times the int8 weight's
+    scales), rounded to ``dtype``."""
     total = tl.sum(tl.load(part_rows + cols[None, :], mask=blk_ok[:, None] & col_ok[None, :], other=0.0), axis=0)
+    if SCALED:
+        total = total * tl.load(scale_ptr + cols, mask=col_ok, other=0.0)
     return total.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
 
 
@@ -137,10 +143,10 @@ def _rms_normed(x, w, width, eps, dtype):
 @triton.jit
 def _ssm_from_parts_kernel(
     part_ptr, xc_ptr, z_ptr, state_ptr, dtw_ptr, dtb_ptr, A_log_ptr, D_ptr, nw_dt_ptr, nw_B_ptr, nw_C_ptr,
-    y_ptr, d, blocks, r, eps,
+    xs_ptr, dts_ptr, y_ptr, d, blocks, r, eps,
     sxc_b, sz_b, ss_b, ss_d, sdtw, sy_b,
     N: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr, RDT_P: tl.constexpr, BLOCKS_P: tl.constexpr,
-    NORMS: tl.constexpr, PDL: tl.constexpr,
+    NORMS: tl.constexpr, X_SCALED: tl.constexpr, DT_SCALED: tl.constexpr, PDL: tl.constexpr,
 ):
     """x_proj's output from the partial sums, the Δ/B/C norms, dt_proj for this block of channels
     and the state update (the x_proj, dt_proj and norm outputs rounded to the activations' dtype,
@@ -164,14 +170,17 @@ def _ssm_from_parts_kernel(
     part_rows = part_ptr + (b * blocks + blk)[:, None] * RP
     blk_ok = blk < blocks
     all_n = offs_n < N
-    dt_in = _projected(part_rows, offs_r, blk_ok, r_ok, dtype)
-    Bv = _projected(part_rows, r + offs_n, blk_ok, all_n, dtype)
-    Cv = _projected(part_rows, r + N + offs_n, blk_ok, all_n, dtype)
+    dt_in = _projected(part_rows, offs_r, blk_ok, r_ok, dtype, xs_ptr, X_SCALED)
+    Bv = _projected(part_rows, r + offs_n, blk_ok, all_n, dtype, xs_ptr, X_SCALED)
+    Cv = _projected(part_rows, r + N + offs_n, blk_ok, all_n, dtype, xs_ptr, X_SCALED)
     if NORMS:
         dt_in = _rms_normed(dt_in, nw_dt, r, eps, dtype)
         Bv = _rms_normed(Bv, nw_B, N, eps, dtype)
         Cv = _rms_normed(Cv, nw_C, N, eps, dtype)
-    dt = tl.sum(dtw * dt_in[None, :], axis=1).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
+    dt = tl.sum(dtw * dt_in[None, :], axis=1)
+    if DT_SCALED:
+        dt = dt * tl.load(dts_ptr + offs_d, mask=keep, other=0.0)
+    dt = dt.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
     u = tl.load(xc_ptr + b * sxc_b + offs_d, mask=keep, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + b * sz_b + offs_d, mask=keep, other=0.0).to(tl.float32)
     y = _state_update(state_ptr + b * ss_b + offs_d[:, None] * ss_d + offs_n[None, :], keep, u, dt + dt_bias,
@@ -183,15 +192,22 @@ def fused_mamba_step_triton(
     x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
     x_proj_weight: Tensor, norm_weights: tuple[Tensor, Tensor, Tensor] | None, eps: float, dt_weight: Tensor,
     dt_bias: Tensor, A_log: Tensor, D: Tensor, block_d: int = FUSED_BLOCK_D, num_warps: int = FUSED_WARPS,
+    x_proj_scale: Tensor | None = None, dt_scale: Tensor | None = None,
 ) -> Tensor:
     """:func:`hymba.ops.ssm_step.fused_mamba_step` in two kernels; both states are updated in
-    place. ``block_d`` channels a program and ``num_warps`` are the kernels' knobs."""
+    place. ``block_d`` channels a program and ``num_warps`` are the kernels' knobs. With
+    ``x_proj_scale`` / ``dt_scale`` (one float32 scale per output feature, contiguous) that weight
+    is int8."""
     b, d = x.shape
     n, kernel, r = ssm_state.shape[-1], conv_state.shape[-1], dt_weight.shape[1]
     width = x_proj_weight.shape[0]
     for t in (x, z, ssm_state):
         if t.stride(-1) != 1:
             raise ValueError("the fused SSM step needs x, z and the SSM state with a contiguous last dimension")
+    for w, s in ((x_proj_weight, x_proj_scale), (dt_weight, dt_scale)):
+        if (s is not None) != (w.dtype == torch.int8) or (s is not None and s.shape != (w.shape[0],)):
+            raise ValueError(f"an int8 projection weight takes one scale per output feature, a "
+                             f"{w.dtype} weight {tuple(w.shape)} none (got {None if s is None else tuple(s.shape)})")
     early, copied = early_inputs(conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log, D,
                                  *(norm_weights or ()))
     conv_w, conv_b, x_w, dt_w, dt_b, A_log, D = early[:7]
@@ -208,9 +224,12 @@ def fused_mamba_step_triton(
     )
     y = torch.empty(b, d, dtype=x.dtype, device=x.device)
     _ssm_from_parts_kernel[(b, blocks)](
-        part, xc, z, ssm_state, dt_w, dt_b, A_log, D, *norms, y, d, blocks, r, eps,
+        part, xc, z, ssm_state, dt_w, dt_b, A_log, D, *norms,
+        y if x_proj_scale is None else x_proj_scale.contiguous(), y if dt_scale is None else dt_scale.contiguous(),
+        y, d, blocks, r, eps,
         xc.stride(0), z.stride(0), ssm_state.stride(0), ssm_state.stride(1), dt_w.stride(0), y.stride(0),
         N=n, BD=block_d, RP=rp, RDT_P=triton.next_power_of_2(r), BLOCKS_P=triton.next_power_of_2(blocks),
-        NORMS=norm_weights is not None, num_warps=num_warps, **pdl_launch(x.device),
+        NORMS=norm_weights is not None, X_SCALED=x_proj_scale is not None, DT_SCALED=dt_scale is not None,
+        num_warps=num_warps, **pdl_launch(x.device),
     )
     return y

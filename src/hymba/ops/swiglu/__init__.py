@@ -10,9 +10,13 @@ reference (:mod:`hymba.ops.swiglu.reference`).
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
-from ..linear import kernel_for, torch_linear
+from ..linear import DOT_MAX_ROWS, is_quantized, kernel_for, linear, torch_linear
+from ..linear.quantized import int8_rows
 from ..switches import needs_grad, use_triton
 from .reference import silu_mul_reference, swiglu_reference
 
@@ -30,7 +34,19 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
 
 def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
     """``silu(x Wgᵀ) · (x Wuᵀ)``, the SwiGLU MLP before its down projection (one kernel under the
-    conditions of :func:`hymba.ops.linear`, with the same roundings as the unfused form)."""
+    conditions of :func:`hymba.ops.linear`, with the same roundings as the unfused form).
+    Int8 weights (torchao's, per output channel) of up to ``DOT_MAX_ROWS`` rows on CUDA run the
+    same kernel on the int8 data; other quantized weights take :func:`hymba.ops.linear` apart (its
+    quantized paths) and the middle."""
+    if is_quantized(gate_weight) or is_quantized(up_weight):
+        gate, up = int8_rows(gate_weight), int8_rows(up_weight)
+        if (gate is not None and up is not None and gate[0].shape == up[0].shape
+                and x.dtype == gate_weight.dtype == up_weight.dtype and use_triton(x)
+                and 0 < math.prod(x.shape[:-1]) <= DOT_MAX_ROWS and not torch.is_autocast_enabled(x.device.type)):
+            from ..linear.triton import swiglu_dot
+
+            return swiglu_dot(x, gate[0], up[0], gate_scale=gate[1], up_scale=up[1])
+        return silu_mul(linear(x, gate_weight), linear(x, up_weight))
     if use_triton(x, gate_weight, up_weight) and kernel_for(x, gate_weight, up_weight) is not None:
         from ..linear.triton import swiglu_dot
 
