@@ -77,7 +77,7 @@ BUDGETS: dict[str, Budget] = {
                     batch=16, train_len=64, lr=2e-3, pairs=2, num_keys=16, text_every=4,
                     eval_lengths=(12, 16, 32, 64, 128), eval_samples=64, ppl_passages=24,
                     throughput_len=512),
-    # One GPU: every variant a separate process (``--jobs``) so that all nine share one H200.
+    # One GPU: every variant a separate process (``--jobs``) so that all nine share one GPU.
     "large": Budget(hidden=256, layers=8, heads=8, kv_heads=4, mlp=768, window=64, meta=16,
                     steps=1000, batch=32, train_len=512, lr=2e-3, pairs=4, num_keys=32,
                     text_every=4, eval_lengths=(40, 64, 128, 256, 512, 1024),

@@ -1,8 +1,8 @@
 """A training micro-step (forward, loss, backward) captured in a CUDA graph and replayed.
 
-One micro-step of Hymba-1.5B on a 4K sequence launches about 4,200 kernels; on a slow host
-those launches take longer than the GPU takes to run them (an H100: 312 ms a step for 231 ms of
-kernels). Replaying a captured graph launches them all at once. Training rows are packed to a
+One micro-step of Hymba-1.5B on a 4K sequence launches thousands of kernels; on a slow host
+those launches can take longer than the GPU takes to run them. Replaying a captured graph
+launches them all at once. Training rows are packed to a
 fixed (batch, seq_len), so one graph serves every micro-batch.
 
 The first micro-step of an optimizer step writes the parameters' ``.grad`` tensors (no zeroing,
