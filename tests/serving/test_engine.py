@@ -258,3 +258,19 @@ def test_graph_buckets_on_the_gpu_equal_generate(dtype):
     # bf16: a near-tie may round the other way in a batch of another size
     assert same == len(prompts) if dtype == torch.float32 else same >= len(prompts) - 2
     assert engine.stats()["state_bytes_in_use"] == 0
+
+
+def test_prompts_that_fill_the_model_length_share_the_prefill_rows(model):
+    """Prompts of every length up to max_model_len, several stored at once in small spans, with
+    rows freed and reused in between: no row's padding runs past the cache."""
+    g = torch.Generator().manual_seed(9)
+    limit = 48
+    prompts = [torch.randint(3, 97, (int(n),), generator=g).tolist()
+               for n in torch.randint(1, limit - 2, (24,), generator=g)]
+    outs = [int(torch.randint(1, limit - len(p) + 1, (1,), generator=g)) for p in prompts]
+    engine = Engine(model, config=EngineConfig(max_batch=4, max_model_len=limit, prefill_chunk_tokens=9,
+                                               prefill_rows=3))
+    got = engine.generate(prompts, [greedy(n) for n in outs])
+    for p, n, tokens in zip(prompts, outs, got):
+        assert tokens == _alone(model, p, n)
+    assert engine.stats()["requests_failed_total"] == 0

@@ -364,11 +364,14 @@ class Engine:
             budget -= end - request.stored
         if not plan:
             return []
-        extent = max(start for _, start, _ in plan)
+        top = max(r.stage_row for r, _, _ in plan) + 1
+        # Every row below `top` takes part in the forward, and a row stores all `width` columns
+        # from its length on (its padding too, where nothing reads it): so the span is capped by
+        # the fullest row in range, including prompts waiting for their turn (free rows are reset).
+        extent = max(r.stored for r in self.prefilling if r.stage_row is not None and r.stage_row < top)
         room = self.max_model_len - extent  # the widest span the rows' cache still fits
         for item in plan:
             item[2] = min(item[2], item[1] + room)
-        top = max(r.stage_row for r, _, _ in plan) + 1
         width = max(end - start for _, start, end in plan)
         ids = torch.zeros(top, width, dtype=torch.long)
         counts = torch.zeros(top, dtype=torch.long)
@@ -420,6 +423,7 @@ class Engine:
         """The prompt is stored: move it to its decode slot and choose its first token."""
         slot = request.slot
         self.slots.restore_row(slot, self.stage.snapshot_row(request.stage_row, len(request.prompt)))
+        self.stage.lengths[request.stage_row] = self.stage.num_meta  # see _prefill
         heapq.heappush(self.free_stage_rows, request.stage_row)
         request.stage_row = None
         self.prefilling.remove(request)
@@ -564,11 +568,13 @@ class Engine:
         if request in self.prefilling:
             self.prefilling.remove(request)
         if request.stage_row is not None:
+            self.stage.lengths[request.stage_row] = self.stage.num_meta  # see _prefill
             heapq.heappush(self.free_stage_rows, request.stage_row)
             request.stage_row = None
         if request.slot is not None:
             self.decoding.pop(request.slot, None)
             self.active[request.slot] = False
+            self.slots.lengths[request.slot] = self.slots.num_meta
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 
