@@ -380,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch", type=int, default=64, help="the engine's decode slots")
     p.add_argument("--max-model-len", type=int, default=None, help="the engine's max_model_len (default: fits the workload)")
-    p.add_argument("--prefill-chunk", type=int, default=512)
+    p.add_argument("--prefill-chunk", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=8, help="short requests run first and not counted")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))

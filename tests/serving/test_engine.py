@@ -274,3 +274,25 @@ def test_prompts_that_fill_the_model_length_share_the_prefill_rows(model):
     for p, n, tokens in zip(prompts, outs, got):
         assert tokens == _alone(model, p, n)
     assert engine.stats()["requests_failed_total"] == 0
+
+
+def test_one_token_spans_leave_the_other_prefill_rows_alone(model):
+    """Spans of one token while other prompts wait in the prefill rows (and a one-token forward
+    with padded rows in general) must not touch the waiting rows' state."""
+    prompts = _prompts(6, seed=21, low=3, high=12)
+    engine = Engine(model, config=EngineConfig(max_batch=3, prefill_chunk_tokens=1, prefill_rows=2))
+    assert engine.generate(prompts, greedy(5)) == [_alone(model, p, 5) for p in prompts]
+
+
+def test_top_k_then_top_p_as_generate_does(model):
+    """top-p is taken over what top-k kept (renormalised): with probabilities .5/.3/.2, top_k=2 and
+    top_p=0.6 keep the first token only."""
+    from hymba.serving.sampler import SlotSampler
+
+    sampler = SlotSampler(2, 3, torch.device("cpu"))
+    sampler.set_row(0, SamplingParams(max_tokens=1, temperature=1.0, top_k=2, top_p=0.6, seed=1), [0])
+    sampler.set_row(1, SamplingParams(max_tokens=1, temperature=1.0, seed=2), [0])
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(2, 3).contiguous()
+    picks = [sampler.choose(logits, [0, 1], None).tokens.tolist() for _ in range(300)]
+    assert {p[0] for p in picks} == {0}
+    assert {p[1] for p in picks} == {0, 1, 2}  # the unfiltered row still draws from all three

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt + new tokens per request (default: the config's max positions)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for a slot; beyond that the server answers 429")
-    p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per step")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens prefilled per step (default: 2048)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for prefix-state snapshots (0: no prefix reuse)")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")

@@ -325,7 +325,7 @@ class HybridCache:
     ) -> SharedKV:
         """Store a producer's new K/V (b, Hkv, L, d), k before its rotary embedding ``rotary``
         (cos, sin), and return what its queries attend over."""
-        if k.shape[2] == 1:
+        if k.shape[2] == 1 and layout.token_valid is None:  # a decode step (no row padded)
             return self._decode_kv(spec.kv_slot, k, v, layout.positions, rotary)
         return self._prefill_kv(spec.kv_slot, rotate(k, rotary), v, layout)
 

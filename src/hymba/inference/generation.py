@@ -141,8 +141,9 @@ class _DoneFlag:
         return seen
 
 
-# model -> (key, DecodeGraph): the captured step of a model's last CUDA-graph loop, kept for the
-# next loop of the same shape; a loop takes it out while it runs, so concurrent loops never share it
+# model -> (key, DecodeGraph, the MetaPrefix it reads): the captured step of a model's last
+# CUDA-graph loop, kept for the next loop of the same shape; a loop takes it out while it runs, so
+# concurrent loops never share it
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -185,7 +186,9 @@ class DecodeLoop:
                                params_key(model))
             kept = _GRAPHS.pop(model, None)  # a loop of another shape drops it before allocating
         self.graph: DecodeGraph | None = None
-        if kept is not None and kept[0] == self._graph_key:
+        # the kept step reads the meta prefix's tensors: a prefix recomputed since (weights changed,
+        # then changed back to the same key) has new ones, so the step is captured again
+        if kept is not None and kept[0] == self._graph_key and kept[2] is meta_prefix(model):
             self.graph = kept[1]
             self.cache = self.graph.cache
         else:
@@ -220,7 +223,7 @@ class DecodeLoop:
             yield from self._decode(logits, seen)
         finally:
             if self.graph is not None and self.graph.graph is not None:
-                _GRAPHS[model] = (self._graph_key, self.graph)
+                _GRAPHS[model] = (self._graph_key, self.graph, meta_prefix(model))
 
     def _decode(self, logits: Tensor, seen: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
         flag = _DoneFlag(self.done)

@@ -95,13 +95,22 @@ class HymbaModel(nn.Module):
             raise InputError("with a state, right-pad rows and pass num_new instead of attention_mask")
         if output_hidden_states:
             raise InputError("output_hidden_states is not available with a state")
+        n = input_ids.shape[1] if isinstance(input_ids, Tensor) and input_ids.dim() == 2 else 0
+        mask = None
+        if num_new is not None:
+            if not isinstance(num_new, Tensor) or num_new.dtype not in (torch.int64, torch.int32) \
+                    or tuple(num_new.shape) != tuple(input_ids.shape[:1]):
+                raise InputError(f"num_new must be an integer tensor of shape ({input_ids.shape[0]},): "
+                                 "the real tokens of each row")
+            num_new = num_new.to(input_ids.device, torch.int64)
+            mask = torch.arange(n, device=input_ids.device)[None] < num_new[:, None]
+            input_ids = torch.where(mask, input_ids, 0)  # what padding holds is never read
         if check_inputs:
-            mask = None
             if num_new is not None:
-                steps = torch.arange(input_ids.shape[1], device=input_ids.device)
-                mask = steps[None] < num_new.to(input_ids.device)[:, None]
+                lo, hi = torch.stack(torch.aminmax(num_new)).tolist()
+                if lo < 0 or hi > n:
+                    raise InputError(f"num_new must be in [0, {n}] (the row length), got {lo if lo < 0 else hi}")
             check_token_ids(input_ids, self.config.vocab_size, mask)
-        n = input_ids.shape[1]
         layout = state.layout(n, num_new)
         h = self.run_layers(self.embed_tokens(input_ids), layout)
         state.advance(n)

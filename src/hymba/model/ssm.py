@@ -47,7 +47,7 @@ class MambaBranch(nn.Module):
         state = layout.state
         conv_state = state.conv_state(self.layer_idx) if state is not None else None
         ssm_state = state.ssm_state(self.layer_idx) if state is not None else None
-        if conv_state is not None and x.shape[1] == 1:
+        if conv_state is not None and x.shape[1] == 1 and valid is None:  # a padded row keeps its state
             return self.step(x[:, 0], z[:, 0], conv_state, ssm_state)[:, None]
         xc, _ = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, conv_state)
         if valid is not None:

@@ -142,7 +142,7 @@ class EngineConfig:
     max_batch: int = 32  # decode slots
     max_model_len: int | None = None  # prompt + new tokens per request (default: the model's maximum)
     max_queue: int = 256  # waiting requests at most; more are refused (QueueFull)
-    prefill_chunk_tokens: int = 512  # prompt tokens prefilled per step
+    prefill_chunk_tokens: int = 2048  # prompt tokens prefilled per step
     prefill_rows: int = 8  # requests whose prompts are being stored at once
     prefix_cache_bytes: int = 256 << 20  # budget of stored prefix states (0: off)
     cuda_graph: bool | None = None  # default: on for a CUDA model
@@ -243,7 +243,7 @@ class Engine:
         self.tokens = torch.zeros(config.max_batch, dtype=torch.long, device=device)
         self.buckets = sorted({min(2 ** i, config.max_batch) for i in range(config.max_batch.bit_length() + 1)})
         self.views: dict[int, HybridCache] = {}
-        self.stage_views: dict[int, HybridCache] = {}
+        self.stage_views: dict[tuple[int, int], HybridCache] = {}
         self.graphs: dict[int, DecodeGraph] = {}
         self._ids = itertools.count()
         self.slot_bytes = self.slots.nbytes()["total"] // config.max_batch
@@ -364,25 +364,26 @@ class Engine:
             budget -= end - request.stored
         if not plan:
             return []
-        top = max(r.stage_row for r, _, _ in plan) + 1
-        # Every row below `top` takes part in the forward, and a row stores all `width` columns
-        # from its length on (its padding too, where nothing reads it): so the span is capped by
-        # the fullest row in range, including prompts waiting for their turn (free rows are reset).
-        extent = max(r.stored for r in self.prefilling if r.stage_row is not None and r.stage_row < top)
+        # The forward runs over stage rows lo..hi-1, and a row stores all `width` columns from
+        # its length on (its padding too, where nothing reads it): so the span is capped by the
+        # fullest row in that range, prompts waiting for their turn included (free rows are reset).
+        lo = min(r.stage_row for r, _, _ in plan)
+        hi = max(r.stage_row for r, _, _ in plan) + 1
+        extent = max(r.stored for r in self.prefilling if r.stage_row is not None and lo <= r.stage_row < hi)
         room = self.max_model_len - extent  # the widest span the rows' cache still fits
         for item in plan:
             item[2] = min(item[2], item[1] + room)
         width = max(end - start for _, start, end in plan)
-        ids = torch.zeros(top, width, dtype=torch.long)
-        counts = torch.zeros(top, dtype=torch.long)
+        ids = torch.zeros(hi - lo, width, dtype=torch.long)
+        counts = torch.zeros(hi - lo, dtype=torch.long)
         for request, start, end in plan:
-            ids[request.stage_row, : end - start] = torch.tensor(request.prompt[start:end])
-            counts[request.stage_row] = end - start
-        view = self.stage_views.get(top)
+            ids[request.stage_row - lo, : end - start] = torch.tensor(request.prompt[start:end])
+            counts[request.stage_row - lo] = end - start
+        view = self.stage_views.get((lo, hi))
         if view is None:
-            view = self.stage_views[top] = self.stage.rows(0, top)
+            view = self.stage_views[lo, hi] = self.stage.rows(lo, hi)
         view.set_extent(extent)
-        full = len(plan) == top and all(end - start == width for _, start, end in plan)
+        full = len(plan) == hi - lo and all(end - start == width for _, start, end in plan)
         device = self.model.device
         scoring = any(r.params.prompt_logprobs for r, _, _ in plan)
         try:
@@ -394,9 +395,10 @@ class Engine:
         for request, start, end in plan:
             row = request.stage_row
             try:
-                last = logits[row, end - start - 1] if scoring else logits[row, 0]
+                at = row - lo
+                last = logits[at, end - start - 1] if scoring else logits[at, 0]
                 if request.params.prompt_logprobs:
-                    self._score_prompt(request, start, end, logits[row, : end - start])
+                    self._score_prompt(request, start, end, logits[at, : end - start])
                 self.counters["prompt_tokens_total"] += end - start
                 request.stored = end
                 if request.split == end:

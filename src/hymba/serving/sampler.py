@@ -75,9 +75,12 @@ class SlotSampler:
             scaled = scores / temp.clamp(min=1e-6)[:, None]
             if any(h["filters"] for h in host):
                 ordered, order = torch.sort(scaled, dim=-1, descending=True)
-                probs = ordered.softmax(-1)
                 rank = torch.arange(scaled.shape[-1], device=scaled.device)[None]
-                drop = (rank >= self.top_k[index][:, None]) | (probs.cumsum(-1) - probs >= self.top_p[index][:, None])
+                # top-k first, then top-p over what top-k kept (renormalised), as generate() does
+                ordered = ordered.masked_fill(rank >= self.top_k[index][:, None], float("-inf"))
+                probs = ordered.softmax(-1)
+                top_p = self.top_p[index][:, None]
+                drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)  # top_p = 1: no cut
                 drop[:, 0] = False  # the most likely token always stays
                 scaled = scaled.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
             noise = torch.rand(scaled.shape, generator=self.shared, device=scaled.device)
