@@ -254,9 +254,18 @@ def test_graph_buckets_on_the_gpu_equal_generate(dtype):
     engine = Engine(model, config=EngineConfig(max_batch=16, prefill_chunk_tokens=96))
     out = engine.generate(prompts, [greedy(n) for n in lengths])
     assert len(engine.graphs) >= 2  # several batch buckets were captured
-    same = sum(got == _alone(model, p, n) for p, n, got in zip(prompts, lengths, out))
-    # bf16: a near-tie may round the other way in a batch of another size
-    assert same == len(prompts) if dtype == torch.float32 else same >= len(prompts) - 2
+    for p, n, got in zip(prompts, lengths, out):
+        alone = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=n, eos_token_id=[],
+                               output_logits=True)
+        ref = alone.sequences[0, len(p):].tolist()
+        if dtype == torch.float32:
+            assert got == ref
+        elif got != ref:
+            # bf16 rounds differently in a batch of another size: the two may part only at a
+            # near-tie of the sequence alone (its two best logits within bf16 rounding)
+            i = next(j for j, (a, b) in enumerate(zip(got, ref)) if a != b)
+            best = alone.logits[0, i].float().topk(2).values
+            assert float(best[0] - best[1]) <= 0.02 * float(best.abs().max()), (p, i)
     assert engine.stats()["state_bytes_in_use"] == 0
 
 
