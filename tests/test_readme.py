@@ -41,6 +41,7 @@ NOT_RUN = {
     "torchrun ": "several processes on the user's data",
     "python benchmarks/throughput.py": "needs a GPU and Hugging Face models (network)",
     "python benchmarks/scan_cpu.py": "a CPU benchmark: minutes of timing, nothing to check",
+    "python benchmarks/serve.py": "needs a GPU (the Hymba-1.5B shape and transformers' batching)",
     "hf download": "downloads a released checkpoint (network)",
     "pip install -e '.[hf]'": "installs an extra (network)",
     "curl ": "talks to a running hymba serve (tests/serving drives a real server with the openai client)",
