@@ -228,3 +228,8 @@ def test_stream_takes_eos_token_id(text_model):
     assert text == tok.decode(free[: free.index(stop)])
     with pytest.raises(InputError, match="unknown generation option 'max_tokens'"):
         list(stream(model, tok, ids, max_tokens=3))
+
+
+def test_seed_outside_a_generator_range_is_one_clear_error():
+    with pytest.raises(InputError, match="seed"):
+        make_model().generate(torch.tensor([[3, 4]]), do_sample=True, seed=2**64)

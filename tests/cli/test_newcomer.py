@@ -212,3 +212,12 @@ def test_cache_size_labels_a_batch_total(capsys):
 def test_recall_detail_column_is_readable():
     assert format_detail({"per_query": [1.0, 0.5]}) == "per query 1.00 0.50"
     assert format_detail({"per_depth": {"0.0": 1.0, "0.5": 0.25}}) == "per depth 0: 1.00, 0.5: 0.25"
+
+
+def test_an_adapter_folder_points_to_merge_lora(tmp_path, capsys):
+    from hymba.cli import main
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert main(["info", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "LoRA adapter" in err and "hymba merge-lora --adapter" in err

@@ -206,3 +206,17 @@ def test_kernel_paths_match_the_reference_paths(fixture_dir, prompts, mode, trit
     assert fused and all(fused)  # the decode steps ran the fused SSM step on int8 projections
     assert torch.equal(fast.sequences, out["0"].sequences)
     torch.testing.assert_close(fast.logits, out["0"].logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_with_lora_adapters_is_not_quantized():
+    """Adapters are merged first: quantizing them would round the fine-tune away silently."""
+    pytest.importorskip("peft")
+    pytest.importorskip("torchao")
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from hymba import ConfigError, HymbaConfig, HymbaForCausalLM, quantize
+
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny"))
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["in_proj"]), model)
+    with pytest.raises(ConfigError, match="merge-lora"):
+        quantize(model, "int8")

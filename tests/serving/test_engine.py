@@ -305,3 +305,19 @@ def test_top_k_then_top_p_as_generate_does(model):
     picks = [sampler.choose(logits, [0, 1], None).tokens.tolist() for _ in range(300)]
     assert {p[0] for p in picks} == {0}
     assert {p[1] for p in picks} == {0, 1, 2}  # the unfiltered row still draws from all three
+
+
+def test_seeds_a_generator_cannot_take_are_refused(model):
+    with pytest.raises(InputError, match="seed"):
+        SamplingParams(max_tokens=2, seed=2**64)
+    # the engine's own per-request setup failing fails that request alone, reported next step
+    engine = Engine(model)
+    good = engine.add_request([3, 4], greedy(3))
+    bad = engine.add_request([5, 6], SamplingParams(max_tokens=3, temperature=1.0, seed=1))
+    engine.requests[bad].params.seed = 2**70  # past validation, as a bug elsewhere might leave it
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    assert [o.finish_reason for o in outs if o.request_id == bad] == ["error"]
+    assert sum(len(o.new_token_ids) for o in outs if o.request_id == good) == 3
+    assert engine.stats()["slots_used"] == 0

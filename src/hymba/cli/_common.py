@@ -60,6 +60,9 @@ def check_model_folder(path: str) -> None:
         raise CLIError(f"model folder {path} does not exist")
     if os.path.isfile(os.path.join(path, "config.json")):
         return
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise CLIError(f"{path} holds a LoRA adapter, not a model; merge it into its base first: "
+                       f"hymba merge-lora --adapter {path} --out MERGED")
     candidates = [name for name in os.listdir(path)
                   if os.path.isfile(os.path.join(path, name, "config.json"))
                   and (name == "final" or name.startswith("checkpoint-"))]

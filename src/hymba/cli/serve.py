@@ -6,7 +6,7 @@ import argparse
 import os
 
 from . import CLIError
-from ._common import MODEL_HELP, add_runtime_args
+from ._common import MODEL_HELP, add_quantize_arg, add_runtime_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info)")
     add_runtime_args(p)
+    add_quantize_arg(p)
     p.set_defaults(func=run)
 
 

@@ -62,8 +62,9 @@ class GenerationOptions:
             raise InputError(f"max_new_tokens must be a positive integer, got {n!r}")
         if self.swa_decode not in ("trained", "reference"):
             raise InputError(f"swa_decode must be 'trained' or 'reference', got {self.swa_decode!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -(2**63) <= self.seed < 2**64):
+            raise InputError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
         chunk = self.prefill_chunk_tokens
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise InputError(f"prefill_chunk_tokens must be a positive integer, got {chunk!r}")

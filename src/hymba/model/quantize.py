@@ -87,6 +87,8 @@ def quantize(model: nn.Module, mode: str, group_size: int = 128) -> nn.Module:
         raise ConfigError(f"the model is already quantized ({model.quantization})")
     if group_size not in INT4_GROUP_SIZES:
         raise ConfigError(f"group_size={group_size!r}: choose one of {INT4_GROUP_SIZES}")
+    if any(".lora_" in name for name, _ in model.named_modules()):
+        raise ConfigError("the model carries LoRA adapters: merge them first (hymba merge-lora), then quantize")
     layers = quantized_layers(model)
     if not layers:
         raise ConfigError("the model has no decoder linear layers to quantize")

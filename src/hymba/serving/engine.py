@@ -121,6 +121,8 @@ class SamplingParams:
             raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
         if self.seed is not None:
             integer("seed", 0)
+            if self.seed >= 2**64:
+                raise InputError(f"seed must be below 2**64, got {self.seed}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -347,8 +349,11 @@ class Engine:
             request.stored = 0 if snap is None else snap.num_tokens
             if not request.params.prompt_logprobs:
                 request.split = self.prefix_cache.shared_prefix(request.prompt, request.stored)
-            self.sampler.set_row(request.slot, request.params, request.prompt)
             self.prefilling.append(request)
+            try:
+                self.sampler.set_row(request.slot, request.params, request.prompt)
+            except Exception as exc:  # noqa: BLE001 - a parameter the sampler cannot take fails its request alone
+                self.aborted.append(self._failed(request, exc))
 
     def _prefill(self) -> list[RequestOutput]:
         """Store the next span of every admitted prompt (``prefill_chunk_tokens`` in all, first
@@ -556,6 +561,13 @@ class Engine:
         out.finished, out.finish_reason = True, request.finish_reason
         self._forget(request)
         return out
+
+    def _failed(self, request: _Request, exc: BaseException) -> _Request:
+        """End ``request`` as failed now; its output is reported with the next step's."""
+        self._release(request)
+        request.finish_reason = "error"
+        request.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return request
 
     def _fail(self, request: _Request, exc: BaseException) -> RequestOutput:
         self._release(request)

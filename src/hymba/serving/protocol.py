@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-TokenId = Annotated[StrictInt, Field(ge=0)]
+TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]  # larger ids are outside any vocabulary
 
 
 class _Request(BaseModel):
@@ -45,7 +45,7 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**64)] | None = None  # what a torch generator takes
     ignore_eos: bool = False  # extension
     user: str | None = None
     presence_penalty: float | None = None

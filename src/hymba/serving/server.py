@@ -373,7 +373,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 def _params(req, max_tokens: int, stops: list[str], stop_ids: tuple[int, ...], logprobs: int | None,
             prompt_logprobs: bool, choice: int) -> SamplingParams:
-    seed = None if req.seed is None else req.seed + choice  # n choices: n different draws
+    seed = None if req.seed is None else (req.seed + choice) % 2**64  # n choices: n different draws
     top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
     try:
         return SamplingParams(

@@ -387,6 +387,9 @@ def export_checkpoint(path: str, out: str) -> str:
     from ..tokenizer import load_tokenizer
 
     source = resolve_resume(path)
+    if os.path.isfile(os.path.join(source, "adapter_config.json")):
+        raise CheckpointError(f"{source} holds a LoRA adapter, not a model: merge it into its base with "
+                              f"hymba merge-lora --adapter {source} --out {out}")
     read_trainer_state(source)
     tokenizer = load_tokenizer(source)
     if is_sharded(source):
