@@ -404,7 +404,11 @@ def _engine_error(exc: BaseException) -> BaseException:
     if isinstance(exc, APIError | asyncio.CancelledError):
         return exc
     if isinstance(exc, InputError):
-        return APIError(400, str(exc), param="prompt")
+        # the engine's messages start with the setting at fault; the rest concern the prompt
+        message = str(exc)
+        named = next((f for f in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                                  "seed", "stop", "logprobs") if message.startswith(f)), None)
+        return APIError(400, message, param=named or "prompt")
     if isinstance(exc, QueueFull):
         return APIError(429, f"the server is busy (request queue full): {exc}".rstrip(": "),
                         "rate_limit_error", code="queue_full")
