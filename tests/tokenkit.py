@@ -32,3 +32,19 @@ def write_tokenizer(folder: Path) -> Tokenizer:
                   chat_template=CHAT_TEMPLATE)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return tok
+
+
+def write_tiny_checkpoint(folder: Path) -> Path:
+    """A `tiny`-preset checkpoint with this tokenizer in ``folder`` (random weights, seed 0, the
+    embeddings scaled up so that generation does not just repeat one token)."""
+    import torch
+
+    from hymba import HymbaConfig, HymbaForCausalLM
+
+    tok = write_tokenizer(folder)
+    torch.manual_seed(0)
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size()))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1)
+    model.save_pretrained(folder)
+    return folder

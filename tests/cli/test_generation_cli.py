@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from tokenkit import write_tokenizer
+from tokenkit import write_tiny_checkpoint
 
 from hymba import HymbaConfig, HymbaForCausalLM, load_tokenizer
 from hymba.cli import main
@@ -51,14 +51,7 @@ def test_info_and_cache_size_print_the_same_total(capsys):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    tok = write_tokenizer(folder)
-    torch.manual_seed(0)
-    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size()))
-    with torch.no_grad():
-        model.model.embed_tokens.weight.normal_(0, 1)
-    model.save_pretrained(folder)
-    return folder
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_generate_streams_the_continuation(checkpoint, capsys):

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from tokenkit import write_tokenizer
+from tokenkit import write_tiny_checkpoint
 
-from hymba import HymbaConfig, HymbaForCausalLM, load_tokenizer
+from hymba import HymbaForCausalLM, load_tokenizer
 from hymba.cli import main
 from hymba.cli._common import add_model_args, add_quantize_arg, add_runtime_args, load_model
 
@@ -19,14 +19,7 @@ pytest.importorskip("torchao.quantization")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    tok = write_tokenizer(folder)
-    torch.manual_seed(0)
-    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny", vocab_size=tok.get_vocab_size()))
-    with torch.no_grad():
-        model.model.embed_tokens.weight.normal_(0, 1)
-    model.save_pretrained(folder)
-    return folder
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

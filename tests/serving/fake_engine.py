@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hymba.inference.generation import _safe_length
 from hymba.model import InputError
 from hymba.serving.engine import EngineConfig, LogProb, QueueFull, RequestOutput
 
@@ -202,13 +203,3 @@ class FakeEngine:
 
     def _note_thread(self) -> None:
         self.calls_from.add(threading.get_ident())
-
-
-def _safe_length(text: str, stops) -> int:
-    safe = len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for k in range(min(len(stop) - 1, safe), 0, -1):
-            if text[:safe].endswith(stop[:k]):
-                safe -= k
-                break
-    return safe

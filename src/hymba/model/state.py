@@ -16,7 +16,7 @@ recorder in the same package implements :class:`LayerState` alone. The model nev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -53,7 +53,6 @@ def rotate(x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
     return ops.apply_rotary(x, *rotary, dtype=torch.get_autocast_dtype(x.device.type) if autocast else None)
 
 
-@runtime_checkable
 class LayerState(Protocol):
     """Per-layer state the attention and SSM branches read and write during a forward."""
 
@@ -80,7 +79,6 @@ class LayerState(Protocol):
         ...
 
 
-@runtime_checkable
 class SequenceState(LayerState, Protocol):
     """A :class:`LayerState` that also knows where each of its sequences stands."""
 

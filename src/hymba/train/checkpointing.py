@@ -120,6 +120,13 @@ def save_checkpoint(
     os.makedirs(tmp)
     save_model_folder(tmp, model, tokenizer)
     torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    _finish_checkpoint(run_dir, tmp, final, step, state, keep)
+    return final
+
+
+def _finish_checkpoint(run_dir: str, tmp: str, final: str, step: int, state: dict[str, Any], keep: int) -> None:
+    """Add the RNG and trainer state to the checkpoint being written in ``tmp``, rename it into
+    place as ``final`` and delete all but the newest ``keep`` checkpoints."""
     torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
     with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as fh:
         json.dump({"step": step, **state}, fh, indent=2)
@@ -127,7 +134,6 @@ def save_checkpoint(
     if keep > 0:
         for _, path in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
-    return final
 
 
 def remove_stale_temporaries(run_dir: str) -> None:
@@ -369,13 +375,7 @@ def save_sharded_checkpoint(
     if is_main:
         config.save(tmp)
         tokenizer.save(tmp)
-        torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
-        with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as fh:
-            json.dump({"step": step, **state}, fh, indent=2)
-        publish(tmp, final)
-        if keep > 0:
-            for _, path in list_checkpoints(run_dir)[:-keep]:
-                shutil.rmtree(path, ignore_errors=True)
+        _finish_checkpoint(run_dir, tmp, final, step, state, keep)
     barrier()
     return final
 
