@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hymba.inference.generation import _safe_length
+from hymba.inference.text import safe_length
 from hymba.model import InputError
 from hymba.serving.engine import EngineConfig, LogProb, QueueFull, RequestOutput
 
@@ -182,7 +182,7 @@ class FakeEngine:
             return self._output(req, [token], text, lps, True, "stop")
         if len(req.out) >= p.max_tokens:
             return self._output(req, [token], self._flush(req, req.out), lps, True, "length")
-        safe = _safe_length(full, p.stop)
+        safe = safe_length(full, p.stop)
         text = full[req.shown:safe] if safe > req.shown else ""
         req.shown = max(req.shown, safe)
         return self._output(req, [token], text, lps, False, None)

@@ -26,6 +26,7 @@ from .cache import HybridCache, SWADecode, meta_prefix, params_key
 from .prefill import prefill
 from .sampling import SamplingConfig
 from .step import DecodeGraph, decode_logits
+from .text import TextStream
 
 
 @dataclass(frozen=True)
@@ -320,36 +321,19 @@ def stream(model, tokenizer, prompt: str | Sequence[int], **options) -> Iterator
     eos = opts.eos_token_id
     eos_set = {eos} if isinstance(eos, int) else set(eos)
     run = DecodeLoop(model, torch.tensor([ids], device=model.device), options=opts)
-    stops = [s for s in (opts.stop_strings or ()) if s]
-    out: list[int] = []
-    shown = 0
+    text = TextStream(tokenizer, opts.stop_strings or ())
     for tokens, _ in run:
         token = int(tokens[0])
         if token in eos_set:
             break
-        out.append(token)
-        text = tokenizer.decode(out)
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut > shown:
-                yield text[shown:cut]
+        text.push(token)
+        piece, stopped = text.visible()
+        if piece:
+            yield piece
+        if stopped:
             return
-        safe = _safe_length(text, stops)
-        if safe > shown:
-            yield text[shown:safe]
-            shown = safe
-    text = tokenizer.decode(out).rstrip("\ufffd")
-    if len(text) > shown:
-        yield text[shown:]
+    piece, _ = text.visible(final=True)
+    if piece:
+        yield piece
 
 
-def _safe_length(text: str, stops: Sequence[str]) -> int:
-    """How much of ``text`` can be shown: not an incomplete character at the end, nor a suffix
-    that may grow into a stop string."""
-    safe = len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for k in range(min(len(stop) - 1, safe), 0, -1):
-            if text[:safe].endswith(stop[:k]):
-                safe -= k
-                break
-    return safe

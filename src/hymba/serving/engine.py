@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from ..inference.cache import HybridCache, meta_prefix
-from ..inference.generation import _safe_length
 from ..inference.step import DecodeGraph, decode_logits
+from ..inference.text import TextStream
 from ..model.layout import InputError
 from .prefix_cache import PrefixCache
 from .sampler import SlotSampler, TokenChoice
@@ -192,11 +192,7 @@ class _Request:
     split: int | None = None  # store a prefix snapshot once this many tokens are stored
     prev_logits: Tensor | None = None  # last position's logits of the previous span (prompt logprobs)
     output: list[int] = field(default_factory=list)
-    text_tokens: list[int] = field(default_factory=list)  # output tokens that make text
-    text: str = ""  # their text so far
-    text_from: int = 0  # incremental decoding: context starts here ...
-    text_read: int = 0  # ... and the tokens from here on are not in ``text`` yet
-    shown: int = 0  # characters of ``text`` already handed out
+    text: TextStream | None = None  # the output's text (None without a tokenizer)
     prompt_logprobs: list[LogProb | None] | None = None
     prompt_logprobs_sent: bool = False
     finish_reason: str | None = None
@@ -277,6 +273,8 @@ class Engine:
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use")
         request = _Request(request_id, prompt, params)
+        if self.tokenizer is not None:
+            request.text = TextStream(self.tokenizer, params.stop)
         self.requests[request_id] = request
         self.waiting.append(request)
         return request_id
@@ -509,43 +507,14 @@ class Engine:
             return self._fail(request, exc)
 
     def _feed_text(self, request: _Request, token: int) -> None:
-        """Extend the request's text by ``token``, decoding only a short tail: the tokens since
-        the last piece of text was read, with the piece before them as context (a token's text
-        can depend on the one before it, and a character may span tokens)."""
-        if self.tokenizer is None:
-            return
-        tokens = request.text_tokens
-        tokens.append(token)
-        before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
-        after = self.tokenizer.decode(tokens[request.text_from :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            request.text += after[len(before) :]
-            request.text_from, request.text_read = request.text_read, len(tokens)
+        """Extend the request's text by ``token``."""
+        if request.text is not None:
+            request.text.push(token)
 
     def _visible(self, request: _Request, final: bool) -> tuple[str, bool]:
-        """The text that became safe to show, and whether a stop string was reached (the text is
-        cut before it). Until ``final``, text that may still grow into a stop string, or ends in
-        an incomplete character, is held back."""
-        if self.tokenizer is None:
-            return "", False
-        if final:  # whatever is still undecoded (an incomplete character is dropped)
-            tokens = request.text_tokens
-            before = self.tokenizer.decode(tokens[request.text_from : request.text_read])
-            after = self.tokenizer.decode(tokens[request.text_from :]).rstrip("\ufffd")
-            request.text += after[len(before) :]
-            request.text_from = request.text_read = len(tokens)
-        text, stops = request.text, [s for s in request.params.stop if s]
-        if stops:
-            start = max(0, request.shown - max(map(len, stops)))
-            cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                piece = text[request.shown : cut] if cut > request.shown else ""
-                request.shown = max(request.shown, cut)
-                return piece, True
-        safe = len(text) if final else _safe_length(text, stops)
-        piece = text[request.shown : safe] if safe > request.shown else ""
-        request.shown = max(request.shown, safe)
-        return piece, False
+        """The text that became safe to show and whether a stop string was reached
+        (:meth:`TextStream.visible`); none without a tokenizer."""
+        return ("", False) if request.text is None else request.text.visible(final)
 
     def _output(self, request: _Request, tokens: list[int], text: str, logprobs) -> RequestOutput:
         first = request.prompt_logprobs is not None and not request.prompt_logprobs_sent
