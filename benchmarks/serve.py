@@ -165,26 +165,36 @@ async def drive_engine(async_engine, prompts: list[list[int]], jobs: list[Job]) 
     return records
 
 
+# the engine's own counts over the measured run: where its steps and host time went
+ENGINE_COUNTS = ("steps_total", "prefill_steps_total", "decode_steps_total", "prefill_padded_tokens_total",
+                 "prompt_tokens_total", "host_prefill_s", "host_decode_s", "host_collect_s")
+
+
 def run_hymba(args, jobs: list[Job]) -> dict:
     from hymba.serving.async_engine import AsyncEngine
     from hymba.serving.engine import Engine, EngineConfig
 
     model = build_hymba(args)
     longest = max(j.prompt_len + j.output_len for j in jobs)
+    tuning = {k: v for k, v in dict(prefill_chunk_tokens=args.prefill_chunk, prefill_rows=args.prefill_rows).items()
+              if v is not None}
     config = EngineConfig(max_batch=args.max_batch, max_model_len=max(longest, args.max_model_len or 0),
-                          max_queue=len(jobs) + args.warmup, prefill_chunk_tokens=args.prefill_chunk)
+                          max_queue=len(jobs) + args.warmup, **tuning)
     engine = AsyncEngine(Engine(model, None, config))
     vocab = model.config.vocab_size
     try:
         warm = make_workload(args.warmup, (16, 64), (8, 16), math.inf, args.seed + 7)
         asyncio.run(drive_engine(engine, prompt_ids(warm, vocab, args.seed + 7), warm))
         engine.reset_peak()
+        before = engine.stats()
         records = asyncio.run(drive_engine(engine, prompt_ids(jobs, vocab, args.seed), jobs))
         stats = engine.stats()
         peak_running = stats["peak_slots_used"]
         peak = peak_running / stats["slots_total"]
         extra = dict(model=args.model or args.preset, max_batch=args.max_batch,
-                     prefix_hits=stats.get("prefix_hits"), dtype=str(model.dtype).removeprefix("torch."))
+                     prefix_hits=stats.get("prefix_hits"), dtype=str(model.dtype).removeprefix("torch."),
+                     prefill_chunk_tokens=config.prefill_chunk_tokens, prefill_rows=config.prefill_rows,
+                     engine={k: stats[k] - before.get(k, 0) for k in ENGINE_COUNTS})
     finally:
         engine.close()
     return summarize("hymba", records, peak, peak_running, extra)
@@ -359,6 +369,14 @@ def table(rows: list[dict]) -> str:
                      f"{f(r['duration_s'], '.1f'):>7}")
         if r["failed"]:
             lines.append(f"{'':10} {r['failed']} failed: {'; '.join(r['errors'])}")
+    for r in rows:
+        e = r.get("engine")
+        if e:
+            pad = e["prefill_padded_tokens_total"] / max(e["prompt_tokens_total"], 1)
+            lines.append(f"{r['arm']}: {e['steps_total']} steps ({e['prefill_steps_total']} with a prefill, "
+                         f"{e['decode_steps_total']} with a decode step; {pad:.2f} prefill tokens computed per "
+                         f"prompt token); engine-thread seconds: prefill {e['host_prefill_s']:.2f}, decode "
+                         f"{e['host_decode_s']:.2f}, reading tokens {e['host_collect_s']:.2f}")
     return "\n".join(lines) + ("\n(latencies in ms; peak run = most requests decoding at once; "
                                "occupancy = that over the engine's slots)")
 
@@ -380,7 +398,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch", type=int, default=64, help="the engine's decode slots")
     p.add_argument("--max-model-len", type=int, default=None, help="the engine's max_model_len (default: fits the workload)")
-    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="the engine's prefill_chunk_tokens (default: the engine's)")
+    p.add_argument("--prefill-rows", type=int, default=None, help="the engine's prefill_rows (default: the engine's)")
     p.add_argument("--warmup", type=int, default=8, help="short requests run first and not counted")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))

@@ -140,3 +140,24 @@ def test_cache_capacity_error():
     cache = HybridCache(model.config, 1, 4).reset(meta_prefix(model))
     with pytest.raises(ValueError, match="at most 4 tokens"):
         model(torch.ones(1, 5, dtype=torch.long), state=cache)
+
+
+def test_copy_rows_moves_whole_sequences_between_caches():
+    """Rows copied into another cache (of another batch size) continue exactly as they would have
+    where they were: K/V of every kind, ring positions, conv and SSM state, lengths."""
+    model = make_model()
+    prefix = meta_prefix(model)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 97, (3, 11), generator=g)  # longer than the window (6)
+    nxt = torch.randint(3, 97, (3, 4), generator=g)
+    with torch.no_grad():
+        source = HybridCache(model.config, 3, 20).reset(prefix)
+        model(ids, state=source)
+        target = HybridCache(model.config, 4, 20).reset(prefix)
+        target.copy_rows(source, torch.tensor([2, 0]), torch.tensor([1, 3]), ids.shape[1])
+        assert target.lengths.tolist() == [4, 4 + 11, 4, 4 + 11]
+        want = model(nxt, state=source).logits
+        got = model(nxt[[1, 2, 1, 0]], state=target).logits  # rows 0 and 2 are fresh: ignore them
+    torch.testing.assert_close(got[[3, 1]], want[[0, 2]], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="same model"):
+        HybridCache(model.config, 2, 30).copy_rows(source, torch.tensor([0]), torch.tensor([0]), 11)

@@ -44,6 +44,23 @@ def test_continuous_batching_equals_generate_alone(model):
     assert stats["slots_used"] == 0 and stats["state_bytes_in_use"] == 0 and stats["running"] == 0
     assert stats["tokens_generated_total"] == sum(lengths)
     assert stats["prompt_tokens_total"] == sum(map(len, prompts))
+    # a prefill forward computes at most prefill_chunk_tokens tokens, padding included
+    assert stats["prompt_tokens_total"] <= stats["prefill_padded_tokens_total"] <= 7 * stats["prefill_steps_total"]
+
+
+def test_prefill_plan_packs_short_prompts_and_never_pads_past_the_budget(model):
+    engine = Engine(model, config=EngineConfig(max_batch=8, prefill_chunk_tokens=32, prefill_rows=4))
+    long, short = list(range(3, 63)), [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    for prompt in [long, *short]:
+        engine.add_request(prompt, greedy(2))
+    engine._admit()
+    plan, lo, hi, _ = engine._plan()
+    # the long prompt alone stores 32 tokens; with the three short ones, 4 rows x 8 = 32 computed
+    # for 8 + 9 = 17 real: it goes alone, first come first served
+    assert [(r.prompt[:1], s, e) for r, s, e in plan] == [([3], 0, 32)] and (lo, hi) == (0, 1)
+    engine.prefilling.append(engine.prefilling.pop(0))  # the short ones first: they go together
+    plan, lo, hi, _ = engine._plan()
+    assert [e - s for _, s, e in plan] == [3, 2, 4, 8] and (hi - lo) * 8 <= 32
 
 
 def test_streams_keep_running_while_a_long_prompt_is_stored(model):

@@ -281,6 +281,9 @@ def test_models_health_and_metrics(serve, real, tokenizer):
                  "prefix_cache_misses_total", "generation_tokens_per_second"):
         assert f"hymba_{name}" in samples
         assert f"# TYPE hymba_{name} " in text
+    assert samples["hymba_engine_prefill_steps_total"] >= 1 and samples["hymba_engine_decode_steps_total"] >= 1
+    assert samples["hymba_engine_prefill_padded_tokens_total"] >= 1
+    assert {f'hymba_engine_host_seconds_total{{phase="{p}"}}' for p in ("prefill", "decode", "collect")} <= set(samples)
 
 
 def error_of(response: httpx.Response) -> dict:

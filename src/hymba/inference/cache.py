@@ -276,6 +276,22 @@ class HybridCache:
         self.lengths[row] = self.num_meta + snap.num_tokens
         self.extent = max(self.extent, snap.num_tokens)
 
+    @torch.no_grad()
+    def copy_rows(self, source: HybridCache, source_rows: Tensor, rows: Tensor, num_tokens: int) -> None:
+        """Make rows ``rows`` hold the state of ``source``'s rows ``source_rows`` (index tensors
+        of equal length; ``source`` is a cache of the same model, capacity and dtypes), whose
+        sequences hold at most ``num_tokens`` real tokens: one copy per tensor for all rows."""
+        if source.plan != self.plan or source.max_tokens != self.max_tokens or source._dtypes != self._dtypes:
+            raise ValueError("copy_rows needs a source cache of the same model, capacity and dtypes")
+        if num_tokens > self.max_tokens:
+            raise InputError(f"a state of {num_tokens} tokens does not fit a cache of {self.max_tokens}")
+        for name in ("k", "v", "ring_pos", "conv", "ssm"):
+            mine, theirs = getattr(self, name), getattr(source, name)
+            for i, t in mine.items():
+                t.index_copy_(0, rows, theirs[i].index_select(0, source_rows))
+        self.lengths.index_copy_(0, rows, source.lengths.index_select(0, source_rows))
+        self.extent = max(self.extent, num_tokens)
+
     def check_room(self, num_tokens: int) -> None:
         """Raise :class:`InputError` unless ``num_tokens`` more tokens per row fit."""
         if self.extent + num_tokens > self.max_tokens:

@@ -6,8 +6,8 @@ The engine is single-threaded, so every call into it (``add_request``, ``abort``
 (add, abort) through a queue guarded by a condition variable; the thread runs them between
 scheduler steps, loops ``step()`` while the engine has work, and sleeps on the condition when it
 has none. Each request's outputs go to an ``asyncio.Queue`` of the event loop that asked for it,
-through ``loop.call_soon_threadsafe``. ``stats()`` returns a snapshot taken after every step, so
-``/metrics`` never touches the engine from another thread.
+through ``loop.call_soon_threadsafe``, once per step and loop. ``stats()`` returns a snapshot
+taken after every step, so ``/metrics`` never touches the engine from another thread.
 
 A consumer that stops listening (a cancelled task: the HTTP client went away) aborts its request,
 so the engine frees the slot at its next step. If ``step()`` itself raises (a bug in the engine,
@@ -276,6 +276,9 @@ class AsyncEngine:
             self._dispatch(outputs)
 
     def _dispatch(self, outputs) -> None:
+        """Hand a step's outputs to their listeners: one wake-up per event loop, not per output
+        (a step of a full batch has an output per running request)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         with self._cv:
             for out in outputs:
                 if out.finished:
@@ -284,7 +287,12 @@ class AsyncEngine:
                 else:
                     listener = self._listeners.get(out.request_id)
                 if listener is not None:
-                    listener.put(out)
+                    batches.setdefault(listener.loop, []).append((listener.queue, out))
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                pass
 
     def _record(self, stats: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -295,6 +303,11 @@ class AsyncEngine:
             # keep one point older than the window, so the rate covers the whole window
             while len(self._history) > 2 and self._history[1][0] < now - self._rate_window:
                 self._history.popleft()
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 def _rate(history: list[tuple[float, int]], now: float, window: float) -> float:

@@ -4,11 +4,20 @@ One decode batch keeps running; requests join and leave it between steps. Each :
 
 1. ends aborted requests and frees their state at once;
 2. admits waiting requests while a decode slot and a prefill row are free;
-3. prefills up to ``prefill_chunk_tokens`` prompt tokens of admitted requests, span by span, so a
-   long prompt never stalls the running streams for more than one span; a request whose prompt
-   is done gets its first token and moves to its decode slot;
-4. runs one decode step for every running request (a CUDA graph per batch-size bucket on a GPU)
-   and hands each its next token, its text and, when asked, log-probabilities.
+3. prefills up to ``prefill_chunk_tokens`` prompt tokens (padding counted) of admitted requests,
+   span by span, so a long prompt never stalls the running streams for more than one span; a
+   request whose prompt is done moves to its decode slot and its first token is chosen;
+4. runs one decode step for every running request (a CUDA graph per batch-size bucket on a GPU);
+5. hands out the tokens chosen by the *previous* step, with their text and, when asked,
+   log-probabilities.
+
+**Pipelining.** Tokens are chosen on the device and stay there: the next step reads them from the
+token buffer, so the host never waits for a step before queueing the next one. Each step's choices
+go to pinned host memory behind an event and are read one step later, while the device runs the
+step just queued; the host's bookkeeping (stop checks, text, the HTTP side) overlaps the device's
+work. The price is one wasted row-step when a request stops on a token the host has not seen yet
+(a stop token or string); its output is dropped. A request is never run past ``max_tokens``: the
+host counts the tokens it has queued.
 
 **State.** A request's state lives in one row of a preallocated :class:`HybridCache`: a *decode
 slot* while it generates, a row of a small *prefill* cache while its prompt is stored. Rows are
@@ -16,9 +25,9 @@ fixed regions, not paged blocks: in Hymba only the few global layers keep per-to
 sliding-window rings, conv inputs and SSM state are fixed-size whatever the length. A fixed
 region therefore wastes only the unused tail of three layers' K/V (per slot, ``max_model_len``
 minus the request's length), while blocks would make every decode-attention kernel follow a
-block table. When a prompt is done, its row is copied into the decode slot
-(:meth:`HybridCache.snapshot_row` / :meth:`~HybridCache.restore_row`), which is also how prefix
-states are kept and reused (:mod:`.prefix_cache`).
+block table. When prompts are done, their rows are copied into their decode slots in one go
+(:meth:`HybridCache.copy_rows`); prefix states are kept and reused by row snapshots
+(:meth:`HybridCache.snapshot_row` / :meth:`~HybridCache.restore_row`, :mod:`.prefix_cache`).
 
 Decode slots are handed out lowest first, so the running requests sit at the front of the cache and
 a step runs over the smallest bucket of rows that holds them all. Free rows inside that bucket
@@ -35,6 +44,7 @@ import dataclasses
 import heapq
 import itertools
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -53,30 +63,51 @@ MAX_TOP_LOGPROBS = 20
 
 @dataclass
 class _HostChoice:
-    """A :class:`TokenChoice` read back to the host in one go (one transfer per step)."""
+    """A :class:`TokenChoice` on the host: one list per part."""
 
     tokens: list[int]
     logprobs: list[float] | None
     top_ids: list[list[int]] | None
     top_logprobs: list[list[float]] | None
 
-    @classmethod
-    def of(cls, choice: TokenChoice) -> _HostChoice:
-        parts = [choice.tokens, choice.logprobs, choice.top_ids, choice.top_logprobs]
-        present = [p for p in parts if p is not None]
-        flat = torch.cat([p.reshape(len(choice.tokens), -1).double() for p in present], 1).tolist() if present else []
-        out, col = [], 0
-        for p in parts:
-            if p is None:
-                out.append(None)
-                continue
-            width = p.reshape(len(choice.tokens), -1).shape[1]
-            rows = [r[col : col + width] for r in flat]
-            col += width
-            out.append(rows if p.dim() == 2 else [r[0] for r in rows])
-        tokens = [int(t) for t in out[0]]
-        top_ids = None if out[2] is None else [[int(t) for t in r] for r in out[2]]
-        return cls(tokens, out[1], top_ids, out[3])
+
+class _InFlight:
+    """Tokens chosen on the device for ``requests`` (row ``i`` for ``requests[i]``), on their way
+    to the host: copied to pinned memory behind an event when queued, read by :meth:`read` a step
+    later without waiting for anything queued since."""
+
+    def __init__(self, requests: list[_Request], choice: TokenChoice) -> None:
+        self.requests = requests
+        k = len(requests)
+        self.top = 0 if choice.top_ids is None else choice.top_ids.shape[1]
+        self.with_logprobs = choice.logprobs is not None
+        parts = [choice.tokens[:, None]]
+        if self.with_logprobs:
+            parts.append(choice.logprobs[:, None])
+        if self.top:
+            parts += [choice.top_ids, choice.top_logprobs]
+        flat = torch.cat([p.reshape(k, -1).double() for p in parts], 1)  # float64 holds token ids exactly
+        self.event = None
+        if flat.is_cuda:
+            self.host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self.host.copy_(flat, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = flat
+
+    def read(self) -> _HostChoice:
+        if self.event is not None:
+            self.event.synchronize()
+        rows = self.host.tolist()
+        tokens = [int(r[0]) for r in rows]
+        logprobs = [r[1] for r in rows] if self.with_logprobs else None
+        col = 1 + self.with_logprobs
+        top_ids = [[int(t) for t in r[col : col + self.top]] for r in rows] if self.top else None
+        top_logprobs = [r[col + self.top :] for r in rows] if self.top else None
+        if self.with_logprobs and not self.top:
+            top_ids, top_logprobs = [[] for _ in rows], [[] for _ in rows]
+        return _HostChoice(tokens, logprobs, top_ids, top_logprobs)
 
 
 class QueueFull(Exception):
@@ -144,8 +175,8 @@ class EngineConfig:
     max_batch: int = 32  # decode slots
     max_model_len: int | None = None  # prompt + new tokens per request (default: the model's maximum)
     max_queue: int = 256  # waiting requests at most; more are refused (QueueFull)
-    prefill_chunk_tokens: int = 2048  # prompt tokens prefilled per step
-    prefill_rows: int = 8  # requests whose prompts are being stored at once
+    prefill_chunk_tokens: int = 8192  # prompt tokens prefilled per step, padding counted
+    prefill_rows: int = 16  # requests whose prompts are being stored at once
     prefix_cache_bytes: int = 256 << 20  # budget of stored prefix states (0: off)
     cuda_graph: bool | None = None  # default: on for a CUDA model
 
@@ -190,6 +221,7 @@ class _Request:
     stage_row: int | None = None
     stored: int = 0  # prompt tokens stored in the prefill row
     split: int | None = None  # store a prefix snapshot once this many tokens are stored
+    queued: int = 0  # new tokens chosen on the device so far (the host sees them a step later)
     prev_logits: Tensor | None = None  # last position's logits of the previous span (prompt logprobs)
     output: list[int] = field(default_factory=list)
     text: TextStream | None = None  # the output's text (None without a tokenizer)
@@ -200,8 +232,13 @@ class _Request:
 
     @property
     def length(self) -> int:
-        """Tokens stored in the decode slot: the prompt and every new token but the last."""
-        return len(self.prompt) + max(len(self.output) - 1, 0)
+        """Tokens stored in the decode slot: the prompt and every queued new token but the last."""
+        return len(self.prompt) + max(self.queued - 1, 0)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether a decode step should choose this request's next token."""
+        return self.finish_reason is None and 0 < self.queued < self.params.max_tokens
 
 
 class Engine:
@@ -243,11 +280,17 @@ class Engine:
         self.views: dict[int, HybridCache] = {}
         self.stage_views: dict[tuple[int, int], HybridCache] = {}
         self.graphs: dict[int, DecodeGraph] = {}
+        self.in_flight: list[_InFlight] = []  # queued by the last step, read by the next
+        self._rows_index: tuple[tuple[int, ...], Tensor] | None = None  # the last decode rows, on the device
         self._ids = itertools.count()
         self.slot_bytes = self.slots.nbytes()["total"] // config.max_batch
         self.stage_bytes = self.stage.nbytes()["total"] // config.prefill_rows
         self.counters = dict(tokens_generated_total=0, prompt_tokens_total=0, steps_total=0,
+                             prefill_steps_total=0, prefill_padded_tokens_total=0, decode_steps_total=0,
                              requests_finished_total=0, requests_aborted_total=0, requests_failed_total=0)
+        # host seconds spent queueing prefills / decode steps and reading chosen tokens (the
+        # wait for the device included): where a step's time goes
+        self.timers = dict(prefill_s=0.0, decode_s=0.0, collect_s=0.0)
 
     # ------------------------------------------------------------------------------------
     # The public interface
@@ -296,9 +339,20 @@ class Engine:
         outputs = [self._finish(r) for r in self.aborted]
         self.aborted = []
         self._admit()
+        queued: list[_InFlight] = []
         with torch.no_grad():
-            outputs += self._prefill()
-            outputs += self._decode()
+            t0 = time.perf_counter()
+            outputs += self._prefill(queued)
+            t1 = time.perf_counter()
+            outputs += self._decode(queued)
+            t2 = time.perf_counter()
+            # the previous step's tokens, read while the device runs what was just queued
+            previous, self.in_flight = self.in_flight, queued
+            outputs += self._collect(previous)
+            t3 = time.perf_counter()
+        self.timers["prefill_s"] += t1 - t0
+        self.timers["decode_s"] += t2 - t1
+        self.timers["collect_s"] += t3 - t2
         self.counters["steps_total"] += 1
         return outputs
 
@@ -316,6 +370,7 @@ class Engine:
             "prefix_bytes": self.prefix_cache.bytes,
             "prefix_entries": len(self.prefix_cache.entries),
             **self.counters,
+            **{f"host_{name}": round(value, 6) for name, value in self.timers.items()},
         }
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
@@ -334,6 +389,7 @@ class Engine:
     # ------------------------------------------------------------------------------------
     # Scheduling
     def _admit(self) -> None:
+        fresh = []  # prefill rows that start after the meta tokens
         while self.waiting and self.free_slots and self.free_stage_rows:
             request = self.waiting.popleft()
             request.slot = heapq.heappop(self.free_slots)
@@ -341,7 +397,7 @@ class Engine:
             row = request.stage_row
             snap = None if request.params.prompt_logprobs else self.prefix_cache.lookup(request.prompt)
             if snap is None:
-                self.stage.reset_rows(slice(row, row + 1), self.prefix)
+                fresh.append(row)
             else:
                 self.stage.restore_row(row, snap)
             request.stored = 0 if snap is None else snap.num_tokens
@@ -352,30 +408,47 @@ class Engine:
                 self.sampler.set_row(request.slot, request.params, request.prompt)
             except Exception as exc:  # noqa: BLE001 - a parameter the sampler cannot take fails its request alone
                 self.aborted.append(self._failed(request, exc))
+        if fresh:
+            self.stage.reset_rows(torch.tensor(fresh, device=self.stage.lengths.device), self.prefix)
 
-    def _prefill(self) -> list[RequestOutput]:
-        """Store the next span of every admitted prompt (``prefill_chunk_tokens`` in all, first
-        come first served) in one forward over the prefill rows, right-padded."""
-        budget, plan = self.config.prefill_chunk_tokens, []
+    def _plan(self) -> tuple[list[list], int, int, int]:
+        """Which prompts get how many tokens this step: ``([request, start, end], ...), lo, hi,
+        extent``. The forward runs over prefill rows ``lo:hi``, every row padded to the widest span,
+        so ``(hi - lo) x width`` tokens are computed; that stays within ``prefill_chunk_tokens``.
+        Of the first ``n`` admitted prompts (first come, first served; the first always takes
+        part) the ``n`` that stores the most real tokens wins."""
+        budget = self.config.prefill_chunk_tokens
+        wanted = []
         for request in self.prefilling:
-            if budget <= 0:
-                break
-            end = min(len(request.prompt), request.stored + budget)
+            end = len(request.prompt)
             if request.split is not None and request.stored < request.split:
-                end = min(end, request.split)
-            plan.append([request, request.stored, end])
-            budget -= end - request.stored
+                end = request.split
+            wanted.append((request, request.stored, end))
+        best = None
+        for n in range(1, len(wanted) + 1):
+            rows = [r.stage_row for r, _, _ in wanted[:n]]
+            lo, hi = min(rows), max(rows) + 1
+            # a row stores all `width` columns from its length on (its padding too, where nothing
+            # reads it): the span is capped by the fullest row in lo:hi, waiting prompts included
+            extent = max(r.stored for r in self.prefilling if lo <= r.stage_row < hi)
+            width = min(max(end - start for _, start, end in wanted[:n]), budget // (hi - lo),
+                        self.max_model_len - extent)
+            if width < 1:
+                break
+            real = sum(min(end - start, width) for _, start, end in wanted[:n])
+            if best is None or real > best[0]:
+                best = (real, n, width, lo, hi, extent)
+        if best is None:
+            return [], 0, 0, 0
+        _, n, width, lo, hi, extent = best
+        return [[r, start, min(end, start + width)] for r, start, end in wanted[:n]], lo, hi, extent
+
+    def _prefill(self, queued: list[_InFlight]) -> list[RequestOutput]:
+        """Store the next span of admitted prompts (:meth:`_plan`) in one forward over the
+        prefill rows, right-padded; prompts that are done move to their decode slots."""
+        plan, lo, hi, extent = self._plan()
         if not plan:
             return []
-        # The forward runs over stage rows lo..hi-1, and a row stores all `width` columns from
-        # its length on (its padding too, where nothing reads it): so the span is capped by the
-        # fullest row in that range, prompts waiting for their turn included (free rows are reset).
-        lo = min(r.stage_row for r, _, _ in plan)
-        hi = max(r.stage_row for r, _, _ in plan) + 1
-        extent = max(r.stored for r in self.prefilling if r.stage_row is not None and lo <= r.stage_row < hi)
-        room = self.max_model_len - extent  # the widest span the rows' cache still fits
-        for item in plan:
-            item[2] = min(item[2], item[1] + room)
         width = max(end - start for _, start, end in plan)
         ids = torch.zeros(hi - lo, width, dtype=torch.long)
         counts = torch.zeros(hi - lo, dtype=torch.long)
@@ -389,12 +462,15 @@ class Engine:
         full = len(plan) == hi - lo and all(end - start == width for _, start, end in plan)
         device = self.model.device
         scoring = any(r.params.prompt_logprobs for r, _, _ in plan)
+        self.counters["prefill_steps_total"] += 1
+        self.counters["prefill_padded_tokens_total"] += (hi - lo) * width
         try:
-            logits = self.model(ids.to(device), state=view, num_new=None if full else counts.to(device),
+            logits = self.model(ids.to(device, non_blocking=True), state=view,
+                                num_new=None if full else counts.to(device, non_blocking=True),
                                 check_inputs=False, logits_to_keep=0 if scoring else 1).logits
         except Exception as exc:  # the prefill step failed: the requests in it fail
             return [self._fail(r, exc) for r, _, _ in plan]
-        outputs = []
+        outputs, done = [], []
         for request, start, end in plan:
             row = request.stage_row
             try:
@@ -407,9 +483,11 @@ class Engine:
                 if request.split == end:
                     self.prefix_cache.store(request.prompt[:end], self.stage.snapshot_row(row, end))
                 if end == len(request.prompt):
-                    outputs.append(self._start_decoding(request, last))
+                    done.append((request, last))
             except Exception as exc:  # noqa: BLE001 - this request alone fails
                 outputs.append(self._fail(request, exc))
+        if done:
+            outputs += self._start_decoding(done, queued)
         return outputs
 
     def _score_prompt(self, request: _Request, start: int, end: int, logits: Tensor) -> None:
@@ -424,35 +502,61 @@ class Engine:
             request.prompt_logprobs += _logprobs(rows, torch.tensor(targets, device=rows.device), k)
         request.prev_logits = logits[-1]
 
-    def _start_decoding(self, request: _Request, logits: Tensor) -> RequestOutput:
-        """The prompt is stored: move it to its decode slot and choose its first token."""
-        slot = request.slot
-        self.slots.restore_row(slot, self.stage.snapshot_row(request.stage_row, len(request.prompt)))
-        self.stage.lengths[request.stage_row] = self.stage.num_meta  # see _prefill
-        heapq.heappush(self.free_stage_rows, request.stage_row)
-        request.stage_row = None
-        self.prefilling.remove(request)
-        if request.params.max_tokens == 0:  # a prompt to score only
+    def _start_decoding(self, done: list[tuple[_Request, Tensor]], queued: list[_InFlight]) -> list[RequestOutput]:
+        """These prompts are stored: move them to their decode slots (one copy for all) and
+        choose their first tokens (on the device: they are read with the next step's)."""
+        device = self.tokens.device
+        outputs = []
+        for request, _ in done:
+            self.prefilling.remove(request)
+        scored = [(r, lg) for r, lg in done if r.params.max_tokens == 0]  # prompts to score only
+        for request, _ in scored:
             request.finish_reason = "length"
             self._release(request)
-            return self._finish(request)
-        self.decoding[slot] = request
-        self.active[slot] = True
-        choice = self.sampler.choose(logits[None].float(), [slot], request.params.logprobs)
-        return self._take(request, _HostChoice.of(choice), 0)
+            outputs.append(self._finish(request))
+        starting = [(r, lg) for r, lg in done if r.params.max_tokens > 0]
+        if not starting:
+            return outputs
+        requests = [r for r, _ in starting]
+        slots = [r.slot for r in requests]
+        source = torch.tensor([r.stage_row for r in requests], device=device)
+        index = torch.tensor(slots, device=device)
+        try:
+            self.slots.copy_rows(self.stage, source, index, max(len(r.prompt) for r in requests))
+            logits = torch.stack([lg for _, lg in starting]).float()
+            want = [r.params.logprobs for r in requests if r.params.logprobs is not None]
+            choice = self.sampler.choose(logits, slots, max(want) if want else None, index=index)
+            self.tokens.index_copy_(0, index, choice.tokens)
+            more = [r.slot for r in requests if r.params.max_tokens > 1]
+            if more:
+                self.active[torch.tensor(more, device=device)] = True
+        except Exception as exc:  # moving or sampling failed: these requests fail
+            return outputs + [self._fail(r, exc) for r in requests]
+        self.stage.lengths.index_fill_(0, source, self.stage.num_meta)  # see _plan
+        for request in requests:
+            heapq.heappush(self.free_stage_rows, request.stage_row)
+            request.stage_row = None
+            request.queued = 1
+            self.decoding[request.slot] = request
+        queued.append(_InFlight(requests, choice))
+        return outputs
 
-    def _decode(self) -> list[RequestOutput]:
-        if not self.decoding:
+    def _decode(self, queued: list[_InFlight]) -> list[RequestOutput]:
+        """Queue one decode step for every request that needs another token."""
+        requests = [r for r in self.decoding.values() if r.decodes]
+        if not requests:
             return []
-        top = max(self.decoding) + 1
-        k = next(b for b in self.buckets if b >= top)
+        requests.sort(key=lambda r: r.slot)
+        rows = tuple(r.slot for r in requests)
+        k = next(b for b in self.buckets if b > rows[-1])
         view = self.views.get(k)
         if view is None:
             view = self.views[k] = self.slots.rows(0, k)
-        rows = sorted(self.decoding)
-        requests = [self.decoding[s] for s in rows]
-        self.tokens[rows] = torch.tensor([r.output[-1] for r in requests], device=self.tokens.device)
+        if self._rows_index is None or self._rows_index[0] != rows:
+            self._rows_index = (rows, torch.tensor(rows, device=self.tokens.device))
+        index = self._rows_index[1]
         view.set_extent(max(r.length for r in requests))
+        self.counters["decode_steps_total"] += 1
         try:
             if self.use_graph:
                 graph = self.graphs.get(k)
@@ -461,15 +565,40 @@ class Engine:
                 logits = graph(self.tokens[:k])
             else:
                 logits = decode_logits(self.model, self.tokens[:k], view)
-            # rows without a request computed a throwaway token: put their lengths back
+            # rows without a running request computed a throwaway token: put their lengths back
             lengths = view.lengths
             lengths.copy_(torch.where(self.active[:k], lengths, self.slots.num_meta))
             want = [r.params.logprobs for r in requests if r.params.logprobs is not None]
-            index = torch.tensor(rows, device=logits.device)
-            choice = _HostChoice.of(self.sampler.choose(logits.index_select(0, index), rows, max(want) if want else None))
+            choice = self.sampler.choose(logits.index_select(0, index), list(rows), max(want) if want else None,
+                                         index=index)
+            self.tokens.index_copy_(0, index, choice.tokens)
         except Exception as exc:  # the batch step failed: every request in it fails
             return [self._fail(r, exc) for r in requests]
-        return [self._take(r, choice, i) for i, r in enumerate(requests)]
+        last = []
+        for request in requests:
+            request.queued += 1
+            if request.queued == request.params.max_tokens:
+                last.append(request.slot)
+        if last:  # their last token is chosen: their rows run no more steps
+            self.active[torch.tensor(last, device=self.active.device)] = False
+        queued.append(_InFlight(requests, choice))
+        return []
+
+    def _collect(self, in_flight: list[_InFlight]) -> list[RequestOutput]:
+        """Hand out the tokens of an earlier step; a request that has ended since (a stop token,
+        an abort) drops what was chosen for it afterwards."""
+        outputs = []
+        for batch in in_flight:
+            try:
+                choice = batch.read()
+            except Exception as exc:  # noqa: BLE001 - the step behind these tokens failed
+                outputs += [self._fail(r, exc) for r in batch.requests if self._live(r)]
+                continue
+            outputs += [self._take(r, choice, i) for i, r in enumerate(batch.requests) if self._live(r)]
+        return outputs
+
+    def _live(self, request: _Request) -> bool:
+        return request.finish_reason is None and self.requests.get(request.id) is request
 
     # ------------------------------------------------------------------------------------
     # Per-request bookkeeping

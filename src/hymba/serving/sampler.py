@@ -59,10 +59,13 @@ class SlotSampler:
         self._host[row] = dict(sample=sample, filters=sample and (top_k < self.vocab_size or params.top_p < 1.0),
                                penalty=params.repetition_penalty != 1.0)
 
-    def choose(self, logits: Tensor, rows: list[int], num_logprobs: int | None) -> TokenChoice:
-        """Next tokens for ``logits`` (k, V) float32 of rows ``rows``; with ``num_logprobs`` (n >=
-        0) also the chosen tokens' log-probabilities and the n most likely tokens'."""
-        index = torch.tensor(rows, device=logits.device)
+    def choose(self, logits: Tensor, rows: list[int], num_logprobs: int | None,
+               index: Tensor | None = None) -> TokenChoice:
+        """Next tokens for ``logits`` (k, V) float32 of rows ``rows`` (``index``: the same rows as
+        a device tensor, if the caller has one); with ``num_logprobs`` (n >= 0) also the chosen
+        tokens' log-probabilities and the n most likely tokens'."""
+        if index is None:
+            index = torch.tensor(rows, device=logits.device)
         host = [self._host[r] for r in rows]
         scores = logits
         if any(h["penalty"] for h in host):
@@ -89,7 +92,8 @@ class SlotSampler:
                     noise[i] = torch.rand(scaled.shape[-1], generator=self.generators[row], device=scaled.device)
             gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.where(temp > 0, (scaled + gumbel).argmax(-1), tokens)
-        self.seen[index, tokens] = True
+        if any(h["penalty"] for h in host):  # only the penalty reads what a row has seen
+            self.seen[index, tokens] = True
         if num_logprobs is None:
             return TokenChoice(tokens, None, None, None)
         logp = logits.log_softmax(-1)

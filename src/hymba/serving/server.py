@@ -697,6 +697,15 @@ def render_metrics(stats: dict[str, Any], responses: Counter[str]) -> str:
     counter("generation_tokens_total", "Output tokens generated.", "tokens_generated_total")
     counter("prompt_tokens_total", "Prompt tokens prefilled.", "prompt_tokens_total")
     counter("engine_steps_total", "Scheduler steps.", "steps_total")
+    counter("engine_prefill_steps_total", "Prefill forwards (one per step that stored prompt tokens).",
+            "prefill_steps_total")
+    counter("engine_prefill_padded_tokens_total", "Tokens computed by prefill forwards, padding included.",
+            "prefill_padded_tokens_total")
+    counter("engine_decode_steps_total", "Decode steps of the running batch.", "decode_steps_total")
+    metric("engine_host_seconds_total", "counter",
+           "Engine-thread seconds queueing prefills and decode steps and reading chosen tokens, by phase.",
+           [({"phase": k.removeprefix("host_").removesuffix("_s")}, float(stats.get(k, 0) or 0))
+            for k in ("host_prefill_s", "host_decode_s", "host_collect_s")])
     gauge("generation_tokens_per_second", "Output tokens per second over the last seconds.",
           "tokens_per_second")
     metric("requests_finished_total", "counter", "Engine requests finished, by finish reason.",
