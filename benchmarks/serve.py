@@ -167,7 +167,22 @@ async def drive_engine(async_engine, prompts: list[list[int]], jobs: list[Job]) 
 
 # the engine's own counts over the measured run: where its steps and host time went
 ENGINE_COUNTS = ("steps_total", "prefill_steps_total", "decode_steps_total", "prefill_padded_tokens_total",
-                 "prompt_tokens_total", "host_prefill_s", "host_decode_s", "host_collect_s")
+                 "prompt_tokens_total", "host_prefill_s", "host_decode_s", "host_collect_s", "device_decode_s",
+                 "decode_bytes_total")
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write), the decode roofline's ceiling."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    return 2 * 10 * src.numel() / (start.elapsed_time(end) / 1000)
 
 
 def run_hymba(args, jobs: list[Job]) -> dict:
@@ -191,10 +206,16 @@ def run_hymba(args, jobs: list[Job]) -> dict:
         stats = engine.stats()
         peak_running = stats["peak_slots_used"]
         peak = peak_running / stats["slots_total"]
+        engine_counts = {k: stats[k] - before.get(k, 0) for k in ENGINE_COUNTS}
+        if engine_counts["device_decode_s"] > 0:
+            bandwidth = copy_bandwidth()
+            engine_counts["copy_bandwidth"] = bandwidth
+            engine_counts["decode_roofline"] = (engine_counts["decode_bytes_total"] / bandwidth
+                                                / engine_counts["device_decode_s"])
         extra = dict(model=args.model or args.preset, max_batch=args.max_batch,
                      prefix_hits=stats.get("prefix_hits"), dtype=str(model.dtype).removeprefix("torch."),
                      prefill_chunk_tokens=config.prefill_chunk_tokens, prefill_rows=config.prefill_rows,
-                     engine={k: stats[k] - before.get(k, 0) for k in ENGINE_COUNTS})
+                     engine=engine_counts)
     finally:
         engine.close()
     return summarize("hymba", records, peak, peak_running, extra)
@@ -377,6 +398,11 @@ def table(rows: list[dict]) -> str:
                          f"{e['decode_steps_total']} with a decode step; {pad:.2f} prefill tokens computed per "
                          f"prompt token); engine-thread seconds: prefill {e['host_prefill_s']:.2f}, decode "
                          f"{e['host_decode_s']:.2f}, reading tokens {e['host_collect_s']:.2f}")
+            if e.get("decode_roofline"):
+                ms = 1000 * e["device_decode_s"] / e["decode_steps_total"]
+                lines.append(f"{r['arm']}: decode steps on the device {e['device_decode_s']:.2f} s ({ms:.2f} ms a "
+                             f"step), {e['decode_roofline']:.0%} of the roofline (copy "
+                             f"{e['copy_bandwidth'] / 1e12:.2f} TB/s)")
     return "\n".join(lines) + ("\n(latencies in ms; peak run = most requests decoding at once; "
                                "occupancy = that over the engine's slots)")
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..inference.accounting import cache_bytes
 from ..inference.cache import HybridCache, meta_prefix
 from ..inference.step import DecodeGraph, decode_logits
 from ..inference.text import TextStream
@@ -76,8 +77,9 @@ class _InFlight:
     to the host: copied to pinned memory behind an event when queued, read by :meth:`read` a step
     later without waiting for anything queued since."""
 
-    def __init__(self, requests: list[_Request], choice: TokenChoice) -> None:
-        self.requests = requests
+    def __init__(self, requests: list[_Request], choice: TokenChoice,
+                 timing: tuple[torch.cuda.Event, torch.cuda.Event] | None = None) -> None:
+        self.requests, self.timing = requests, timing
         k = len(requests)
         self.top = 0 if choice.top_ids is None else choice.top_ids.shape[1]
         self.with_logprobs = choice.logprobs is not None
@@ -291,6 +293,17 @@ class Engine:
         # host seconds spent queueing prefills / decode steps and reading chosen tokens (the
         # wait for the device included): where a step's time goes
         self.timers = dict(prefill_s=0.0, decode_s=0.0, collect_s=0.0)
+        # on a GPU: device seconds of the decode steps (CUDA events around each) and the bytes those
+        # steps had to move at least (weights, every running request's state read once, the conv
+        # and SSM state written back): their ratio over the copy bandwidth is the decode roofline
+        self.device_decode_s = 0.0
+        self.counters["decode_bytes_total"] = 0
+        one = cache_bytes(mc, 1, dtype_bytes=model.dtype.itemsize,
+                          ssm_dtype_bytes=next(iter(self.slots.ssm.values())).dtype.itemsize
+                          if self.slots.ssm else None)
+        self._bytes_fixed = sum(p.numel() * p.element_size() for p in model.parameters()) + one["meta_kv"]
+        self._bytes_row = one["swa_kv"] + one["swa_positions"] + 2 * (one["ssm_state"] + one["conv_state"])
+        self._bytes_token = one["global_kv"]
 
     # ------------------------------------------------------------------------------------
     # The public interface
@@ -371,6 +384,7 @@ class Engine:
             "prefix_entries": len(self.prefix_cache.entries),
             **self.counters,
             **{f"host_{name}": round(value, 6) for name, value in self.timers.items()},
+            "device_decode_s": round(self.device_decode_s, 6),
         }
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
@@ -557,6 +571,12 @@ class Engine:
         index = self._rows_index[1]
         view.set_extent(max(r.length for r in requests))
         self.counters["decode_steps_total"] += 1
+        self.counters["decode_bytes_total"] += (self._bytes_fixed + len(requests) * self._bytes_row
+                                                + sum(r.length + 1 for r in requests) * self._bytes_token)
+        timing = None
+        if self.tokens.is_cuda:
+            timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            timing[0].record()
         try:
             if self.use_graph:
                 graph = self.graphs.get(k)
@@ -572,6 +592,8 @@ class Engine:
             choice = self.sampler.choose(logits.index_select(0, index), list(rows), max(want) if want else None,
                                          index=index)
             self.tokens.index_copy_(0, index, choice.tokens)
+            if timing is not None:
+                timing[1].record()
         except Exception as exc:  # the batch step failed: every request in it fails
             return [self._fail(r, exc) for r in requests]
         last = []
@@ -581,7 +603,7 @@ class Engine:
                 last.append(request.slot)
         if last:  # their last token is chosen: their rows run no more steps
             self.active[torch.tensor(last, device=self.active.device)] = False
-        queued.append(_InFlight(requests, choice))
+        queued.append(_InFlight(requests, choice, timing))
         return []
 
     def _collect(self, in_flight: list[_InFlight]) -> list[RequestOutput]:
@@ -594,6 +616,8 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - the step behind these tokens failed
                 outputs += [self._fail(r, exc) for r in batch.requests if self._live(r)]
                 continue
+            if batch.timing is not None:  # read after the step: both events have happened
+                self.device_decode_s += batch.timing[0].elapsed_time(batch.timing[1]) / 1000
             outputs += [self._take(r, choice, i) for i, r in enumerate(batch.requests) if self._live(r)]
         return outputs
 

@@ -702,6 +702,10 @@ def render_metrics(stats: dict[str, Any], responses: Counter[str]) -> str:
     counter("engine_prefill_padded_tokens_total", "Tokens computed by prefill forwards, padding included.",
             "prefill_padded_tokens_total")
     counter("engine_decode_steps_total", "Decode steps of the running batch.", "decode_steps_total")
+    counter("engine_decode_device_seconds_total", "GPU seconds of the decode steps (0 on a CPU).",
+            "device_decode_s")
+    counter("engine_decode_bytes_total", "Bytes the decode steps had to move at least (weights, running "
+            "requests' state).", "decode_bytes_total")
     metric("engine_host_seconds_total", "counter",
            "Engine-thread seconds queueing prefills and decode steps and reading chosen tokens, by phase.",
            [({"phase": k.removeprefix("host_").removesuffix("_s")}, float(stats.get(k, 0) or 0))
