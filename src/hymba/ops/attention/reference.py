@@ -33,11 +33,11 @@ def attention_mask(
         allowed = allowed & ((q - k <= window) | (k < num_meta))
     if key_valid is not None:
         allowed = allowed & key_valid[:, None, :]
+        # no `if empty.any()`: reading it would wait for the device at every layer
         empty = ~allowed.any(-1, keepdim=True)
-        if bool(empty.any()):
-            first = torch.zeros_like(allowed)
-            first[..., 0] = True
-            allowed = allowed | (empty & first)
+        first = torch.zeros_like(allowed[:1, :1])
+        first[..., 0] = True
+        allowed = allowed | (empty & first)
     return allowed[:, None]
 
 
@@ -51,6 +51,12 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tens
     gqa = q.shape[1] != k.shape[1]
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if gqa and q.is_cuda:
+        # with a mask, grouped K/V heads (enable_gqa) leave SDPA only its math backend, which
+        # materialises every float32 score; K/V repeated per query head keep the memory-efficient one
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        gqa = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
