@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt + new tokens per request (default: the config's max positions)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for a slot; beyond that the server answers 429")
-    p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens prefilled per step (default: 2048)")
+    p.add_argument("--prefill-chunk", type=int, default=8192,
+                   help="prompt tokens computed per prefill step, padding included (default: 8192)")
+    p.add_argument("--prefill-rows", type=int, default=16,
+                   help="prompts stored at once, in rows of a small prefill cache (default: 16)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for prefix-state snapshots (0: no prefix reuse)")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_model_and_tokenizer(args)
         engine = Engine(model, tokenizer, EngineConfig(
             max_batch=args.max_batch, max_model_len=args.max_model_len, max_queue=args.max_queue,
-            prefill_chunk_tokens=args.prefill_chunk, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
+            prefill_chunk_tokens=args.prefill_chunk, prefill_rows=args.prefill_rows, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
         # the length the engine resolved (its default: the model's maximum)
         max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
         name = args.served_model_name or (args.model if not os.path.isdir(args.model) and is_hub_id(args.model)
