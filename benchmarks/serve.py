@@ -195,7 +195,9 @@ def run_hymba(args, jobs: list[Job]) -> dict:
               if v is not None}
     config = EngineConfig(max_batch=args.max_batch, max_model_len=max(longest, args.max_model_len or 0),
                           max_queue=len(jobs) + args.warmup, **tuning)
-    engine = AsyncEngine(Engine(model, None, config))
+    core = Engine(model, None, config)
+    core.warmup()  # the CUDA graphs of every batch bucket, as `hymba serve` does at start
+    engine = AsyncEngine(core)
     vocab = model.config.vocab_size
     try:
         warm = make_workload(args.warmup, (16, 64), (8, 16), math.inf, args.seed + 7)

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         engine = Engine(model, tokenizer, EngineConfig(
             max_batch=args.max_batch, max_model_len=args.max_model_len, max_queue=args.max_queue,
             prefill_chunk_tokens=args.prefill_chunk, prefill_rows=args.prefill_rows, prefix_cache_bytes=int(args.prefix_cache_mb * (1 << 20))))
+        engine.warmup()  # every batch bucket's CUDA graph, before the first request
         # the length the engine resolved (its default: the model's maximum)
         max_model_len = getattr(engine, "max_model_len", None) or args.max_model_len
         name = args.served_model_name or (args.model if not os.path.isdir(args.model) and is_hub_id(args.model)

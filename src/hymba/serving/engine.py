@@ -387,6 +387,22 @@ class Engine:
             "device_decode_s": round(self.device_decode_s, 6),
         }
 
+    def warmup(self) -> None:
+        """Capture the decode step of every batch bucket now (with CUDA graphs; else nothing), so
+        that no request waits for a capture later. Only while no request holds a slot."""
+        if not self.use_graph or len(self.free_slots) != self.config.max_batch:
+            return
+        with torch.no_grad():
+            for k in self.buckets:
+                if k in self.graphs:
+                    continue
+                view = self.views.get(k) or self.views.setdefault(k, self.slots.rows(0, k))
+                view.set_extent(0)
+                self.graphs[k] = DecodeGraph(self.model, view)
+                self.graphs[k](self.tokens[:k])  # runs one step eagerly and captures it
+            self.slots.lengths.fill_(self.slots.num_meta)  # the free rows start over (see _decode)
+            self.slots.set_extent(0)
+
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
         """Run ``prompts`` to completion; each one's new tokens (a stop token included)."""
         many = params if isinstance(params, list) else [params] * len(prompts)
