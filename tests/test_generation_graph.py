@@ -37,6 +37,11 @@ def test_graph_decode_matches_eager_on_fixture(fixture_dir):
         new = graph[0, ids.shape[1] :].tolist()
         assert new == eager[0, ids.shape[1] :].tolist() == prompt["nocache_greedy_ids"], f"prompt {i}"
         assert torch.equal(again, graph)
+        from hymba.inference.generation import _GRAPHS
+
+        kept = _GRAPHS[model][1]
+        shorter = model.generate(ids, max_new_tokens=25, eos_token_id=[])  # fits the kept cache: reused
+        assert _GRAPHS[model][1] is kept and torch.equal(shorter, graph[:, : ids.shape[1] + 25])
 
 
 @pytest.mark.gpu

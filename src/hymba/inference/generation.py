@@ -183,20 +183,23 @@ class DecodeLoop:
         if use_graph and device.type != "cuda":
             raise InputError("cuda_graph=True needs a model on a CUDA device")
         self._graph_key, kept = None, None
+        needed = longest + self.max_new_tokens
         if use_graph:
-            self._graph_key = (self.packed.shape[0], longest + self.max_new_tokens, options.swa_decode,
-                               params_key(model))
+            self._graph_key = (self.packed.shape[0], options.swa_decode, params_key(model))
             kept = _GRAPHS.pop(model, None)  # a loop of another shape drops it before allocating
         self.graph: DecodeGraph | None = None
-        # the kept step reads the meta prefix's tensors: a prefix recomputed since (weights changed,
-        # then changed back to the same key) has new ones, so the step is captured again
-        if kept is not None and kept[0] == self._graph_key and kept[2] is meta_prefix(model):
+        # a kept step serves any loop of its batch size whose tokens fit its cache (a step attends
+        # over the stored tokens only, however large the cache). It reads the meta prefix's
+        # tensors: a prefix recomputed since (weights changed, then changed back to the same key)
+        # has new ones, so the step is captured again
+        if (kept is not None and kept[0] == self._graph_key and kept[1].cache.max_tokens >= needed
+                and kept[2] is meta_prefix(model)):
             self.graph = kept[1]
             self.cache = self.graph.cache
         else:
             del kept
             self.cache = HybridCache(
-                config, self.packed.shape[0], longest + self.max_new_tokens, dtype=model.dtype,
+                config, self.packed.shape[0], needed, dtype=model.dtype,
                 device=device, swa_decode=options.swa_decode, static_shapes=use_graph,
             )
             if use_graph:
@@ -277,7 +280,7 @@ def generate(
     token, or once its text contains a stop string; later positions hold ``pad_token_id``. With
     ``output_logits`` a :class:`GenerationOutput` also carries the step logits (kept only then).
     A captured CUDA-graph step and its cache stay with the model for the next call of the same
-    batch size and length.
+    batch size whose prompt and new tokens fit that cache.
     """
     opts = GenerationOptions.from_kwargs(**options)
     run = DecodeLoop(model, input_ids, attention_mask, opts)
