@@ -18,10 +18,13 @@ def _case(dev, dtype, b, hq, hkv, dqk, dv, P, S, ring, limit, seed=0):
     k, v = r(b, hkv, S, dqk), r(b, hkv, S, dv)
     M = 8
     if ring:
-        pos = torch.randint(M + S // 2, M + 3 * S, (b, 1), generator=g)
+        # from a ring still filling (pos < M + S) to one wrapped around a few times
+        pos = torch.randint(M, M + 3 * S, (b, 1), generator=g)
+        pos[0] = M + S // 2
         # slot s holds the newest position p <= pos with (p - M) % S == s, as the cache's ring
         slot_pos = pos - (pos - M - torch.arange(S)[None]) % S
-        slot_pos[0, : S // 3] = -1  # empty slots
+        slot_pos[slot_pos < M] = -1  # not written yet
+        slot_pos[0, : S // 3] = -1  # emptied (a restarted row, say)
         keys = DecodeKeys(pos.to(dev), slot_pos.to(dev), M, limit)
     else:
         pos = torch.randint(M, M + S, (b, 1), generator=g)

@@ -294,16 +294,19 @@ class Engine:
         # wait for the device included): where a step's time goes
         self.timers = dict(prefill_s=0.0, decode_s=0.0, collect_s=0.0)
         # on a GPU: device seconds of the decode steps (CUDA events around each) and the bytes those
-        # steps had to move at least (weights, every running request's state read once, the conv
-        # and SSM state written back): their ratio over the copy bandwidth is the decode roofline
+        # steps had to move at least (weights, every running request's state read once: its K/V
+        # and occupied sliding-window slots, conv and SSM state, the latter two written back):
+        # their ratio over the copy bandwidth is the decode roofline
         self.device_decode_s = 0.0
         self.counters["decode_bytes_total"] = 0
         one = cache_bytes(mc, 1, dtype_bytes=model.dtype.itemsize,
                           ssm_dtype_bytes=next(iter(self.slots.ssm.values())).dtype.itemsize
                           if self.slots.ssm else None)
         self._bytes_fixed = sum(p.numel() * p.element_size() for p in model.parameters()) + one["meta_kv"]
-        self._bytes_row = one["swa_kv"] + one["swa_positions"] + 2 * (one["ssm_state"] + one["conv_state"])
-        self._bytes_token = one["global_kv"]
+        self._bytes_row = 2 * (one["ssm_state"] + one["conv_state"])
+        self._bytes_token = one["global_kv"]  # per stored token
+        self._ring = (mc.sliding_window or 0) + 1  # sliding-window slots: only the occupied ones count
+        self._bytes_ring_slot = (one["swa_kv"] + one["swa_positions"]) // self._ring
 
     # ------------------------------------------------------------------------------------
     # The public interface
@@ -587,8 +590,10 @@ class Engine:
         index = self._rows_index[1]
         view.set_extent(max(r.length for r in requests))
         self.counters["decode_steps_total"] += 1
-        self.counters["decode_bytes_total"] += (self._bytes_fixed + len(requests) * self._bytes_row
-                                                + sum(r.length + 1 for r in requests) * self._bytes_token)
+        self.counters["decode_bytes_total"] += (
+            self._bytes_fixed + len(requests) * self._bytes_row
+            + sum(r.length + 1 for r in requests) * self._bytes_token
+            + sum(min(r.length + 1, self._ring) for r in requests) * self._bytes_ring_slot)
         timing = None
         if self.tokens.is_cuda:
             timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))

@@ -27,7 +27,10 @@ class DecodeKeys:
     ``slot_pos[b, s]`` (a ring buffer; -1 = empty) or, when ``slot_pos`` is None, position
     ``first_pos + s`` (a global layer's linear store). A key is visible iff its position p satisfies
     ``0 <= p <= pos`` and, with a ``limit``, ``pos - p <= limit``. Invisible slots must hold finite
-    values (the fused kernel reads them and gives them zero weight)."""
+    values (the fused kernel reads them and gives them zero weight). A ring is filled in position
+    order, position p (>= ``first_pos``) in slot ``(p - first_pos) % S``, as the cache writes it: so
+    no slot at or past ``pos - first_pos + 1`` is occupied yet, and the fused kernel does not read
+    those."""
 
     pos: Tensor
     slot_pos: Tensor | None

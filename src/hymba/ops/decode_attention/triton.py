@@ -92,9 +92,9 @@ def _decode_kernel(
                 pv_ptr + b * spv_b + h * spv_h + n[:, None] * spv_n + dv[None, :],
                 n < P, n < P, dq_ok, dv_ok, m, l, acc, scale, PREC)
     lo = split * keys_per_split
-    hi = tl.minimum(lo + keys_per_split, S)
-    if not RING:  # a linear store: nothing after the query's own position is visible
-        hi = tl.minimum(hi, pos - first_pos + 1)
+    # a linear store holds nothing after the query's own position, and a ring is filled in
+    # position order (DecodeKeys): either way no slot past pos - first_pos is occupied
+    hi = tl.minimum(tl.minimum(lo + keys_per_split, S), pos - first_pos + 1)
     for start in range(lo, hi, BN):
         n = start + offs
         inside = n < hi
