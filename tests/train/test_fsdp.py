@@ -227,6 +227,23 @@ def test_a_sharded_checkpoint_starts_a_fine_tune(runs, tmp_path):
 
 
 @needs_gloo
+def test_lora_on_a_sharded_base_merges_from_its_shards(runs, tmp_path):
+    """A LoRA fine-tune of a sharded checkpoint merges into it directly (no export first), as into
+    its released export."""
+    sharded = runs["fsdp"] / ckpt.checkpoint_name(4)
+    tune = dict(RUN, max_steps=2, save_every=10, eval_every=10, model={}, lora="r=4,alpha=8")
+    summary = train(small_args(runs["corpus"], tmp_path / "lora", **tune, init_from=str(sharded)))
+    adapter = summary["final"]
+    assert main(["merge-lora", "--base", str(sharded), "--adapter", adapter, "--out", str(tmp_path / "a")]) == 0
+    assert main(["merge-lora", "--base", str(runs["fsdp"] / "final"), "--adapter", adapter,
+                 "--out", str(tmp_path / "b")]) == 0
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+@needs_gloo
 def test_a_foreign_object_in_the_checkpoint_index_is_refused(runs, tmp_path):
     run = _resume_copy(runs["fsdp"], 2, tmp_path / "bad")
     index = run / ckpt.checkpoint_name(2) / ckpt.SHARDED_DIR / ".metadata"

@@ -26,8 +26,10 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import CheckpointError
+from ..config import HymbaConfig
 from ..model import HymbaForCausalLM
 from ..tokenizer import load_tokenizer
+from .checkpointing import is_sharded, load_sharded_weights
 
 # The fused in_proj (attention and SSM columns), the mixer's out_proj and the MLP.
 DEFAULT_TARGETS = ("in_proj", "out_proj", "gate_proj", "up_proj", "down_proj")
@@ -204,8 +206,9 @@ def is_adapter_folder(folder: str) -> bool:
 def merge_lora(base: str | None, adapter: str, out: str, overwrite: bool = False) -> str:
     """Write ``base`` with the adapter of folder ``adapter`` merged in (W + scale·B·A for every
     adapted projection) to ``out`` in the released format (``config.json``, safetensors,
-    tokenizer and generation config), in the base checkpoint's dtype; the merge itself is
-    computed in float32. ``base`` None: the folder the adapter names (``base_model_name_or_path``).
+    tokenizer and generation config), in the base checkpoint's dtype (a sharded training
+    checkpoint of ``--parallel fsdp`` is read from its shards); the merge itself is computed in
+    float32. ``base`` None: the folder the adapter names (``base_model_name_or_path``).
     The tokenizer comes from the adapter folder if it has one (a fine-tune may change the chat
     template), else from the base. Returns ``out``."""
     from ..hub import resolve_model_dir
@@ -217,7 +220,11 @@ def merge_lora(base: str | None, adapter: str, out: str, overwrite: bool = False
     if os.path.exists(out) and (not os.path.isdir(out) or (os.listdir(out) and not overwrite)):
         raise LoraError(f"output folder {out} already exists and is not empty (pass --overwrite to replace it)")
     base_dir = resolve_model_dir(base)
-    model = HymbaForCausalLM.from_pretrained(base_dir, device="cpu")
+    if is_sharded(base_dir):  # a training checkpoint of `--parallel fsdp`: its shards, in one process
+        model = HymbaForCausalLM(HymbaConfig.load(base_dir))
+        load_sharded_weights(base_dir, model)
+    else:
+        model = HymbaForCausalLM.from_pretrained(base_dir, device="cpu")
     dtype = model.dtype
     wrapped = load_lora(model.float(), adapter)
     merged = wrapped.merge_and_unload()
