@@ -339,3 +339,16 @@ def test_seeds_a_generator_cannot_take_are_refused(model):
     assert [o.finish_reason for o in outs if o.request_id == bad] == ["error"]
     assert sum(len(o.new_token_ids) for o in outs if o.request_id == good) == 3
     assert engine.stats()["slots_used"] == 0
+
+
+def test_a_failed_admission_does_not_reset_a_restored_prefix_row(model):
+    """A request failing at admission frees its prefill row at once; the next request may get
+    that row and restore a prefix snapshot into it, which must survive the batched row reset."""
+    header = list(range(3, 40))
+    engine = Engine(model, config=EngineConfig(max_batch=4, prefill_rows=2))
+    engine.generate([header + [60]], greedy(2))
+    engine.generate([header + [61]], greedy(2))  # stores the header's snapshot
+    bad = engine.add_request([5, 6], SamplingParams(max_tokens=3, temperature=1.0, seed=1))
+    engine.requests[bad].params.seed = 2**70  # set_row fails; its prefill row is freed and reused
+    prompt = header + [70, 71]
+    assert engine.generate([prompt], greedy(8))[0] == _alone(model, prompt, 8)

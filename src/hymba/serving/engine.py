@@ -15,8 +15,8 @@ One decode batch keeps running; requests join and leave it between steps. Each :
 token buffer, so the host never waits for a step before queueing the next one. Each step's choices
 go to pinned host memory behind an event and are read one step later, while the device runs the
 step just queued; the host's bookkeeping (stop checks, text, the HTTP side) overlaps the device's
-work. The price is one wasted row-step when a request stops on a token the host has not seen yet
-(a stop token or string); its output is dropped. A request is never run past ``max_tokens``: the
+work. The price is a wasted row-step or two when a request stops on a token the host has not seen
+yet (a stop token or string); their output is dropped. A request is never run past ``max_tokens``: the
 host counts the tokens it has queued.
 
 **State.** A request's state lives in one row of a preallocated :class:`HybridCache`: a *decode
@@ -432,6 +432,8 @@ class Engine:
             if snap is None:
                 fresh.append(row)
             else:
+                if row in fresh:  # freed above by a request that failed (below): no reset after this
+                    fresh.remove(row)
                 self.stage.restore_row(row, snap)
             request.stored = 0 if snap is None else snap.num_tokens
             if not request.params.prompt_logprobs:
@@ -533,7 +535,8 @@ class Engine:
         if targets:
             k = request.params.logprobs or 0
             request.prompt_logprobs += _logprobs(rows, torch.tensor(targets, device=rows.device), k)
-        request.prev_logits = logits[-1]
+        # a copy: a view would keep the whole step's logits alive
+        request.prev_logits = None if end == len(request.prompt) else logits[-1].clone()
 
     def _start_decoding(self, done: list[tuple[_Request, Tensor]], queued: list[_InFlight]) -> list[RequestOutput]:
         """These prompts are stored: move them to their decode slots (one copy for all) and
