@@ -63,6 +63,23 @@ def test_prefill_plan_packs_short_prompts_and_never_pads_past_the_budget(model):
     assert [e - s for _, s, e in plan] == [3, 2, 4, 8] and (hi - lo) * 8 <= 32
 
 
+def test_a_prompt_to_score_is_prefilled_alone_in_bounded_spans(model, monkeypatch):
+    import hymba.serving.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SCORING_SPAN_TOKENS", 5)
+    engine = Engine(model, config=EngineConfig(max_batch=8, prefill_chunk_tokens=32, prefill_rows=4))
+    scored = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=True)
+    engine.add_request([5, 6, 7], greedy(2))
+    engine.add_request(list(range(3, 20)), scored)
+    engine.add_request([8, 9], greedy(2))
+    engine._admit()
+    plan, _, _, _ = engine._plan()
+    assert [len(r.prompt) for r, _, _ in plan] == [3]  # stops before the prompt to score
+    engine.prefilling.pop(0)
+    plan, _, _, _ = engine._plan()
+    assert [(len(r.prompt), e - s) for r, s, e in plan] == [(17, 5)]  # alone, 5 tokens
+
+
 def test_streams_keep_running_while_a_long_prompt_is_stored(model):
     engine = Engine(model, config=EngineConfig(max_batch=4, prefill_chunk_tokens=8))
     short = engine.add_request([5, 6, 7], greedy(30))

@@ -60,6 +60,9 @@ from .prefix_cache import PrefixCache
 from .sampler import SlotSampler, TokenChoice
 
 MAX_TOP_LOGPROBS = 20
+# A prompt scored token by token (prompt_logprobs) needs the logits of every position of its span
+# (vocab floats each): it is prefilled alone, in spans of at most this many tokens.
+SCORING_SPAN_TOKENS = 2048
 
 
 @dataclass
@@ -451,10 +454,16 @@ class Engine:
         extent``. The forward runs over prefill rows ``lo:hi``, every row padded to the widest span,
         so ``(hi - lo) x width`` tokens are computed; that stays within ``prefill_chunk_tokens``.
         Of the first ``n`` admitted prompts (first come, first served; the first always takes
-        part) the ``n`` that stores the most real tokens wins."""
+        part) the ``n`` that stores the most real tokens wins. A prompt to score
+        (``prompt_logprobs``) goes alone, in spans of :data:`SCORING_SPAN_TOKENS` at most."""
         budget = self.config.prefill_chunk_tokens
         wanted = []
         for request in self.prefilling:
+            if request.params.prompt_logprobs:
+                if not wanted:
+                    wanted.append((request, request.stored, len(request.prompt)))
+                    budget = min(budget, SCORING_SPAN_TOKENS)
+                break
             end = len(request.prompt)
             if request.split is not None and request.stored < request.split:
                 end = request.split
