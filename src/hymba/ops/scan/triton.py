@@ -667,5 +667,7 @@ def selective_scan_triton(
     # Save the chunk states for a backward only when autograd records the call: parameters that
     # require gradients under no_grad (inference) would otherwise cost the forward a third more
     save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps,
-                             segments, save)
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, block_d, num_warps, segments, save)
+    if not save:  # nothing for autograd to record: skip its Function machinery (host time per layer)
+        return _TritonScan.forward(None, *args)
+    return _TritonScan.apply(*args)
