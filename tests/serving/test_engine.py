@@ -304,6 +304,30 @@ def test_graph_buckets_on_the_gpu_equal_generate(dtype):
     assert engine.stats()["state_bytes_in_use"] == 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_steps_never_wait_for_the_device_to_finish_their_work():
+    """A step queues its prefill and decode step and reads only the previous step's tokens (behind
+    their own event): no call may synchronise the stream (torch's sync debug mode raises), while
+    requests join, leave and hit stop tokens."""
+    model = make_model("tiny", scale=0.05).to("cuda")
+    engine = Engine(model, config=EngineConfig(max_batch=8, prefill_chunk_tokens=64, prefill_rows=4))
+    engine.warmup()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 2048, (int(n),), generator=g).tolist() for n in torch.randint(1, 90, (20,), generator=g)]
+    lengths = torch.randint(1, 30, (20,), generator=g).tolist()
+    for p, n in zip(prompts, lengths):
+        engine.add_request(p, greedy(n, stop_token_ids=(7, 11)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        while engine.has_unfinished():
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert engine.stats()["state_bytes_in_use"] == 0
+
+
 def test_prompts_that_fill_the_model_length_share_the_prefill_rows(model):
     """Prompts of every length up to max_model_len, several stored at once in small spans, with
     rows freed and reused in between: no row's padding runs past the cache."""

@@ -57,7 +57,7 @@ from ..inference.step import DecodeGraph, decode_logits
 from ..inference.text import TextStream
 from ..model.layout import InputError
 from .prefix_cache import PrefixCache
-from .sampler import SlotSampler, TokenChoice
+from .sampler import SlotSampler, TokenChoice, device_index
 
 MAX_TOP_LOGPROBS = 20
 # A prompt scored token by token (prompt_logprobs) needs the logits of every position of its span
@@ -447,7 +447,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a parameter the sampler cannot take fails its request alone
                 self.aborted.append(self._failed(request, exc))
         if fresh:
-            self.stage.reset_rows(torch.tensor(fresh, device=self.stage.lengths.device), self.prefix)
+            self.stage.reset_rows(device_index(fresh, self.stage.lengths.device), self.prefix)
 
     def _plan(self) -> tuple[list[list], int, int, int]:
         """Which prompts get how many tokens this step: ``([request, start, end], ...), lo, hi,
@@ -564,8 +564,8 @@ class Engine:
             return outputs
         requests = [r for r, _ in starting]
         slots = [r.slot for r in requests]
-        source = torch.tensor([r.stage_row for r in requests], device=device)
-        index = torch.tensor(slots, device=device)
+        source = device_index([r.stage_row for r in requests], device)
+        index = device_index(slots, device)
         try:
             self.slots.copy_rows(self.stage, source, index, max(len(r.prompt) for r in requests))
             logits = torch.stack([lg for _, lg in starting]).float()
@@ -574,7 +574,7 @@ class Engine:
             self.tokens.index_copy_(0, index, choice.tokens)
             more = [r.slot for r in requests if r.params.max_tokens > 1]
             if more:
-                self.active[torch.tensor(more, device=device)] = True
+                self.active[device_index(more, device)] = True
         except Exception as exc:  # moving or sampling failed: these requests fail
             return outputs + [self._fail(r, exc) for r in requests]
         self.stage.lengths.index_fill_(0, source, self.stage.num_meta)  # see _plan
@@ -598,7 +598,7 @@ class Engine:
         if view is None:
             view = self.views[k] = self.slots.rows(0, k)
         if self._rows_index is None or self._rows_index[0] != rows:
-            self._rows_index = (rows, torch.tensor(rows, device=self.tokens.device))
+            self._rows_index = (rows, device_index(rows, self.tokens.device))
         index = self._rows_index[1]
         view.set_extent(max(r.length for r in requests))
         self.counters["decode_steps_total"] += 1
@@ -635,7 +635,7 @@ class Engine:
             if request.queued == request.params.max_tokens:
                 last.append(request.slot)
         if last:  # their last token is chosen: their rows run no more steps
-            self.active[torch.tensor(last, device=self.active.device)] = False
+            self.active[device_index(last, self.active.device)] = False
         queued.append(_InFlight(requests, choice, timing))
         return []
 

@@ -15,6 +15,13 @@ import torch
 from torch import Tensor
 
 
+def device_index(values: list[int], device: torch.device) -> Tensor:
+    """``values`` as an int64 tensor on ``device`` without waiting for it: ``torch.tensor(values,
+    device="cuda")`` copies synchronously, which waits for every kernel queued before it (the
+    step the engine just queued); a copy from host memory marked non-blocking does not."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
 @dataclass
 class TokenChoice:
     tokens: Tensor  # (k,) chosen token ids
@@ -49,7 +56,7 @@ class SlotSampler:
         self.penalty[row] = params.repetition_penalty
         self.seen[row] = False
         if params.repetition_penalty != 1.0:
-            self.seen[row, torch.tensor(prompt_ids, device=self.device)] = True
+            self.seen[row, device_index(prompt_ids, self.device)] = True
         self.generators.pop(row, None)
         if sample and params.seed is not None:
             g = torch.Generator(device=self.device)
@@ -65,7 +72,7 @@ class SlotSampler:
         a device tensor, if the caller has one); with ``num_logprobs`` (n >= 0) also the chosen
         tokens' log-probabilities and the n most likely tokens'."""
         if index is None:
-            index = torch.tensor(rows, device=logits.device)
+            index = device_index(rows, logits.device)
         host = [self._host[r] for r in rows]
         scores = logits
         if any(h["penalty"] for h in host):
