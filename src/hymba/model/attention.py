@@ -58,7 +58,7 @@ class AttentionBranch(nn.Module):
         else:
             out = ops.attention(
                 rotate(q, rotary), shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
-                layout.num_meta, shared.k_valid, q_start=layout.start,
+                layout.num_meta, shared.k_valid, q_start=layout.start, masks=shared.masks,
             )
         b, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(b, length, self.num_heads * self.v_dim), shared

@@ -15,7 +15,7 @@ recorder in the same package implements :class:`LayerState` alone. The model nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -41,6 +41,9 @@ class SharedKV:
     # of k/v each row's query sees; k_pos/k_valid are then not used.
     prefix: tuple[Tensor, Tensor] | None = None
     decode: DecodeKeys | None = None
+    # attention masks built for these keys, by window: the producer builds one, its consumers
+    # (same positions, same keys) reuse it
+    masks: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def rotate(x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:

@@ -41,12 +41,15 @@ def attention(
     num_meta: int,
     key_valid: Tensor | None = None,
     q_start: int | None = None,
+    masks: dict | None = None,
 ) -> Tensor:
     """Dispatching attention: FlexAttention on CUDA for long unpadded self-attention, else SDPA.
 
     1-D ``q_pos``/``k_pos`` are consecutive positions (as the model builds them) with the queries
     the last keys, e.g. a prompt after the cached meta tokens. ``q_start`` is ``q_pos[0]`` as a
-    Python int, if the caller knows it (else it is read from the device, which waits for the GPU)."""
+    Python int, if the caller knows it (else it is read from the device, which waits for the GPU).
+    ``masks``: a dict that keeps a mask once built, by window, for later calls with the same
+    positions and validity (the layers sharing one producer's K/V): the mask is then built once."""
     lq, lk = q.shape[2], k.shape[2]
     if (key_valid is None and lk >= lq >= FLEX_MIN_QUERIES and q_pos.dim() == 1 and k_pos.dim() == 1
             and _flex_enabled(q)):
@@ -54,7 +57,7 @@ def attention(
 
         start = int(q_pos[0]) if q_start is None else q_start
         return flex_attention_swa(q, k, v, window, num_meta, offset=start - (lk - lq))
-    return attention_reference(q, k, v, q_pos, k_pos, window, num_meta, key_valid)
+    return attention_reference(q, k, v, q_pos, k_pos, window, num_meta, key_valid, masks)
 
 
 __all__ = ["attention", "attention_mask", "attention_reference", "sdpa_attention"]

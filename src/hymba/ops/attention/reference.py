@@ -62,11 +62,16 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tens
 
 def attention_reference(
     q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int | None, num_meta: int,
-    key_valid: Tensor | None = None,
+    key_valid: Tensor | None = None, masks: dict | None = None,
 ) -> Tensor:
     """Reference of :func:`hymba.ops.attention`: SDPA over the mask (none for plain causal
-    attention of aligned queries and keys)."""
+    attention of aligned queries and keys); ``masks`` keeps built masks by window (see there)."""
     aligned = q_pos is k_pos and q_pos.dim() == 1 and key_valid is None
     if aligned and (window is None or q.shape[2] - 1 <= window):
         return sdpa_attention(q, k, v, None)  # plain causal: no mask to build
-    return sdpa_attention(q, k, v, attention_mask(q_pos, k_pos, window, num_meta, key_valid))
+    mask = None if masks is None else masks.get(window)
+    if mask is None:
+        mask = attention_mask(q_pos, k_pos, window, num_meta, key_valid)
+        if masks is not None:
+            masks[window] = mask
+    return sdpa_attention(q, k, v, mask)
