@@ -393,3 +393,14 @@ def test_a_failed_admission_does_not_reset_a_restored_prefix_row(model):
     engine.requests[bad].params.seed = 2**70  # set_row fails; its prefill row is freed and reused
     prompt = header + [70, 71]
     assert engine.generate([prompt], greedy(8))[0] == _alone(model, prompt, 8)
+
+
+def test_common_prefix_lengths():
+    from hymba.serving.prefix_cache import _common_prefix
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        a = tuple(torch.randint(0, 3, (int(torch.randint(0, 40, (1,), generator=g)),), generator=g).tolist())
+        b = tuple(torch.randint(0, 3, (int(torch.randint(0, 40, (1,), generator=g)),), generator=g).tolist())
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert _common_prefix(a, b) == n

@@ -60,15 +60,11 @@ class PrefixCache:
         prompt. Remembers ``prompt``."""
         if not self.enabled:
             return None
+        mine = tuple(prompt)
         best = 0
         for other in self.recent:
-            n = 0
-            for a, b in zip(prompt, other):
-                if a != b:
-                    break
-                n += 1
-            best = max(best, n)
-        self.recent.append(tuple(prompt))
+            best = max(best, _common_prefix(mine, other))
+        self.recent.append(mine)
         best = min(best, len(prompt) - 1)
         if best < MIN_SHARED_TOKENS or best <= start or tuple(prompt[:best]) in self.entries:
             return None
@@ -83,3 +79,16 @@ class PrefixCache:
         while self.bytes > self.budget:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.nbytes
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``: a binary search over slice
+    comparisons (each one C-speed), not a Python loop over thousands of tokens."""
+    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo]; the answer is at most hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
