@@ -135,6 +135,17 @@ def meta_prefix(model: torch.nn.Module) -> MetaPrefix:
     return prefix
 
 
+def _fill(t: Tensor, rows: slice | Tensor, value: int) -> None:
+    """``t[rows] = value`` as a fill on the device (rows: a slice, or a bool/index tensor)."""
+    if isinstance(rows, Tensor):
+        if rows.dtype == torch.bool:
+            t.masked_fill_(rows.reshape(-1, *([1] * (t.dim() - 1))), value)
+        else:
+            t.index_fill_(0, rows, value)
+    else:
+        t[rows].fill_(value)
+
+
 class HybridCache:
     """Generation state of a batch of ``batch_size`` sequences (see the module docstring).
 
@@ -233,9 +244,10 @@ class HybridCache:
         for i, state in self.conv.items():
             state[rows] = prefix.conv[i].to(state.dtype)
             self.ssm[i][rows] = prefix.ssm[i].to(self.ssm[i].dtype)
+        # fills, not `t[rows] = scalar`: that copies the scalar from the host synchronously
         for pos in self.ring_pos.values():
-            pos[rows] = -1
-        self.lengths[rows] = self.num_meta
+            _fill(pos, rows, -1)
+        _fill(self.lengths, rows, self.num_meta)
 
     def set_extent(self, extent: int) -> None:
         """Tell the cache that no row holds more than ``extent`` real tokens (a scheduler that
@@ -268,12 +280,12 @@ class HybridCache:
             self.k[slot][row, :, :used] = snap.k[slot]
             self.v[slot][row, :, :used] = snap.v[slot]
             if slot in self.ring_pos:
-                self.ring_pos[slot][row] = -1
+                self.ring_pos[slot][row].fill_(-1)
                 self.ring_pos[slot][row, :used] = snap.ring_pos[slot]
         for i, t in self.conv.items():
             t[row] = snap.conv[i]
             self.ssm[i][row] = snap.ssm[i]
-        self.lengths[row] = self.num_meta + snap.num_tokens
+        self.lengths[row].fill_(self.num_meta + snap.num_tokens)
         self.extent = max(self.extent, snap.num_tokens)
 
     @torch.no_grad()
@@ -430,8 +442,7 @@ class HybridCache:
         """Put each row's newest real tokens into their ring slots (older ones are overwritten)."""
         ring = self.ring_pos[slot]
         size, m = ring.shape[1], self.num_meta
-        n = pos.shape[1] if self._num_new is None else self._num_new
-        n = torch.as_tensor(n, device=pos.device).expand(pos.shape[0])[:, None]
+        n = pos.shape[1] if self._num_new is None else self._num_new[:, None]  # an int broadcasts
         start = pos[:, :1]
         s = torch.arange(size, device=pos.device)[None]
         # the newest new token j < n whose position lands in slot s, or a negative j if none does

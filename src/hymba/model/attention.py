@@ -6,6 +6,7 @@ and its output (heads × V head dim = the Mamba inner width) goes straight to th
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .. import ops
@@ -58,7 +59,10 @@ class AttentionBranch(nn.Module):
         else:
             out = ops.attention(
                 rotate(q, rotary), shared.k, shared.v, layout.positions, shared.k_pos, self.spec.window,
-                layout.num_meta, shared.k_valid, q_start=layout.start, masks=shared.masks,
+                layout.num_meta, shared.k_valid, q_start=layout.start,
+                # shared by the layers of one K/V group in inference; not under autograd, where
+                # checkpointed layers would keep the masks alive until the backward
+                masks=None if torch.is_grad_enabled() else shared.masks,
             )
         b, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(b, length, self.num_heads * self.v_dim), shared

@@ -574,7 +574,7 @@ class Engine:
             self.tokens.index_copy_(0, index, choice.tokens)
             more = [r.slot for r in requests if r.params.max_tokens > 1]
             if more:
-                self.active[device_index(more, device)] = True
+                self.active.index_fill_(0, device_index(more, device), True)
         except Exception as exc:  # moving or sampling failed: these requests fail
             return outputs + [self._fail(r, exc) for r in requests]
         self.stage.lengths.index_fill_(0, source, self.stage.num_meta)  # see _plan
@@ -635,7 +635,7 @@ class Engine:
             if request.queued == request.params.max_tokens:
                 last.append(request.slot)
         if last:  # their last token is chosen: their rows run no more steps
-            self.active[device_index(last, self.active.device)] = False
+            self.active.index_fill_(0, device_index(last, self.active.device), False)
         queued.append(_InFlight(requests, choice, timing))
         return []
 
@@ -737,13 +737,15 @@ class Engine:
         if request in self.prefilling:
             self.prefilling.remove(request)
         if request.stage_row is not None:
-            self.stage.lengths[request.stage_row] = self.stage.num_meta  # see _prefill
+            # (t[i].fill_(v), not t[i] = v: in this torch a scalar assigned to a CUDA tensor's
+            # element or indexed rows is a synchronous copy from the host)
+            self.stage.lengths[request.stage_row].fill_(self.stage.num_meta)  # see _plan
             heapq.heappush(self.free_stage_rows, request.stage_row)
             request.stage_row = None
         if request.slot is not None:
             self.decoding.pop(request.slot, None)
-            self.active[request.slot] = False
-            self.slots.lengths[request.slot] = self.slots.num_meta
+            self.active[request.slot].fill_(False)
+            self.slots.lengths[request.slot].fill_(self.slots.num_meta)
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 

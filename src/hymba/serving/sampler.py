@@ -18,8 +18,11 @@ from torch import Tensor
 def device_index(values: list[int], device: torch.device) -> Tensor:
     """``values`` as an int64 tensor on ``device`` without waiting for it: ``torch.tensor(values,
     device="cuda")`` copies synchronously, which waits for every kernel queued before it (the
-    step the engine just queued); a copy from host memory marked non-blocking does not."""
-    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+    step the engine just queued); a non-blocking copy from pinned host memory does not."""
+    host = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class SlotSampler:
         self.top_p = torch.ones(slots, device=device)
         self.penalty = torch.ones(slots, device=device)
         self.seen = torch.zeros(slots, vocab_size, dtype=torch.bool, device=device)
+        self._true = torch.ones((), dtype=torch.bool, device=device)
         self.generators: dict[int, torch.Generator] = {}
         self.shared = torch.Generator(device=device)
         self.shared.seed()
@@ -50,13 +54,14 @@ class SlotSampler:
         """Give row ``row`` the parameters ``params`` (a SamplingParams) for a new request."""
         sample = params.temperature > 0
         top_k = params.top_k if params.top_k > 0 else self.vocab_size
-        self.temperature[row] = params.temperature
-        self.top_k[row] = min(top_k, self.vocab_size)
-        self.top_p[row] = params.top_p
-        self.penalty[row] = params.repetition_penalty
-        self.seen[row] = False
+        # fills, not `t[row] = value`: that is a synchronous copy from the host into a CUDA tensor
+        self.temperature[row].fill_(params.temperature)
+        self.top_k[row].fill_(min(top_k, self.vocab_size))
+        self.top_p[row].fill_(params.top_p)
+        self.penalty[row].fill_(params.repetition_penalty)
+        self.seen[row].fill_(False)
         if params.repetition_penalty != 1.0:
-            self.seen[row, device_index(prompt_ids, self.device)] = True
+            self.seen[row].index_fill_(0, device_index(prompt_ids, self.device), True)
         self.generators.pop(row, None)
         if sample and params.seed is not None:
             g = torch.Generator(device=self.device)
@@ -100,7 +105,7 @@ class SlotSampler:
             gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.where(temp > 0, (scaled + gumbel).argmax(-1), tokens)
         if any(h["penalty"] for h in host):  # only the penalty reads what a row has seen
-            self.seen[index, tokens] = True
+            self.seen.index_put_((index, tokens), self._true)
         if num_logprobs is None:
             return TokenChoice(tokens, None, None, None)
         logp = logits.log_softmax(-1)

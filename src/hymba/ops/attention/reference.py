@@ -35,8 +35,7 @@ def attention_mask(
         allowed = allowed & key_valid[:, None, :]
         # no `if empty.any()`: reading it would wait for the device at every layer
         empty = ~allowed.any(-1, keepdim=True)
-        first = torch.zeros_like(allowed[:1, :1])
-        first[..., 0] = True
+        first = torch.arange(allowed.shape[-1], device=allowed.device) == 0  # (no host-to-device copy)
         allowed = allowed | (empty & first)
     return allowed[:, None]
 
