@@ -58,8 +58,8 @@ def instrument(model: torch.nn.Module) -> Iterator[dict[int, dict[str, Any]]]:
     num_meta = model.config.num_memory_tokens
     original = ops.attention
 
-    def recording_attention(q, k, v, q_pos, k_pos, window, meta, key_valid=None, q_start=None):
-        mask = ops.attention_mask(q_pos, k_pos, window, meta, key_valid)
+    def recording_attention(q, k, v, q_pos, k_pos, window, meta, key_valid=None, q_start=None, masks=None):
+        mask = ops.attention_mask(q_pos, k_pos, window, meta, key_valid)  # (built per layer: probes are rare)
         out, probs = explicit_attention(q, k, v, mask)
         records.setdefault(current[0], {})["attention_share"] = attention_shares(probs.detach(), meta)
         return out
