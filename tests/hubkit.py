@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,3 +43,10 @@ def checkpoint_files(fixture_dir: Path) -> dict[str, Path]:
     files = {name: fixture_dir / name for name in ("config.json", "generation_config.json", "model.safetensors")}
     files.update({name: BUNDLED_TOKENIZER / name for name in TOKENIZER_FILES})
     return files
+
+
+def released_folder(fixture_dir: Path, out: Path) -> Path:
+    """``out`` holding :func:`checkpoint_files` as a plain released-format folder (copies)."""
+    for name, source in checkpoint_files(fixture_dir).items():
+        shutil.copy(source, Path(out) / name)
+    return Path(out)

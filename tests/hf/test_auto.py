@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubkit import released_folder
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -23,7 +24,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeli
 from hymba.hf import HymbaHFConfig, HymbaHFForCausalLM  # noqa: E402
 
 SRC = Path(hymba.__file__).resolve().parents[1]
-BUNDLED_TOKENIZER = SRC / "hymba" / "data"
 # The released config.json names the reference's remote code; these stand-ins fail if run.
 RELEASED_AUTO_MAP = {"AutoConfig": "configuration_hymba.HymbaConfig",
                      "AutoModelForCausalLM": "modeling_hymba.HymbaForCausalLM"}
@@ -32,12 +32,7 @@ RELEASED_AUTO_MAP = {"AutoConfig": "configuration_hymba.HymbaConfig",
 @pytest.fixture(scope="module")
 def folder(fixture_dir, tmp_path_factory):
     """The fixture checkpoint with the bundled tokenizer (vocab 2048 > 512: prompts use ids < 512)."""
-    out = tmp_path_factory.mktemp("hymba-hf")
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(fixture_dir / name, out / name)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(BUNDLED_TOKENIZER / name, out / name)
-    return out
+    return released_folder(fixture_dir, tmp_path_factory.mktemp("hymba-hf"))
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from hubkit import released_folder
 
-import hymba
 from hymba import HymbaForCausalLM
 from hymba.cli import main
 
@@ -21,18 +21,12 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments  # noq
 
 from hymba.train.lora import LoraSettings, add_lora  # noqa: E402
 
-BUNDLED_TOKENIZER = os.path.join(os.path.dirname(hymba.__file__), "data")
 TARGETS = ["in_proj", "out_proj", "x_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @pytest.fixture(scope="module")
 def folder(fixture_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hymba-peft")
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(fixture_dir / name, out / name)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(BUNDLED_TOKENIZER, name), out / name)
-    return out
+    return released_folder(fixture_dir, tmp_path_factory.mktemp("hymba-peft"))
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 import torch
+from hubkit import released_folder
 from safetensors.torch import load_file
 from trainkit import small_args
 
-import hymba
 from hymba import HymbaForCausalLM
 from hymba.cli import main
 from hymba.config import ConfigError
@@ -30,7 +30,6 @@ from hymba.train.lora import (
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'hymba[hf]')")
 
-BUNDLED_TOKENIZER = os.path.join(os.path.dirname(hymba.__file__), "data")
 LORA = "r=4,alpha=8,dropout=0.1,targets=in_proj,out_proj,gate_proj,up_proj,down_proj,x_proj"
 
 
@@ -78,12 +77,7 @@ def test_lora_needs_a_base_model():
 @pytest.fixture(scope="module")
 def base_folder(fixture_dir, tmp_path_factory):
     """The reference fixture with the bundled tokenizer (a released-format folder)."""
-    out = tmp_path_factory.mktemp("lora-base")
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(fixture_dir / name, out / name)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(BUNDLED_TOKENIZER, name), out / name)
-    return out
+    return released_folder(fixture_dir, tmp_path_factory.mktemp("lora-base"))
 
 
 def _random_adapters(model: torch.nn.Module, seed: int = 1) -> None:
