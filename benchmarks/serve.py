@@ -171,20 +171,6 @@ ENGINE_COUNTS = ("steps_total", "prefill_steps_total", "decode_steps_total", "pr
                  "decode_bytes_total")
 
 
-def copy_bandwidth() -> float:
-    """Bytes/s of a large device-to-device copy (read + write), the decode roofline's ceiling."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * 10 * src.numel() / (start.elapsed_time(end) / 1000)
-
-
 def run_hymba(args, jobs: list[Job]) -> dict:
     from hymba.serving.async_engine import AsyncEngine
     from hymba.serving.engine import Engine, EngineConfig
@@ -210,6 +196,9 @@ def run_hymba(args, jobs: list[Job]) -> dict:
         peak = peak_running / stats["slots_total"]
         engine_counts = {k: stats[k] - before.get(k, 0) for k in ENGINE_COUNTS}
         if engine_counts["device_decode_s"] > 0:
+            # the ceiling throughput.py's rooflines use (that script sits beside this one)
+            from throughput import copy_bandwidth
+
             bandwidth = copy_bandwidth()
             engine_counts["copy_bandwidth"] = bandwidth
             engine_counts["decode_roofline"] = (engine_counts["decode_bytes_total"] / bandwidth

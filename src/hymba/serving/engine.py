@@ -110,8 +110,6 @@ class _InFlight:
         col = 1 + self.with_logprobs
         top_ids = [[int(t) for t in r[col : col + self.top]] for r in rows] if self.top else None
         top_logprobs = [r[col + self.top :] for r in rows] if self.top else None
-        if self.with_logprobs and not self.top:
-            top_ids, top_logprobs = [[] for _ in rows], [[] for _ in rows]
         return _HostChoice(tokens, logprobs, top_ids, top_logprobs)
 
 
@@ -292,7 +290,7 @@ class Engine:
         self.stage_bytes = self.stage.nbytes()["total"] // config.prefill_rows
         self.counters = dict(tokens_generated_total=0, prompt_tokens_total=0, steps_total=0,
                              prefill_steps_total=0, prefill_padded_tokens_total=0, decode_steps_total=0,
-                             requests_finished_total=0, requests_aborted_total=0, requests_failed_total=0)
+                             decode_bytes_total=0, requests_finished_total=0, requests_aborted_total=0, requests_failed_total=0)
         # host seconds spent queueing prefills / decode steps and reading chosen tokens (the
         # wait for the device included): where a step's time goes
         self.timers = dict(prefill_s=0.0, decode_s=0.0, collect_s=0.0)
@@ -301,7 +299,6 @@ class Engine:
         # and occupied sliding-window slots, conv and SSM state, the latter two written back):
         # their ratio over the copy bandwidth is the decode roofline
         self.device_decode_s = 0.0
-        self.counters["decode_bytes_total"] = 0
         one = cache_bytes(mc, 1, dtype_bytes=model.dtype.itemsize,
                           ssm_dtype_bytes=next(iter(self.slots.ssm.values())).dtype.itemsize
                           if self.slots.ssm else None)

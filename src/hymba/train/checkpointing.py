@@ -337,6 +337,17 @@ def load_sharded_weights(path: str, model: torch.nn.Module) -> None:
         raise CheckpointError(f"the weights in {path} do not fit its config.json: {exc}") from None
 
 
+def load_model(path: str, dtype: torch.dtype | None = None) -> HymbaForCausalLM:
+    """The model of folder ``path`` on the CPU, in one process: a sharded training checkpoint
+    from its shards (in float32, as training keeps its weights), else the released-format folder
+    (in ``dtype``; None: the checkpoint's)."""
+    if is_sharded(path):
+        model = HymbaForCausalLM(HymbaConfig.load(path))
+        load_sharded_weights(path, model)
+        return model
+    return HymbaForCausalLM.from_pretrained(path, dtype=dtype, device="cpu")
+
+
 def _load_sharded(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -392,11 +403,7 @@ def export_checkpoint(path: str, out: str) -> str:
                               f"hymba merge-lora --adapter {source} --out {out}")
     read_trainer_state(source)
     tokenizer = load_tokenizer(source)
-    if is_sharded(source):
-        model = HymbaForCausalLM(HymbaConfig.load(source))
-        load_sharded_weights(source, model)
-    else:
-        model = HymbaForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = load_model(source, dtype=torch.float32)
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{os.path.basename(os.path.abspath(out))}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_folder(tmp, model, tokenizer)

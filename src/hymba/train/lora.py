@@ -26,10 +26,9 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import CheckpointError
-from ..config import HymbaConfig
 from ..model import HymbaForCausalLM
 from ..tokenizer import load_tokenizer
-from .checkpointing import is_sharded, load_sharded_weights
+from .checkpointing import load_model
 
 # The fused in_proj (attention and SSM columns), the mixer's out_proj and the MLP.
 DEFAULT_TARGETS = ("in_proj", "out_proj", "gate_proj", "up_proj", "down_proj")
@@ -220,11 +219,7 @@ def merge_lora(base: str | None, adapter: str, out: str, overwrite: bool = False
     if os.path.exists(out) and (not os.path.isdir(out) or (os.listdir(out) and not overwrite)):
         raise LoraError(f"output folder {out} already exists and is not empty (pass --overwrite to replace it)")
     base_dir = resolve_model_dir(base)
-    if is_sharded(base_dir):  # a training checkpoint of `--parallel fsdp`: its shards, in one process
-        model = HymbaForCausalLM(HymbaConfig.load(base_dir))
-        load_sharded_weights(base_dir, model)
-    else:
-        model = HymbaForCausalLM.from_pretrained(base_dir, device="cpu")
+    model = load_model(base_dir)  # a sharded training checkpoint of `--parallel fsdp` too
     dtype = model.dtype
     wrapped = load_lora(model.float(), adapter)
     merged = wrapped.merge_and_unload()
