@@ -79,8 +79,9 @@ class SlotSampler:
         if index is None:
             index = device_index(rows, logits.device)
         host = [self._host[r] for r in rows]
+        penalty = any(h["penalty"] for h in host)
         scores = logits
-        if any(h["penalty"] for h in host):
+        if penalty:
             pen = self.penalty[index][:, None]
             seen = self.seen[index]
             scores = torch.where(seen, torch.where(scores < 0, scores * pen, scores / pen), scores)
@@ -104,7 +105,7 @@ class SlotSampler:
                     noise[i] = torch.rand(scaled.shape[-1], generator=self.generators[row], device=scaled.device)
             gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.where(temp > 0, (scaled + gumbel).argmax(-1), tokens)
-        if any(h["penalty"] for h in host):  # only the penalty reads what a row has seen
+        if penalty:  # only the penalty reads what a row has seen
             self.seen.index_put_((index, tokens), self._true)
         if num_logprobs is None:
             return TokenChoice(tokens, None, None, None)
